@@ -1,0 +1,85 @@
+/**
+ * Errors thrown by redis-pubsub-dict. Every error is a {@link RedisDictError} with a stable
+ * {@link RedisDictError.code | code}; match on the code, not on the message.
+ *
+ * @module
+ */
+
+/** Stable error codes. */
+export type ErrorCode =
+  | 'E_INVALID_KEY'
+  | 'E_INVALID_NAMESPACE'
+  | 'E_INVALID_OPTION'
+  | 'E_SERIALIZE'
+  | 'E_VALUE_TOO_LARGE'
+  | 'E_CORRUPT'
+  | 'E_CLOSED'
+  | 'E_BACKPRESSURE'
+  | 'E_FLUSH'
+  | 'E_TIMEOUT';
+
+/** Base class of every error this library throws. */
+export class RedisDictError extends Error {
+  /** Stable machine-readable code. */
+  readonly code: ErrorCode;
+
+  constructor(code: ErrorCode, message: string, options?: { cause?: unknown }) {
+    super(message, options);
+    this.code = code;
+    this.name = new.target.name;
+  }
+}
+
+/** A key, namespace or option is invalid. Nothing was written. */
+export class InvalidArgumentError extends RedisDictError {
+  constructor(code: 'E_INVALID_KEY' | 'E_INVALID_NAMESPACE' | 'E_INVALID_OPTION', message: string) {
+    super(code, message);
+  }
+}
+
+/** A value cannot be stored: it does not round-trip through the codec, or it is too large. Nothing was written. */
+export class SerializationError extends RedisDictError {
+  /** The key being written, when known. */
+  readonly key: string | undefined;
+
+  constructor(code: 'E_SERIALIZE' | 'E_VALUE_TOO_LARGE', message: string, options?: { key?: string; cause?: unknown }) {
+    super(code, message, options);
+    this.key = options?.key;
+  }
+}
+
+/** Data stored under a key of the namespace is not a record this library wrote, or cannot be decoded. */
+export class CorruptDataError extends RedisDictError {
+  /** The dictionary key whose stored data is corrupt. */
+  readonly key: string;
+
+  constructor(key: string, reason: string, options?: { cause?: unknown }) {
+    super('E_CORRUPT', `Stored data for key \`${key}\` is corrupt or foreign: ${reason}`, options);
+    this.key = key;
+  }
+}
+
+/** The instance was closed; no further calls are accepted. */
+export class ClosedError extends RedisDictError {
+  constructor(what: string) {
+    super('E_CLOSED', `${what} is closed`);
+  }
+}
+
+/** Too many changes are waiting to be written (`maxPending`). The change was not accepted. */
+export class BackpressureError extends RedisDictError {
+  /** Number of pending (dirty) keys when the change was refused. */
+  readonly pending: number;
+
+  constructor(pending: number, maxPending: number) {
+    super('E_BACKPRESSURE', `${pending} changes are waiting to be written, the limit \`maxPending\` is ${maxPending}`);
+    this.pending = pending;
+  }
+}
+
+/** An operation did not complete in time. */
+export class TimeoutError extends RedisDictError {
+  constructor(message: string) {
+    super('E_TIMEOUT', message);
+  }
+}

@@ -1,0 +1,126 @@
+/**
+ * The pub/sub wire format (see `docs/protocol.md`).
+ *
+ * A message is a MessagePack array `[1, type, origin, seq, group, entries]`:
+ * - `1`: format version;
+ * - `type`: `'u'` (values written, channel `<ns>/update`) or `'d'` (tombstones, channel `<ns>/delete`);
+ * - `origin`: the writer's 16-hex-character id (the last part of its stamps);
+ * - `seq`: the writer's sequence number for this `group`, 1, 2, 3, ... without gaps;
+ * - `group`: the hash slot of the entries on a Cluster, 0 on a standalone server;
+ * - `entries`: `[[key, stamp], ...]`, or `[[key, stamp, payload], ...]` when values are published
+ *   (`payload` is the codec's bytes, MessagePack bin).
+ *
+ * The writer encodes the header and one fragment per entry; the Lua script that applies the batch
+ * appends an array header and the fragments of the entries it actually wrote, then publishes.
+ * The decoder trusts nothing: size limits, a strict schema, and any failure is a
+ * {@link MalformedMessageError}, never a crash.
+ *
+ * @module
+ */
+import { Decoder, Encoder } from '@msgpack/msgpack';
+import { isStamp, type Stamp } from './stamp.js';
+
+/** Message type: values written (`'u'`) or tombstones written (`'d'`). */
+export type MessageType = 'u' | 'd';
+
+/** One entry of a message. */
+export interface MessageEntry {
+  /** Dictionary key. */
+  readonly key: string;
+  /** Stamp of the write. */
+  readonly stamp: Stamp;
+  /** Codec bytes of the new value, when values are published. */
+  readonly payload: Uint8Array | undefined;
+}
+
+/** A decoded message. */
+export interface Message {
+  readonly type: MessageType;
+  readonly origin: string;
+  readonly seq: number;
+  readonly group: number;
+  readonly entries: readonly MessageEntry[];
+}
+
+/** A message that does not follow the wire format. */
+export class MalformedMessageError extends Error {
+  constructor(reason: string, options?: { cause?: unknown }) {
+    super(`Malformed message: ${reason}`, options);
+    this.name = 'MalformedMessageError';
+  }
+}
+
+const encoder = new Encoder();
+
+/** Encodes the message header: everything before the entries array. */
+export function encodeHeader(type: MessageType, origin: string, seq: number, group: number): Buffer {
+  const bytes = encoder.encode([1, type, origin, seq, group]);
+  // An array of 5 items starts with 0x95; the script appends the sixth item (the entries).
+  bytes[0] = 0x96;
+  return Buffer.from(bytes.buffer, bytes.byteOffset, bytes.byteLength);
+}
+
+/** Encodes one entry fragment. */
+export function encodeEntry(key: string, stamp: Stamp, payload?: Uint8Array): Buffer {
+  const bytes = encoder.encode(payload === undefined ? [key, stamp] : [key, stamp, payload]);
+  return Buffer.from(bytes.buffer, bytes.byteOffset, bytes.byteLength);
+}
+
+/** Limits applied before and while decoding a message. */
+export interface DecodeLimits {
+  /** Largest message accepted, in bytes; larger ones are refused without decoding. */
+  readonly maxMessageBytes: number;
+  /** Largest value payload, in bytes. */
+  readonly maxValueBytes: number;
+  /** Most entries in one message. */
+  readonly maxEntries: number;
+}
+
+/** A decoder bound to size limits; one per subscriber. */
+export class MessageDecoder {
+  private readonly decoder: Decoder;
+  private readonly limits: DecodeLimits;
+
+  constructor(limits: DecodeLimits) {
+    this.limits = limits;
+    this.decoder = new Decoder({
+      maxStrLength: 65_536,
+      maxBinLength: limits.maxValueBytes,
+      maxArrayLength: Math.max(limits.maxEntries, 6),
+      maxMapLength: 0,
+      maxExtLength: 0,
+    });
+  }
+
+  /** Decodes and validates a message; throws {@link MalformedMessageError}. */
+  decode(bytes: Uint8Array): Message {
+    if (bytes.length > this.limits.maxMessageBytes) {
+      throw new MalformedMessageError(`${bytes.length} bytes is above the limit of ${this.limits.maxMessageBytes}`);
+    }
+    let raw: unknown;
+    try {
+      raw = this.decoder.decode(bytes);
+    } catch (cause) {
+      throw new MalformedMessageError('not valid MessagePack within the limits', { cause });
+    }
+    if (!Array.isArray(raw) || raw.length !== 6) throw new MalformedMessageError('expected an array of 6 items');
+    const [version, type, origin, seq, group, entries] = raw as unknown[];
+    if (version !== 1) throw new MalformedMessageError('unknown format version');
+    if (type !== 'u' && type !== 'd') throw new MalformedMessageError('unknown message type');
+    if (typeof origin !== 'string' || !/^[0-9a-f]{16}$/.test(origin)) throw new MalformedMessageError('bad origin');
+    if (typeof seq !== 'number' || !Number.isSafeInteger(seq) || seq < 1) throw new MalformedMessageError('bad sequence number');
+    if (typeof group !== 'number' || !Number.isInteger(group) || group < 0 || group > 16383) throw new MalformedMessageError('bad group');
+    if (!Array.isArray(entries)) throw new MalformedMessageError('entries must be an array');
+    const out: MessageEntry[] = [];
+    for (const entry of entries as unknown[]) {
+      if (!Array.isArray(entry) || entry.length < 2 || entry.length > 3) throw new MalformedMessageError('bad entry');
+      const [key, stamp, payload] = entry as unknown[];
+      if (typeof key !== 'string' || key.length === 0) throw new MalformedMessageError('bad entry key');
+      if (!isStamp(stamp)) throw new MalformedMessageError('bad entry stamp');
+      if (payload !== undefined && !(payload instanceof Uint8Array)) throw new MalformedMessageError('bad entry payload');
+      if (type === 'd' && payload !== undefined) throw new MalformedMessageError('a delete entry carries no value');
+      out.push({ key, stamp, payload });
+    }
+    return { type, origin, seq, group, entries: out };
+  }
+}

@@ -1,0 +1,501 @@
+/**
+ * RedisDict: an async `Map`-like dictionary stored in Redis under a namespace.
+ *
+ * Every write is a compare-and-set on the entry's version stamp, done by one Lua script per batch
+ * and hash slot; deletes leave stamped tombstones (see `docs/protocol.md`).
+ *
+ * @module
+ */
+import { type Codec, msgpackCodec } from './codec.js';
+import { CorruptDataError, SerializationError } from './errors.js';
+import { type DictKey, checkNamespace, normalizeKey, normalizeKeys } from './keys.js';
+import { encodeEntry, encodeHeader, type MessageType } from './messages.js';
+import { checkOptions, functionOption, integerOption, invalidOption } from './options.js';
+import { encodeRecord, splitRecord, type VersionedValue } from './record.js';
+import { APPLY_LUA, APPLY_SHA } from './scripts/apply.js';
+import { HybridClock, type Stamp } from './stamp.js';
+import { type RedisClient, chunk, groupBySlot, isCluster, runPerNode, scanTargets } from './topology.js';
+
+/** Options of {@link RedisDict}. */
+export interface RedisDictOptions<V> {
+  /** How values become bytes. Default: MessagePack ({@link msgpackCodec}), which refuses values it cannot round-trip. */
+  codec?: Codec<V>;
+  /** Largest encoded value accepted, in bytes; larger ones are refused with `E_VALUE_TOO_LARGE`. Default 1 MiB. */
+  maxValueBytes?: number;
+  /**
+   * How long a delete's tombstone is kept, in ms. A write carrying an older stamp that arrives
+   * later than this (a write-back flush delayed longer) can bring the deleted entry back.
+   * Default 24 hours.
+   */
+  tombstoneTtlMs?: number;
+  /** Most keys per script call or MGET. Default 500. */
+  batchSize?: number;
+  /** Wall clock in ms used for version stamps; injectable for tests. Default `Date.now`. */
+  clock?: () => number;
+}
+
+/** Keys of {@link RedisDictOptions}, for validation. */
+export const REDIS_DICT_OPTION_KEYS = ['codec', 'maxValueBytes', 'tombstoneTtlMs', 'batchSize', 'clock'] as const;
+
+/** One change for {@link RedisDict.writeVersioned}. */
+export interface VersionedChange<V> {
+  /** Dictionary key (already normalized). */
+  readonly key: string;
+  /** Stamp of the change. */
+  readonly stamp: Stamp;
+  /** Write only if the stored stamp is lower than this. Default: {@link VersionedChange.stamp} (last-writer-wins). */
+  readonly guard?: Stamp;
+  /** True to write a tombstone. */
+  readonly deleted: boolean;
+  /** The value, when not deleted. */
+  readonly value?: V;
+}
+
+/** What Redis holds for a key, as found by a refused compare-and-set. */
+export interface StoredState<V> {
+  /** Stamp stored ('' when nothing, or foreign data, is stored). */
+  readonly stamp: Stamp | '';
+  /** True when the stored state is a tombstone or nothing. */
+  readonly deleted: boolean;
+  /** The stored value when live. */
+  readonly value?: V;
+}
+
+/** Outcome of one {@link VersionedChange}. */
+export type WriteOutcome<V> =
+  | { readonly status: 'written'; readonly existed: boolean }
+  | { readonly status: 'conflict'; readonly stored: StoredState<V> }
+  | { readonly status: 'failed'; readonly error: Error };
+
+/** Where and how a batch is published; `undefined` for a dictionary that does not publish. */
+export interface PublishTarget {
+  readonly command: 'PUBLISH' | 'SPUBLISH';
+  readonly updateChannel: string;
+  readonly deleteChannel: string;
+  /** Next sequence number of this writer for `group`. */
+  nextSeq(group: number): number;
+  /** True to put values in update messages. */
+  readonly withValues: boolean;
+  /** Largest value put in a message; larger ones are announced without their value. */
+  readonly maxPublishedValueBytes: number;
+}
+
+interface PreparedChange<V> {
+  readonly change: VersionedChange<V>;
+  readonly redisKey: string;
+  readonly record: Buffer | undefined;
+  readonly payload: Uint8Array | undefined;
+}
+
+const EMPTY = Buffer.alloc(0);
+/** Bytes of message fragments after which a batch is split, so messages stay small. */
+const MAX_BATCH_MESSAGE_BYTES = 1 << 20;
+
+/**
+ * An async dictionary stored in Redis: `get`, `set`, `has`, `delete`, batch operations, and
+ * iteration over SCAN. Keys are stored as `<namespace>/<key>`.
+ *
+ * @typeParam V - type of the values.
+ */
+export class RedisDict<V = unknown> implements AsyncIterable<[string, V]> {
+  /** The ioredis client (standalone or Cluster) this dictionary uses; the caller owns it. */
+  readonly redis: RedisClient;
+  /** The namespace. */
+  readonly namespace: string;
+  /** The hybrid logical clock that stamps this instance's writes. */
+  readonly clock: HybridClock;
+  /** The codec used for values. */
+  readonly codec: Codec<V>;
+  /** Largest encoded value accepted, in bytes. */
+  readonly maxValueBytes: number;
+  /** Tombstone lifetime, in ms. */
+  readonly tombstoneTtlMs: number;
+  /** Most keys per script call or MGET. */
+  readonly batchSize: number;
+  /** True when {@link RedisDict.redis} is a Cluster. */
+  readonly isCluster: boolean;
+  private readonly prefix: string;
+
+  /**
+   * @param redis - an ioredis `Redis` or `Cluster`; the dictionary never closes it.
+   * @param namespace - 1-128 characters from `[A-Za-z0-9_.:-]`.
+   * @param options - see {@link RedisDictOptions}.
+   * @throws InvalidArgumentError `E_INVALID_NAMESPACE` or `E_INVALID_OPTION`.
+   */
+  constructor(redis: RedisClient, namespace: string, options?: RedisDictOptions<V>) {
+    const where = new.target.name;
+    this.namespace = checkNamespace(namespace);
+    const opts = checkOptions(where, options, this.optionKeys());
+    if (redis === null || typeof redis !== 'object' || typeof (redis as { pipeline?: unknown }).pipeline !== 'function') {
+      invalidOption(where, 'redis', 'an ioredis Redis or Cluster', redis);
+    }
+    this.redis = redis;
+    this.isCluster = isCluster(redis);
+    this.prefix = `${this.namespace}/`;
+    const codec = opts['codec'];
+    if (codec !== undefined && (codec === null || typeof codec !== 'object' || typeof (codec as Codec<V>).encode !== 'function' || typeof (codec as Codec<V>).decode !== 'function')) {
+      invalidOption(where, 'codec', 'an object with encode() and decode()', codec);
+    }
+    this.codec = (codec as Codec<V> | undefined) ?? msgpackCodec<V>();
+    this.maxValueBytes = integerOption(where, 'maxValueBytes', opts['maxValueBytes'], 1 << 20);
+    this.tombstoneTtlMs = integerOption(where, 'tombstoneTtlMs', opts['tombstoneTtlMs'], 86_400_000);
+    this.batchSize = integerOption(where, 'batchSize', opts['batchSize'], 500);
+    this.clock = new HybridClock(undefined, functionOption(where, 'clock', opts['clock'], Date.now));
+  }
+
+  /** Option names this class accepts; subclasses extend the list. */
+  protected optionKeys(): readonly string[] {
+    return REDIS_DICT_OPTION_KEYS;
+  }
+
+  /** Publishing of this dictionary's changes; none for a plain RedisDict. */
+  protected publishTarget(): PublishTarget | undefined {
+    return undefined;
+  }
+
+  /** The Redis key of a dictionary key. */
+  redisKey(key: string): string {
+    return this.prefix + key;
+  }
+
+  /** Encodes a value with the codec; throws `E_SERIALIZE` / `E_VALUE_TOO_LARGE` naming the key. */
+  encodeValue(key: string, value: V): Uint8Array {
+    if (value === undefined) {
+      throw new SerializationError('E_SERIALIZE', `Cannot store \`undefined\` under key \`${key}\` (use delete() or null)`, { key });
+    }
+    let payload: Uint8Array;
+    try {
+      payload = this.codec.encode(value);
+    } catch (cause) {
+      const reason = cause instanceof Error ? cause.message : String(cause);
+      throw new SerializationError('E_SERIALIZE', `Cannot serialize the value of key \`${key}\`: ${reason}`, { key, cause });
+    }
+    if (!(payload instanceof Uint8Array)) {
+      throw new SerializationError('E_SERIALIZE', `The codec returned no bytes for key \`${key}\``, { key });
+    }
+    if (payload.length > this.maxValueBytes) {
+      throw new SerializationError('E_VALUE_TOO_LARGE', `The value of key \`${key}\` is ${payload.length} bytes, above \`maxValueBytes\` (${this.maxValueBytes})`, { key });
+    }
+    return payload;
+  }
+
+  /** Decodes a payload read from Redis or a message; throws {@link CorruptDataError} naming the key. */
+  decodeValue(key: string, payload: Uint8Array): V {
+    try {
+      return this.codec.decode(payload);
+    } catch (cause) {
+      throw new CorruptDataError(key, 'the value cannot be decoded', { cause });
+    }
+  }
+
+  // ---------------------------------------------------------------- Map-like API
+
+  /** The value of `key`, or `undefined`. */
+  async get(key: DictKey): Promise<V | undefined> {
+    const [found] = await this.readVersioned([normalizeKey(key)]);
+    return found?.value;
+  }
+
+  /** Stores `value` under `key`. */
+  async set(key: DictKey, value: V): Promise<void> {
+    const k = normalizeKey(key);
+    const prepared = this.prepare([{ key: k, stamp: this.clock.now(), deleted: false, value }]);
+    throwFailure(await this.applyPrepared(prepared));
+  }
+
+  /** True when `key` has a value. */
+  async has(key: DictKey): Promise<boolean> {
+    const k = normalizeKey(key);
+    const [count] = await this.countLive([k]);
+    return count === 1;
+  }
+
+  /** Deletes `key` (leaving a tombstone); true when it had a value. */
+  async delete(key: DictKey): Promise<boolean> {
+    return (await this.deleteMany([key])) === 1;
+  }
+
+  /** Values of `keys`, aligned with them (`undefined` for missing keys). One round trip per node. */
+  async getMany(keys: Iterable<DictKey>): Promise<(V | undefined)[]> {
+    const found = await this.readVersioned(normalizeKeys(keys));
+    return found.map((f) => f?.value);
+  }
+
+  /** Stores every `[key, value]` pair; all are validated before anything is written. */
+  async setMany(entries: Iterable<readonly [DictKey, V]>): Promise<void> {
+    const changes = collectEntries(entries).map(([key, value]) => ({ key, stamp: this.clock.now(), deleted: false, value }));
+    throwFailure(await this.applyPrepared(this.prepare(lastPerKey(changes))));
+  }
+
+  /** Deletes every key; returns how many had a value. */
+  async deleteMany(keys: Iterable<DictKey>): Promise<number> {
+    const unique = [...new Set(normalizeKeys(keys))];
+    const outcomes = await this.applyPrepared(this.prepare(unique.map((key) => ({ key, stamp: this.clock.now(), deleted: true }))));
+    throwFailure(outcomes);
+    return outcomes.filter((o) => o.status === 'written' && o.existed).length;
+  }
+
+  /** Number of live entries (SCAN over every master; tombstones are not counted). */
+  async size(): Promise<number> {
+    let count = 0;
+    for await (const batch of this.scanBatches()) count += batch.length;
+    return count;
+  }
+
+  /** Deletes every entry of this namespace (and only of it), leaving tombstones. */
+  async clear(): Promise<void> {
+    for await (const batch of this.scanBatches()) {
+      await this.deleteMany(batch);
+    }
+  }
+
+  /** Keys, over SCAN: each live key once; keys written during the iteration may or may not appear. */
+  async *keys(): AsyncGenerator<string, void, undefined> {
+    for await (const batch of this.scanBatches()) yield* batch;
+  }
+
+  /** Values, over SCAN (see {@link RedisDict.keys}). */
+  async *values(): AsyncGenerator<V, void, undefined> {
+    for await (const [, value] of this.entries()) yield value;
+  }
+
+  /** `[key, value]` pairs, over SCAN (see {@link RedisDict.keys}). */
+  async *entries(): AsyncGenerator<[string, V], void, undefined> {
+    for await (const batch of this.scanBatches()) {
+      const found = await this.readVersioned(batch);
+      for (let i = 0; i < batch.length; i++) {
+        const f = found[i];
+        if (f !== undefined) yield [batch[i]!, f.value];
+      }
+    }
+  }
+
+  /** Same as {@link RedisDict.entries}. */
+  [Symbol.asyncIterator](): AsyncGenerator<[string, V], void, undefined> {
+    return this.entries();
+  }
+
+  // ---------------------------------------------------------------- versioned low-level API
+
+  /**
+   * Reads values with their stamps, aligned with `keys` (`undefined` for missing or deleted).
+   * One MGET per slot and chunk, pipelined per node. Observes every stamp read.
+   *
+   * @throws CorruptDataError when a stored record cannot be decoded.
+   */
+  async readVersioned(keys: readonly string[]): Promise<(VersionedValue<V> | undefined)[]> {
+    const out: (VersionedValue<V> | undefined)[] = new Array(keys.length).fill(undefined);
+    if (keys.length === 0) return out;
+    const indexed = keys.map((key, index) => ({ key, index }));
+    const units = [...groupBySlot(this.isCluster, indexed, (i) => this.redisKey(i.key))].flatMap(([slot, items]) =>
+      chunk(items, this.batchSize).map((part) => ({
+        slot,
+        part,
+        queue: (p: import('ioredis').ChainableCommander) => {
+          p.mgetBuffer(...part.map((i) => this.redisKey(i.key)));
+          return 1;
+        },
+      })),
+    );
+    const replies = await runPerNode(this.redis, units);
+    units.forEach((unit, u) => {
+      const [err, values] = replies[u]![0]!;
+      if (err) throw err;
+      (values as (Buffer | null)[]).forEach((raw, j) => {
+        const { key, index } = unit.part[j]!;
+        if (raw === null) return;
+        const { stamp, payload } = splitRecord(key, raw);
+        this.clock.observe(stamp);
+        out[index] = { stamp, value: this.decodeValue(key, payload) };
+      });
+    });
+    return out;
+  }
+
+  /**
+   * Writes changes as compare-and-set on their stamps, one script call per slot and batch,
+   * published when this dictionary publishes. Validates and encodes everything first; per key, the
+   * outcome says whether it was written, refused because Redis holds a stamp at or above the
+   * guard, or failed (Redis error). Changes must name distinct keys.
+   *
+   * @throws SerializationError before anything is written, when a value cannot be stored.
+   */
+  async writeVersioned(changes: readonly VersionedChange<V>[]): Promise<WriteOutcome<V>[]> {
+    return this.applyPrepared(this.prepare(changes));
+  }
+
+  /** Validates and encodes; throws before anything is written. */
+  protected prepare(changes: readonly VersionedChange<V>[]): PreparedChange<V>[] {
+    return changes.map((change) => {
+      const redisKey = this.redisKey(change.key);
+      if (change.deleted) return { change, redisKey, record: undefined, payload: undefined };
+      const payload = this.encodeValue(change.key, change.value as V);
+      return { change, redisKey, record: encodeRecord(change.stamp, payload), payload };
+    });
+  }
+
+  private async applyPrepared(prepared: readonly PreparedChange<V>[]): Promise<WriteOutcome<V>[]> {
+    const outcomes: WriteOutcome<V>[] = new Array(prepared.length);
+    if (prepared.length === 0) return outcomes;
+    const target = this.publishTarget();
+    const indexed = prepared.map((p, index) => ({ p, index }));
+    const units = [...groupBySlot(this.isCluster, indexed, (i) => i.p.redisKey)].flatMap(([slot, items]) =>
+      this.splitBatch(items, target).map((part) => this.applyUnit(slot, part, target)),
+    );
+    let replies: [Error | null, unknown][][];
+    try {
+      replies = await runPerNode(this.redis, units);
+    } catch (error) {
+      const failure = { status: 'failed', error: asError(error) } as const;
+      return outcomes.fill(failure);
+    }
+    await Promise.all(
+      units.map(async (unit, u) => {
+        let [err, reply] = replies[u]![0]!;
+        if (err && /NOSCRIPT/.test(err.message)) {
+          try {
+            reply = await this.redis.callBuffer('EVAL', [APPLY_LUA, unit.keys.length, ...unit.keys, ...unit.args]);
+            err = null;
+          } catch (error) {
+            err = asError(error);
+          }
+        }
+        unit.part.forEach(({ p, index }, j) => {
+          outcomes[index] = err ? { status: 'failed', error: err } : this.outcomeOf(p.change.key, (reply as unknown[])[j]);
+        });
+      }),
+    );
+    return outcomes;
+  }
+
+  /** Splits a slot group into script calls of at most `batchSize` keys and about 1 MiB of message. */
+  private splitBatch<T extends { p: PreparedChange<V> }>(items: T[], target: PublishTarget | undefined): T[][] {
+    const parts: T[][] = [];
+    let current: T[] = [];
+    let bytes = 0;
+    for (const item of items) {
+      const size = (item.p.record?.length ?? 0) + item.p.change.key.length;
+      if (current.length >= this.batchSize || (current.length > 0 && target && bytes + size > MAX_BATCH_MESSAGE_BYTES)) {
+        parts.push(current);
+        current = [];
+        bytes = 0;
+      }
+      current.push(item);
+      bytes += size;
+    }
+    if (current.length > 0) parts.push(current);
+    return parts;
+  }
+
+  private applyUnit(slot: number, part: { p: PreparedChange<V>; index: number }[], target: PublishTarget | undefined) {
+    const keys = part.map(({ p }) => p.redisKey);
+    let updateHeader: Buffer = EMPTY;
+    let deleteHeader: Buffer = EMPTY;
+    if (target) {
+      const hasUpdate = part.some(({ p }) => !p.change.deleted);
+      const hasDelete = part.some(({ p }) => p.change.deleted);
+      const origin = this.clock.nodeId;
+      if (hasUpdate) updateHeader = encodeHeader('u' satisfies MessageType, origin, target.nextSeq(slot), slot);
+      if (hasDelete) deleteHeader = encodeHeader('d' satisfies MessageType, origin, target.nextSeq(slot), slot);
+    }
+    const args: (string | Buffer | number)[] = [
+      this.tombstoneTtlMs,
+      target?.command ?? '',
+      target?.updateChannel ?? '',
+      target?.deleteChannel ?? '',
+      updateHeader,
+      deleteHeader,
+    ];
+    for (const { p } of part) {
+      const { change } = p;
+      let fragment: Buffer = EMPTY;
+      if (target) {
+        const withValue = target.withValues && p.payload !== undefined && p.payload.length <= target.maxPublishedValueBytes;
+        fragment = encodeEntry(change.key, change.stamp, withValue ? p.payload : undefined);
+      }
+      args.push(change.guard ?? change.stamp, change.stamp, p.record ?? EMPTY, fragment);
+    }
+    return {
+      slot,
+      part,
+      keys,
+      args,
+      queue: (pipeline: import('ioredis').ChainableCommander) => {
+        pipeline.callBuffer('EVALSHA', [APPLY_SHA, keys.length, ...keys, ...args]);
+        return 1;
+      },
+    };
+  }
+
+  private outcomeOf(key: string, reply: unknown): WriteOutcome<V> {
+    if (reply === 1 || reply === 2) return { status: 'written', existed: reply === 1 };
+    if (!Array.isArray(reply)) return { status: 'failed', error: new Error(`Unexpected script reply for key \`${key}\``) };
+    const stampRaw: unknown = reply[0];
+    const stamp = Buffer.isBuffer(stampRaw) ? stampRaw.toString('latin1') : String(stampRaw ?? '');
+    if (stamp !== '') this.clock.observe(stamp);
+    const raw: unknown = reply[1];
+    if (!Buffer.isBuffer(raw)) return { status: 'conflict', stored: { stamp, deleted: true } };
+    const { payload } = splitRecord(key, raw);
+    return { status: 'conflict', stored: { stamp, deleted: false, value: this.decodeValue(key, payload) } };
+  }
+
+  /** Per key 1 when live, 0 otherwise (EXISTS counts tombstones, so MGET is used). */
+  private async countLive(keys: readonly string[]): Promise<number[]> {
+    const found = await this.readVersioned(keys);
+    return found.map((f) => (f === undefined ? 0 : 1));
+  }
+
+  /** Live keys of this namespace in batches, each key once (SCAN MATCH `<ns>/*` TYPE string on every master). */
+  protected async *scanBatches(): AsyncGenerator<string[], void, undefined> {
+    const seen = new Set<string>();
+    const pattern = `${this.prefix}*`;
+    const cut = this.prefix.length;
+    for (const node of scanTargets(this.redis)) {
+      let cursor = '0';
+      do {
+        const [next, found] = await node.scan(cursor, 'MATCH', pattern, 'COUNT', 1000, 'TYPE', 'string');
+        cursor = next;
+        const batch: string[] = [];
+        for (const redisKey of found) {
+          const key = redisKey.slice(cut);
+          if (!seen.has(key)) {
+            seen.add(key);
+            batch.push(key);
+          }
+        }
+        if (batch.length > 0) yield batch;
+      } while (cursor !== '0');
+    }
+  }
+}
+
+function asError(error: unknown): Error {
+  return error instanceof Error ? error : new Error(String(error));
+}
+
+function throwFailure(outcomes: readonly WriteOutcome<unknown>[]): void {
+  for (const outcome of outcomes) if (outcome?.status === 'failed') throw outcome.error;
+}
+
+/** Collects and validates `[key, value]` pairs. */
+function collectEntries<V>(entries: Iterable<readonly [DictKey, V]>): [string, V][] {
+  if (entries === null || typeof entries !== 'object' || typeof (entries as Iterable<unknown>)[Symbol.iterator] !== 'function') {
+    throw new SerializationError('E_SERIALIZE', 'Expected an iterable of [key, value] pairs');
+  }
+  return Array.from(entries, (entry) => {
+    if (!Array.isArray(entry) || entry.length !== 2) {
+      throw new SerializationError('E_SERIALIZE', 'Expected every entry to be a [key, value] pair');
+    }
+    return [normalizeKey(entry[0]), entry[1] as V];
+  });
+}
+
+/** Keeps the last change of each key (a batch writes each key once). */
+export function lastPerKey<T extends { key: string }>(changes: readonly T[]): T[] {
+  const byKey = new Map<string, T>();
+  for (const change of changes) {
+    byKey.delete(change.key);
+    byKey.set(change.key, change);
+  }
+  return [...byKey.values()];
+}

@@ -1,0 +1,92 @@
+/**
+ * The one script that changes entries: a batch of compare-and-set writes (values or tombstones)
+ * and the PUBLISH of what was applied, in one atomic step. See `docs/protocol.md`.
+ *
+ * KEYS: the Redis keys of the batch (all in one hash slot on a Cluster).
+ * ARGV[1] tombstone TTL (ms); ARGV[2] publish command ('' = none, 'PUBLISH' or 'SPUBLISH');
+ * ARGV[3] update channel; ARGV[4] delete channel; ARGV[5] update message header ('' when the batch
+ * has no value write); ARGV[6] delete message header ('' when it has no delete); then four
+ * arguments per key: guard stamp, new stamp, record ('' = write a tombstone), message entry.
+ *
+ * An entry is written when the stored stamp (a record's, a tombstone's, or '' for none or foreign
+ * data) is lower than its guard; the guard is the new stamp under last-writer-wins, or the stamp
+ * of the moment a key became dirty under discard-on-remote-update. Reply per key: 1 (written, a live
+ * value was there), 2 (written, nothing live was there), or `{storedStamp, storedRecord|nil}`.
+ * Each message header present is published, with the applied entries (possibly none, so that
+ * per-origin sequence numbers stay contiguous).
+ *
+ * @module
+ */
+import { createHash } from 'node:crypto';
+
+export const APPLY_LUA = `
+local n = #KEYS
+local ttl = tonumber(ARGV[1])
+local result, upd, del = {}, {}, {}
+for i = 1, n do
+  local b = 6 + (i - 1) * 4
+  local guard, stamp, record = ARGV[b + 1], ARGV[b + 2], ARGV[b + 3]
+  local key = KEYS[i]
+  local stored, live = '', false
+  local head = redis.pcall('GETRANGE', key, 0, 34)
+  if type(head) == 'table' then
+    local s = redis.pcall('HGET', key, 's')
+    if type(s) == 'string' and #s == 34 then stored = s end
+  elseif #head > 0 then
+    live = true
+    if #head == 35 and string.byte(head, 1) == 118 then stored = string.sub(head, 2) end
+  end
+  if stored < guard then
+    if record == '' then
+      redis.call('DEL', key)
+      redis.call('HSET', key, 's', stamp)
+      redis.call('PEXPIRE', key, ttl)
+      del[#del + 1] = ARGV[b + 4]
+    else
+      redis.call('SET', key, record)
+      upd[#upd + 1] = ARGV[b + 4]
+    end
+    result[i] = live and 1 or 2
+  else
+    local raw = false
+    if live then raw = redis.call('GET', key) end
+    result[i] = { stored, raw }
+  end
+end
+local function arr(c)
+  if c < 16 then return string.char(144 + c) end
+  if c < 65536 then return string.char(220, math.floor(c / 256), c % 256) end
+  return string.char(221, math.floor(c / 16777216) % 256, math.floor(c / 65536) % 256, math.floor(c / 256) % 256, c % 256)
+end
+if ARGV[2] ~= '' then
+  if ARGV[5] ~= '' then redis.call(ARGV[2], ARGV[3], ARGV[5] .. arr(#upd) .. table.concat(upd)) end
+  if ARGV[6] ~= '' then redis.call(ARGV[2], ARGV[4], ARGV[6] .. arr(#del) .. table.concat(del)) end
+end
+return result
+`;
+
+/** SHA1 of {@link APPLY_LUA}, for EVALSHA. */
+export const APPLY_SHA = createHash('sha1').update(APPLY_LUA).digest('hex');
+
+/** Reads the stamps of keys: per key the record's stamp, the tombstone's stamp, or '' (used by resync). */
+export const STAMPS_LUA = `
+local out = {}
+for i = 1, #KEYS do
+  local key = KEYS[i]
+  local head = redis.pcall('GETRANGE', key, 0, 34)
+  local stamp = ''
+  if type(head) == 'table' then
+    local s = redis.pcall('HGET', key, 's')
+    if type(s) == 'string' then stamp = 't' .. s end
+  elseif #head == 35 and string.byte(head, 1) == 118 then
+    stamp = string.sub(head, 2)
+  elseif #head > 0 then
+    stamp = '?'
+  end
+  out[i] = stamp
+end
+return out
+`;
+
+/** SHA1 of {@link STAMPS_LUA}. */
+export const STAMPS_SHA = createHash('sha1').update(STAMPS_LUA).digest('hex');

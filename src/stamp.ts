@@ -1,0 +1,126 @@
+/**
+ * Version stamps: a hybrid logical clock (HLC).
+ *
+ * A stamp is a fixed-width lowercase hex string of 34 characters:
+ *
+ * ```
+ *  mmmmmmmmmmmm cccccc nnnnnnnnnnnnnnnn
+ *  └ 48-bit wall-clock milliseconds
+ *               └ 24-bit logical counter
+ *                      └ 64-bit writer (node) id, the tie-break
+ * ```
+ *
+ * Because every field is fixed-width hex, comparing two stamps as strings (JavaScript `<`, Lua `<`,
+ * or byte-wise) orders them exactly as comparing the tuples `(ms, counter, node)`. That is what lets
+ * the Lua compare-and-set scripts and the TypeScript caches agree on which write is newer.
+ *
+ * A clock hands out strictly increasing stamps and moves past every stamp it observes (a value read
+ * from Redis, an event received), so a write that causally follows another always wins.
+ *
+ * @module
+ */
+import { randomBytes } from 'node:crypto';
+
+/** A version stamp; compare stamps with `<` / `>` or {@link compareStamps}. */
+export type Stamp = string;
+
+/** Length of an encoded stamp. */
+export const STAMP_LENGTH = 34;
+
+/** The stamp that is older than every real stamp (used for "never written"). */
+export const ZERO_STAMP: Stamp = '0'.repeat(STAMP_LENGTH);
+
+const MAX_MS = 2 ** 48 - 1;
+const MAX_COUNTER = 0xffffff;
+const STAMP_PATTERN = /^[0-9a-f]{34}$/;
+const NODE_PATTERN = /^[0-9a-f]{16}$/;
+
+/** True when `value` is a well-formed stamp. */
+export function isStamp(value: unknown): value is Stamp {
+  return typeof value === 'string' && value.length === STAMP_LENGTH && STAMP_PATTERN.test(value);
+}
+
+/** Orders two stamps: negative when `a` is older, positive when newer, 0 when equal. */
+export function compareStamps(a: Stamp, b: Stamp): number {
+  return a < b ? -1 : a > b ? 1 : 0;
+}
+
+/** The newer of two stamps. */
+export function maxStamp(a: Stamp, b: Stamp): Stamp {
+  return a >= b ? a : b;
+}
+
+/** The parts of a stamp. */
+export interface StampParts {
+  /** Wall-clock milliseconds of the writer when it made the stamp. */
+  readonly ms: number;
+  /** Logical counter within that millisecond. */
+  readonly counter: number;
+  /** Writer id, 16 hex characters. */
+  readonly node: string;
+}
+
+/** Splits a stamp into its parts. */
+export function parseStamp(stamp: Stamp): StampParts {
+  return {
+    ms: Number.parseInt(stamp.slice(0, 12), 16),
+    counter: Number.parseInt(stamp.slice(12, 18), 16),
+    node: stamp.slice(18),
+  };
+}
+
+/** Builds a stamp from its parts. */
+export function formatStamp(ms: number, counter: number, node: string): Stamp {
+  return ms.toString(16).padStart(12, '0') + counter.toString(16).padStart(6, '0') + node;
+}
+
+/** A new random writer id (16 hex characters). */
+export function newNodeId(): string {
+  return randomBytes(8).toString('hex');
+}
+
+/** A hybrid logical clock that hands out strictly increasing {@link Stamp}s. */
+export class HybridClock {
+  /** This writer's id, the last 16 characters of every stamp it makes. */
+  readonly nodeId: string;
+  private readonly wallClock: () => number;
+  private ms = 0;
+  private counter = 0;
+
+  /**
+   * @param nodeId - writer id (16 lowercase hex characters); random by default.
+   * @param now - wall clock in milliseconds; injectable for tests. Default `Date.now`.
+   */
+  constructor(nodeId: string = newNodeId(), now: () => number = Date.now) {
+    if (!NODE_PATTERN.test(nodeId)) throw new TypeError(`HybridClock: node id must be 16 lowercase hex characters, got ${nodeId}`);
+    this.nodeId = nodeId;
+    this.wallClock = now;
+  }
+
+  /** A new stamp, greater than every stamp this clock made or observed before. */
+  now(): Stamp {
+    const wall = Math.min(Math.max(0, Math.floor(this.wallClock())), MAX_MS);
+    if (wall > this.ms) {
+      this.ms = wall;
+      this.counter = 0;
+    } else if (this.counter < MAX_COUNTER) {
+      this.counter += 1;
+    } else {
+      this.ms += 1;
+      this.counter = 0;
+    }
+    return formatStamp(this.ms, this.counter, this.nodeId);
+  }
+
+  /** Moves the clock past `stamp`, so that the next {@link now} is greater than it. */
+  observe(stamp: Stamp): void {
+    const ms = Number.parseInt(stamp.slice(0, 12), 16);
+    if (ms > this.ms) {
+      this.ms = Math.min(ms, MAX_MS);
+      this.counter = Number.parseInt(stamp.slice(12, 18), 16);
+    } else if (ms === this.ms) {
+      const counter = Number.parseInt(stamp.slice(12, 18), 16);
+      if (counter > this.counter) this.counter = counter;
+    }
+  }
+}

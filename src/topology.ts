@@ -1,0 +1,135 @@
+/**
+ * Standalone and Cluster behind one interface: grouping keys by slot, running one pipeline per
+ * node, and listing the masters to SCAN.
+ *
+ * On a standalone server every key is in group 0. On a Cluster a group is a hash slot: one
+ * multi-key command or script per slot, pipelined per master, so a batch costs one round trip per
+ * node instead of one per key.
+ *
+ * @module
+ */
+import calculateSlot from 'cluster-key-slot';
+import { Cluster, type ChainableCommander, type Redis } from 'ioredis';
+
+/** An ioredis client: a standalone `Redis` or a `Cluster`. */
+export type RedisClient = Redis | Cluster;
+
+/** True for an ioredis `Cluster`. */
+export function isCluster(client: RedisClient): client is Cluster {
+  return client instanceof Cluster || (client as { isCluster?: boolean }).isCluster === true;
+}
+
+/** Hash slot of a Redis key. */
+export function slotOf(redisKey: string): number {
+  return calculateSlot(redisKey);
+}
+
+/** Items grouped by slot (cluster) or all in group 0 (standalone), order kept inside a group. */
+export function groupBySlot<T>(cluster: boolean, items: readonly T[], redisKeyOf: (item: T) => string): Map<number, T[]> {
+  const groups = new Map<number, T[]>();
+  if (!cluster) {
+    if (items.length > 0) groups.set(0, [...items]);
+    return groups;
+  }
+  for (const item of items) {
+    const slot = calculateSlot(redisKeyOf(item));
+    const group = groups.get(slot);
+    if (group) group.push(item);
+    else groups.set(slot, [item]);
+  }
+  return groups;
+}
+
+/** Splits an array into chunks of at most `size`. */
+export function chunk<T>(items: readonly T[], size: number): T[][] {
+  const out: T[][] = [];
+  for (let i = 0; i < items.length; i += size) out.push(items.slice(i, i + size));
+  return out;
+}
+
+/** A unit of work for {@link runPerNode}: commands for one slot, and what to do with their replies. */
+export interface SlotWork {
+  /** Hash slot (0 on a standalone server). */
+  readonly slot: number;
+  /** Queues the commands of this unit on the pipeline; returns how many it queued. */
+  queue(pipeline: ChainableCommander): number;
+}
+
+/**
+ * Runs every unit of work in one pipeline per master and returns, for each unit in order, the
+ * `[error, reply]` pairs of the commands it queued.
+ */
+export async function runPerNode(client: RedisClient, work: readonly SlotWork[]): Promise<[Error | null, unknown][][]> {
+  const byNode = new Map<string, number[]>();
+  if (isCluster(client)) {
+    if (client.status !== 'ready') await clusterReady(client);
+    work.forEach((unit, index) => {
+      const node = client.slots[unit.slot]?.[0] ?? 'unknown';
+      const list = byNode.get(node);
+      if (list) list.push(index);
+      else byNode.set(node, [index]);
+    });
+  } else if (work.length > 0) {
+    byNode.set('standalone', work.map((_, index) => index));
+  }
+  const results: [Error | null, unknown][][] = new Array(work.length);
+  await Promise.all(
+    [...byNode.values()].map(async (indexes) => {
+      const pipeline = client.pipeline();
+      const counts = indexes.map((index) => work[index]!.queue(pipeline));
+      const replies = ((await pipeline.exec()) ?? []) as [Error | null, unknown][];
+      let offset = 0;
+      indexes.forEach((index, i) => {
+        const count = counts[i]!;
+        results[index] = replies.slice(offset, offset + count);
+        offset += count;
+      });
+    }),
+  );
+  return results;
+}
+
+/** Resolves when the cluster has its slot map; rejects if it ends first. */
+function clusterReady(cluster: Cluster): Promise<void> {
+  if (cluster.status === 'end') return Promise.reject(new Error('Connection is closed.'));
+  return new Promise((resolve, reject) => {
+    const onReady = (): void => {
+      cluster.off('end', onEnd);
+      resolve();
+    };
+    const onEnd = (): void => {
+      cluster.off('ready', onReady);
+      reject(new Error('Connection is closed.'));
+    };
+    cluster.once('ready', onReady);
+    cluster.once('end', onEnd);
+  });
+}
+
+/** The clients to SCAN: every master of a Cluster, or the standalone client itself. */
+export function scanTargets(client: RedisClient): Redis[] {
+  return isCluster(client) ? client.nodes('master') : [client];
+}
+
+let slotTags: string[] | undefined;
+
+/**
+ * A short string whose hash slot is `slot`, for naming sharded channels that live in the same slot
+ * as the keys they announce (SPUBLISH from a script must stay inside the script's slot).
+ */
+export function slotTag(slot: number): string {
+  if (!slotTags) {
+    const tags: string[] = new Array(16384);
+    let found = 0;
+    for (let i = 0; found < 16384; i++) {
+      const tag = i.toString(36);
+      const s = calculateSlot(tag);
+      if (tags[s] === undefined) {
+        tags[s] = tag;
+        found++;
+      }
+    }
+    slotTags = tags;
+  }
+  return slotTags[slot]!;
+}
