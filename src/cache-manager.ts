@@ -1,0 +1,645 @@
+/**
+ * PubSubCacheManager: a write-through near cache over a {@link PubSubRedisDict}, kept coherent by
+ * the store's events.
+ *
+ * Coherence rules (see `docs/consistency.md`):
+ * - every cached entry carries the stamp of the write it shows; an event applies only when its
+ *   stamp is newer (I4), so duplicated and reordered messages change nothing;
+ * - a read from Redis is cached only if no event newer than what it read arrived while it was in
+ *   flight, and only if no gap happened meanwhile (I5);
+ * - nothing is served from the cache until the subscription is live, nor while the link is down,
+ *   nor during a resync after a gap (I8).
+ *
+ * @module
+ */
+import { EventEmitter } from 'node:events';
+import { LRUCache } from 'lru-cache';
+import { ClosedError } from './errors.js';
+import { type DictKey, normalizeKey, normalizeKeys } from './keys.js';
+import type { MalformedMessageError, Message, MessageEntry } from './messages.js';
+import { booleanOption, checkOptions, enumOption, functionOption, integerOption, invalidOption } from './options.js';
+import { PubSubRedisDict } from './pubsub-redis-dict.js';
+import type { VersionedValue } from './record.js';
+import { type Stamp } from './stamp.js';
+import { type ResyncReason, Subscriber } from './subscriber.js';
+
+/** A cached entry: a value (or a cached miss) and the stamp of the write it shows. */
+export interface CacheEntry<V> {
+  /** The value; `undefined` for a cached miss. */
+  readonly value: V | undefined;
+  /** Stamp of the write this entry shows (`''` for a miss, older than every write). */
+  readonly stamp: Stamp | '';
+  /** False for a cached miss. */
+  readonly present: boolean;
+  /** Expiry time (clock ms) when `ttlMs` is set, else `Infinity`. */
+  readonly expiresAt: number;
+}
+
+/** Where cached entries live: a max entry count (LRU), your own `LRUCache`, or `'unbounded'` (a `Map`). */
+// eslint-disable-next-line @typescript-eslint/no-explicit-any
+export type CacheOption = number | 'unbounded' | LRUCache<string, any>;
+
+/** Options of {@link PubSubCacheManager}. */
+export interface PubSubCacheManagerOptions {
+  /** Cache storage: a max entry count (LRU), an `LRUCache` instance, or `'unbounded'`. Default 10,000 entries. */
+  cache?: CacheOption;
+  /**
+   * `'invalidate'`: events carry keys and stamps, peers drop their entry (default).
+   * `'update'`: events carry values (up to the store's `maxPublishedValueBytes`), peers install
+   * them without a round trip; switches the store's `publishValues` on.
+   */
+  sync?: 'invalidate' | 'update';
+  /** Local time-to-live of an entry in ms, a safety net; 0 = none. Default 0. */
+  ttlMs?: number;
+  /** Cache misses (a later write anywhere invalidates them through its event). Default true. */
+  cacheMisses?: boolean;
+  /** After a gap: `'revalidate'` cached stamps in pipelined batches and drop what changed (default), or `'clear'`. */
+  onReconnect?: 'revalidate' | 'clear';
+  /**
+   * Keep serving cached entries while the subscription is down (they may be stale). Default false:
+   * reads go to Redis until the link is back and the cache is resynced.
+   */
+  serveStaleWhileDisconnected?: boolean;
+  /** Heartbeat period on the subscriber connection, in ms. Default 1000. */
+  heartbeatIntervalMs?: number;
+  /** A heartbeat unanswered this long means a silent partition, in ms. Default 2 × `heartbeatIntervalMs`. */
+  heartbeatTimeoutMs?: number;
+  /** Largest message decoded, in bytes; larger ones are counted as malformed. Default 8 MiB. */
+  maxMessageBytes?: number;
+  /** Clock in ms for `ttlMs`; injectable for tests. Default `Date.now`. */
+  clock?: () => number;
+}
+
+const OPTION_KEYS = [
+  'cache',
+  'sync',
+  'ttlMs',
+  'cacheMisses',
+  'onReconnect',
+  'serveStaleWhileDisconnected',
+  'heartbeatIntervalMs',
+  'heartbeatTimeoutMs',
+  'maxMessageBytes',
+  'clock',
+] as const;
+
+/** Counters of {@link PubSubCacheManager.stats}. */
+export interface CacheStats {
+  /** Reads served from the cache. */
+  hits: number;
+  /** Reads that went to Redis. */
+  misses: number;
+  /** hits / (hits + misses), 0 when there was no read. */
+  hitRatio: number;
+  /** Entries received in valid messages from other instances. */
+  eventsReceived: number;
+  /** Entries that changed the cache. */
+  eventsApplied: number;
+  /** Entries that changed nothing (not cached, or not newer than the cached entry). */
+  eventsIgnored: number;
+  /** Malformed messages (and undecodable values in messages). */
+  malformed: number;
+  /** Resynchronisations after a gap. */
+  resyncs: number;
+  /** Entries cached now. */
+  size: number;
+}
+
+/** Details of a resync. */
+export interface ResyncInfo {
+  readonly reason: ResyncReason;
+  readonly mode: 'revalidate' | 'clear';
+  /** Entries dropped because Redis holds another version (all of them for `'clear'`). */
+  readonly dropped: number;
+  /** Entries kept because Redis holds the same version. */
+  readonly kept: number;
+}
+
+/** Events of a cache manager. */
+export interface CacheManagerEvents<V> {
+  /** A remote change dropped a cached entry. */
+  invalidate: [key: string, stamp: Stamp];
+  /** A remote change installed a value (`sync: 'update'`). */
+  update: [key: string, value: V, stamp: Stamp];
+  /** The cache was resynchronised after a gap. */
+  resync: [info: ResyncInfo];
+  /** The subscription went down; cached entries are not served until the next resync. */
+  down: [reason: ResyncReason];
+  /** A malformed message was received and ignored. */
+  malformed: [error: MalformedMessageError, channel: string];
+  /** A background error (connection, resync); emitted only when someone listens. */
+  error: [error: Error];
+}
+
+interface PendingRead<V> {
+  promise: Promise<VersionedValue<V> | undefined>;
+  /** Newest stamp of an event or local write for this key seen while the read was in flight. */
+  newest: Stamp | '';
+  readonly generation: number;
+}
+
+/** Storage behind the cache: `Map` or `LRUCache`, both seen through the calls used here. */
+interface Storage<V> {
+  get(key: string): CacheEntry<V> | undefined;
+  peek(key: string): CacheEntry<V> | undefined;
+  set(key: string, entry: CacheEntry<V>): void;
+  delete(key: string): boolean;
+  clear(): void;
+  has(key: string): boolean;
+  keys(): IterableIterator<string>;
+  entries(): IterableIterator<[string, CacheEntry<V>]>;
+  readonly size: number;
+}
+
+function mapStorage<V>(): Storage<V> {
+  const map = new Map<string, CacheEntry<V>>();
+  return Object.assign(map, { peek: (key: string) => map.get(key) }) as unknown as Storage<V>;
+}
+
+/** A read-only view of what a cache manager holds. */
+export class CacheView<V> {
+  /** @internal */
+  constructor(private readonly storage: Storage<V>) {}
+
+  /** Number of cached entries (cached misses included). */
+  get size(): number {
+    return this.storage.size;
+  }
+
+  /** True when `key` has a cached entry (a value or a cached miss). */
+  has(key: DictKey): boolean {
+    return this.storage.has(normalizeKey(key));
+  }
+
+  /** The cached entry of `key` without touching its LRU position. */
+  peek(key: DictKey): CacheEntry<V> | undefined {
+    return this.storage.peek(normalizeKey(key));
+  }
+
+  /** Cached keys (cached misses included). */
+  keys(): IterableIterator<string> {
+    return this.storage.keys();
+  }
+
+  /** Cached `[key, value]` pairs (values only, no cached misses). */
+  *entries(): IterableIterator<[string, V]> {
+    for (const [key, entry] of this.storage.entries()) if (entry.present) yield [key, entry.value as V];
+  }
+
+  /** Cached values. */
+  *values(): IterableIterator<V> {
+    for (const [, value] of this.entries()) yield value;
+  }
+}
+
+/**
+ * A write-through near cache: reads are served from local memory, misses go to Redis (concurrent
+ * misses of one key share one read), writes go through the store and then update the local entry,
+ * and the store's events keep every instance coherent.
+ *
+ * @typeParam V - type of the values.
+ */
+export class PubSubCacheManager<V = unknown> extends EventEmitter<CacheManagerEvents<V>> implements AsyncIterable<[string, V]> {
+  /** The store this cache reads through and writes to. */
+  readonly store: PubSubRedisDict<V>;
+  /** What is cached (read-only view). */
+  readonly cache: CacheView<V>;
+  /** Sync mode. */
+  readonly sync: 'invalidate' | 'update';
+
+  /** @internal */ protected readonly storage: Storage<V>;
+  /** @internal */ protected readonly subscriber: Subscriber;
+  /** @internal */ protected closed = false;
+  /** @internal */ protected readonly now: () => number;
+  private readonly ttlMs: number;
+  private readonly cacheMisses: boolean;
+  private readonly onReconnect: 'revalidate' | 'clear';
+  private readonly serveStale: boolean;
+  private readonly reads = new Map<string, PendingRead<V>>();
+  /** Bumped by every gap and resync; reads started before a bump are not cached. */
+  private generation = 0;
+  /** True when cached entries may be served. */
+  private serving = false;
+  private readonly readyPromise: Promise<void>;
+  private readonly counters = { hits: 0, misses: 0, eventsReceived: 0, eventsApplied: 0, eventsIgnored: 0, malformed: 0, resyncs: 0 };
+
+  /**
+   * @param store - a {@link PubSubRedisDict}; one cache manager per store.
+   * @param options - see {@link PubSubCacheManagerOptions}.
+   */
+  constructor(store: PubSubRedisDict<V>, options?: PubSubCacheManagerOptions) {
+    super();
+    const where = new.target.name;
+    if (!(store instanceof PubSubRedisDict)) invalidOption(where, 'store', 'a PubSubRedisDict', store);
+    const opts = checkOptions(where, options, this.optionKeys());
+    this.store = store;
+    this.storage = makeStorage<V>(where, opts['cache']);
+    this.cache = new CacheView(this.storage);
+    this.sync = enumOption(where, 'sync', opts['sync'], ['invalidate', 'update'] as const, 'invalidate');
+    this.ttlMs = integerOption(where, 'ttlMs', opts['ttlMs'], 0, 0);
+    this.cacheMisses = booleanOption(where, 'cacheMisses', opts['cacheMisses'], true);
+    this.onReconnect = enumOption(where, 'onReconnect', opts['onReconnect'], ['revalidate', 'clear'] as const, 'revalidate');
+    this.serveStale = booleanOption(where, 'serveStaleWhileDisconnected', opts['serveStaleWhileDisconnected'], false);
+    const heartbeatIntervalMs = integerOption(where, 'heartbeatIntervalMs', opts['heartbeatIntervalMs'], 1000, 10);
+    const heartbeatTimeoutMs = integerOption(where, 'heartbeatTimeoutMs', opts['heartbeatTimeoutMs'], 2 * heartbeatIntervalMs, 10);
+    const maxMessageBytes = integerOption(where, 'maxMessageBytes', opts['maxMessageBytes'], 8 << 20);
+    this.now = functionOption(where, 'clock', opts['clock'], Date.now);
+    store.claim(this);
+    if (this.sync === 'update') store.setPublishValues(true);
+    this.subscriber = new Subscriber(
+      store.redis,
+      {
+        origin: store.clock.nodeId,
+        namespace: store.namespace,
+        sharded: store.shardedPubSub,
+        heartbeatIntervalMs,
+        heartbeatTimeoutMs,
+        maxMessageBytes,
+        maxValueBytes: store.maxValueBytes,
+        maxEntries: Math.max(store.batchSize, 1000),
+      },
+      {
+        onMessage: (message) => this.onMessage(message),
+        onMalformed: (error, channel) => {
+          this.counters.malformed++;
+          this.emit('malformed', error, channel);
+        },
+        onDown: (reason) => this.onDown(reason),
+        onUp: (reason) => this.onUp(reason),
+        onError: (error) => this.reportError(error),
+      },
+    );
+    this.readyPromise = this.subscriber.start();
+  }
+
+  /** Option names this class accepts; subclasses extend the list. */
+  protected optionKeys(): readonly string[] {
+    return OPTION_KEYS;
+  }
+
+  /** Resolves once the subscription is live; nothing is cached before that. */
+  ready(): Promise<void> {
+    return this.readyPromise;
+  }
+
+  /** True while cached entries are served (subscribed, heartbeat answering, not resyncing). */
+  get isServing(): boolean {
+    return this.serving && !this.closed;
+  }
+
+  // ---------------------------------------------------------------- reads
+
+  /** The value of `key`: from the cache on a hit, else from Redis (and cached). */
+  async get(key: DictKey): Promise<V | undefined> {
+    const k = normalizeKey(key);
+    if (this.closed) throw new ClosedError(this.constructor.name);
+    const entry = this.lookup(k);
+    if (entry !== undefined) {
+      this.counters.hits++;
+      return entry.value;
+    }
+    this.counters.misses++;
+    return (await this.load(k))?.value;
+  }
+
+  /** True when `key` has a value (a cached miss never answers true). */
+  async has(key: DictKey): Promise<boolean> {
+    const k = normalizeKey(key);
+    if (this.closed) throw new ClosedError(this.constructor.name);
+    const entry = this.lookup(k);
+    if (entry !== undefined) {
+      this.counters.hits++;
+      return entry.present;
+    }
+    this.counters.misses++;
+    return (await this.load(k)) !== undefined;
+  }
+
+  /** Values of `keys`, aligned with them; the misses are read in one round trip per node. */
+  async getMany(keys: Iterable<DictKey>): Promise<(V | undefined)[]> {
+    const ks = normalizeKeys(keys);
+    if (this.closed) throw new ClosedError(this.constructor.name);
+    const out: (V | undefined)[] = new Array(ks.length);
+    const missing: string[] = [];
+    const waiting = new Map<string, Promise<VersionedValue<V> | undefined>>();
+    ks.forEach((k, i) => {
+      const entry = this.lookup(k);
+      if (entry !== undefined) {
+        this.counters.hits++;
+        out[i] = entry.value;
+        return;
+      }
+      this.counters.misses++;
+      if (waiting.has(k)) return;
+      const pending = this.reads.get(k);
+      if (pending) waiting.set(k, pending.promise);
+      else missing.push(k);
+    });
+    if (missing.length > 0) {
+      const batch = this.store.readVersioned(missing);
+      missing.forEach((k, j) => waiting.set(k, this.track(k, batch.then((found) => found[j]))));
+    }
+    if (waiting.size > 0) {
+      const resolved = new Map<string, VersionedValue<V> | undefined>();
+      await Promise.all([...waiting].map(async ([k, p]) => resolved.set(k, await p)));
+      ks.forEach((k, i) => {
+        if (resolved.has(k)) out[i] = resolved.get(k)?.value;
+      });
+    }
+    return out;
+  }
+
+  /** Hook: the entry to serve for `k`, or undefined for a miss. */
+  protected lookup(k: string): CacheEntry<V> | undefined {
+    if (!this.serving) return undefined;
+    const entry = this.storage.get(k);
+    if (entry === undefined) return undefined;
+    if (entry.expiresAt !== Infinity && entry.expiresAt <= this.now()) {
+      this.storage.delete(k);
+      return undefined;
+    }
+    return entry;
+  }
+
+  /** Reads `k` from Redis, sharing the read with concurrent callers, and caches the result when allowed. */
+  protected load(k: string): Promise<VersionedValue<V> | undefined> {
+    const pending = this.reads.get(k);
+    if (pending) return pending.promise;
+    return this.track(
+      k,
+      this.store.readVersioned([k]).then((found) => found[0]),
+    );
+  }
+
+  private track(k: string, read: Promise<VersionedValue<V> | undefined>): Promise<VersionedValue<V> | undefined> {
+    const pending: PendingRead<V> = { promise: read, newest: '', generation: this.generation };
+    pending.promise = read.then(
+      (found) => {
+        if (this.reads.get(k) === pending) this.reads.delete(k);
+        const stamp = found?.stamp ?? '';
+        // I5: an event or write newer than what was read arrived meanwhile: do not cache the read.
+        if (pending.generation === this.generation && pending.newest <= stamp && (found !== undefined || this.cacheMisses)) {
+          this.install(k, found === undefined ? missEntry : { value: found.value, stamp, present: true, expiresAt: Infinity });
+        }
+        return found;
+      },
+      (error: unknown) => {
+        if (this.reads.get(k) === pending) this.reads.delete(k);
+        throw error;
+      },
+    );
+    this.reads.set(k, pending);
+    return pending.promise;
+  }
+
+  /** Installs an entry if the cache is serving and the entry is newer than the cached one. */
+  protected install(k: string, entry: CacheEntry<V>): boolean {
+    if (!this.serving || this.closed) return false;
+    const current = this.storage.peek(k);
+    if (current !== undefined && current.stamp >= entry.stamp) return false;
+    this.storage.set(k, this.ttlMs > 0 ? { ...entry, expiresAt: this.now() + this.ttlMs } : entry);
+    return true;
+  }
+
+  /** Records that a write with `stamp` happened to `k`, so that a read in flight does not cache an older value. */
+  protected noteWrite(k: string, stamp: Stamp): void {
+    const pending = this.reads.get(k);
+    if (pending !== undefined && pending.newest < stamp) pending.newest = stamp;
+  }
+
+  // ---------------------------------------------------------------- writes (write-through)
+
+  /** Writes `value` to Redis (published to peers), then caches it. */
+  async set(key: DictKey, value: V): Promise<void> {
+    await this.setMany([[key, value]]);
+  }
+
+  /** Writes every pair in one round trip per node, then caches them. */
+  async setMany(entries: Iterable<readonly [DictKey, V]>): Promise<void> {
+    if (this.closed) throw new ClosedError(this.constructor.name);
+    const byKey = new Map<string, V>();
+    for (const [key, value] of entries) {
+      const k = normalizeKey(key);
+      byKey.delete(k);
+      byKey.set(k, value);
+    }
+    const changes = [...byKey].map(([k, value]) => ({ key: k, stamp: this.store.clock.now(), deleted: false, value, payload: this.store.encodeValue(k, value) }));
+    await this.writeThrough(changes);
+  }
+
+  /** Deletes `key` in Redis (a published tombstone); true when it had a value. */
+  async delete(key: DictKey): Promise<boolean> {
+    return (await this.deleteMany([key])) === 1;
+  }
+
+  /** Deletes every key; returns how many had a value. */
+  async deleteMany(keys: Iterable<DictKey>): Promise<number> {
+    const ks = [...new Set(normalizeKeys(keys))];
+    if (this.closed) throw new ClosedError(this.constructor.name);
+    const outcomes = await this.writeThrough(ks.map((k) => ({ key: k, stamp: this.store.clock.now(), deleted: true })));
+    return outcomes.filter((o) => o.status === 'written' && o.existed).length;
+  }
+
+  private async writeThrough(changes: { key: string; stamp: Stamp; deleted: boolean; value?: V; payload?: Uint8Array }[]) {
+    for (const change of changes) this.noteWrite(change.key, change.stamp);
+    const outcomes = await this.store.writeVersioned(changes);
+    let failure: Error | undefined;
+    outcomes.forEach((outcome, i) => {
+      const change = changes[i]!;
+      if (outcome.status === 'written') {
+        if (change.deleted) this.install(change.key, { value: undefined, stamp: change.stamp, present: false, expiresAt: Infinity });
+        else this.install(change.key, { value: this.store.decodeValue(change.key, change.payload!), stamp: change.stamp, present: true, expiresAt: Infinity });
+      } else if (outcome.status === 'conflict') {
+        // Redis holds a newer write: it wins (last-writer-wins); cache what Redis holds.
+        const { stored } = outcome;
+        if (stored.stamp !== '') {
+          this.noteWrite(change.key, stored.stamp);
+          this.install(change.key, { value: stored.value, stamp: stored.stamp, present: !stored.deleted, expiresAt: Infinity });
+        } else this.storage.delete(change.key);
+      } else {
+        this.storage.delete(change.key);
+        failure ??= outcome.error;
+      }
+    });
+    if (failure) throw failure;
+    return outcomes;
+  }
+
+  // ---------------------------------------------------------------- whole-dictionary operations
+
+  /** Number of entries in Redis (SCAN); the cache is not involved. */
+  async size(): Promise<number> {
+    if (this.closed) throw new ClosedError(this.constructor.name);
+    return this.store.size();
+  }
+
+  /** Deletes every entry of the namespace in Redis (published) and empties the local cache. */
+  async clear(): Promise<void> {
+    if (this.closed) throw new ClosedError(this.constructor.name);
+    this.generation++;
+    this.storage.clear();
+    await this.store.clear();
+    this.generation++;
+    this.storage.clear();
+  }
+
+  /** Keys in Redis (SCAN). */
+  keys(): AsyncGenerator<string, void, undefined> {
+    if (this.closed) throw new ClosedError(this.constructor.name);
+    return this.store.keys();
+  }
+
+  /** Values in Redis (SCAN). */
+  values(): AsyncGenerator<V, void, undefined> {
+    if (this.closed) throw new ClosedError(this.constructor.name);
+    return this.store.values();
+  }
+
+  /** `[key, value]` pairs in Redis (SCAN). */
+  entries(): AsyncGenerator<[string, V], void, undefined> {
+    if (this.closed) throw new ClosedError(this.constructor.name);
+    return this.store.entries();
+  }
+
+  /** Same as iterating the store. */
+  [Symbol.asyncIterator](): AsyncGenerator<[string, V], void, undefined> {
+    return this.entries();
+  }
+
+  /** Counters since creation. */
+  stats(): CacheStats {
+    const { hits, misses } = this.counters;
+    return { ...this.counters, hitRatio: hits + misses === 0 ? 0 : hits / (hits + misses), size: this.storage.size };
+  }
+
+  // ---------------------------------------------------------------- events and resync
+
+  private onMessage(message: Message): void {
+    const deleted = message.type === 'd';
+    for (const entry of message.entries) {
+      this.counters.eventsReceived++;
+      this.store.clock.observe(entry.stamp);
+      this.noteWrite(entry.key, entry.stamp);
+      if (this.applyRemote(entry, deleted)) this.counters.eventsApplied++;
+      else this.counters.eventsIgnored++;
+    }
+  }
+
+  /** Hook: applies one remote change; true when it changed the cache. */
+  protected applyRemote(entry: MessageEntry, deleted: boolean): boolean {
+    const current = this.storage.peek(entry.key);
+    if (current === undefined || current.stamp >= entry.stamp) return false;
+    if (!deleted && this.sync === 'update' && entry.payload !== undefined && this.serving) {
+      const value = this.decodeRemote(entry);
+      if (value !== undefined) {
+        this.storage.set(entry.key, { value: value.value, stamp: entry.stamp, present: true, expiresAt: this.ttlMs > 0 ? this.now() + this.ttlMs : Infinity });
+        this.emit('update', entry.key, value.value, entry.stamp);
+        return true;
+      }
+    }
+    this.storage.delete(entry.key);
+    this.emit('invalidate', entry.key, entry.stamp);
+    return true;
+  }
+
+  /** Decodes a value carried by a message; undefined (and counted as malformed) when it cannot be decoded. */
+  protected decodeRemote(entry: MessageEntry): { value: V } | undefined {
+    try {
+      return { value: this.store.decodeValue(entry.key, entry.payload!) };
+    } catch (error) {
+      this.counters.malformed++;
+      this.reportError(error as Error);
+      return undefined;
+    }
+  }
+
+  private onDown(reason: ResyncReason): void {
+    this.generation++;
+    if (!this.serveStale) this.serving = false;
+    this.emit('down', reason);
+  }
+
+  private onUp(reason: ResyncReason | 'initial'): void {
+    this.generation++;
+    if (reason === 'initial') {
+      this.serving = true;
+      return;
+    }
+    void this.resync(reason);
+  }
+
+  private async resync(reason: ResyncReason): Promise<void> {
+    const generation = this.generation;
+    if (!this.serveStale) this.serving = false;
+    this.counters.resyncs++;
+    let dropped = 0;
+    let kept = 0;
+    if (this.onReconnect === 'clear') {
+      dropped = this.storage.size;
+      this.storage.clear();
+    } else {
+      const keys = [...this.storage.keys()];
+      try {
+        const stamps = await this.store.readStamps(keys);
+        keys.forEach((k, i) => {
+          const entry = this.storage.peek(k);
+          if (entry === undefined) return;
+          const stored = stamps[i];
+          const same = entry.present ? stored === entry.stamp : stored === '';
+          if (same) kept++;
+          else {
+            this.storage.delete(k);
+            dropped++;
+          }
+        });
+      } catch (error) {
+        // Cannot compare: an empty cache is a coherent cache.
+        dropped = this.storage.size;
+        this.storage.clear();
+        this.reportError(error as Error);
+      }
+    }
+    this.afterResync();
+    if (generation !== this.generation || this.closed) return;
+    if (this.subscriber.healthy) this.serving = true;
+    this.emit('resync', { reason, mode: this.onReconnect, dropped, kept });
+  }
+
+  /** Hook for subclasses, run after each resync. */
+  protected afterResync(): void {}
+
+  /** @internal */
+  protected reportError(error: Error): void {
+    if (this.listenerCount('error') > 0) this.emit('error', error);
+  }
+
+  // ---------------------------------------------------------------- lifecycle
+
+  /** Unsubscribes and closes the connection the manager opened (never the caller's). Idempotent. */
+  async close(): Promise<void> {
+    if (this.closed) return;
+    this.closed = true;
+    this.serving = false;
+    await this.subscriber.close();
+    this.store.release(this);
+    this.storage.clear();
+  }
+
+  /** Same as {@link PubSubCacheManager.close}, for `await using`. */
+  async [Symbol.asyncDispose](): Promise<void> {
+    await this.close();
+  }
+}
+
+const missEntry: CacheEntry<never> = Object.freeze({ value: undefined, stamp: '', present: false, expiresAt: Infinity });
+
+function makeStorage<V>(where: string, option: unknown): Storage<V> {
+  if (option === undefined) return new LRUCache<string, CacheEntry<V>>({ max: 10_000 }) as unknown as Storage<V>;
+  if (option === 'unbounded') return mapStorage<V>();
+  if (typeof option === 'number') {
+    if (!Number.isSafeInteger(option) || option < 1) invalidOption(where, 'cache', "a positive integer, an LRUCache or 'unbounded'", option);
+    return new LRUCache<string, CacheEntry<V>>({ max: option }) as unknown as Storage<V>;
+  }
+  if (option instanceof LRUCache) return option as unknown as Storage<V>;
+  return invalidOption(where, 'cache', "a positive integer, an LRUCache or 'unbounded'", option);
+}

@@ -1,0 +1,34 @@
+/**
+ * redis-pubsub-dict: async Map-like dictionaries in Redis, a coherent near cache, and a write-back
+ * cache with version stamps and conflict policies.
+ *
+ * @packageDocumentation
+ */
+export { RedisDict, type RedisDictOptions, type VersionedChange, type WriteOutcome, type StoredState } from './redis-dict.js';
+export { PubSubRedisDict, type PubSubRedisDictOptions } from './pubsub-redis-dict.js';
+export {
+  PubSubCacheManager,
+  CacheView,
+  type PubSubCacheManagerOptions,
+  type CacheEntry,
+  type CacheOption,
+  type CacheStats,
+  type CacheManagerEvents,
+  type ResyncInfo,
+} from './cache-manager.js';
+export type { ResyncReason } from './subscriber.js';
+export { type Codec, msgpackCodec, MAX_DEPTH } from './codec.js';
+export { type DictKey, MAX_KEY_LENGTH } from './keys.js';
+export type { VersionedValue } from './record.js';
+export { HybridClock, type Stamp, compareStamps, isStamp, parseStamp, ZERO_STAMP } from './stamp.js';
+export {
+  RedisDictError,
+  InvalidArgumentError,
+  SerializationError,
+  CorruptDataError,
+  ClosedError,
+  BackpressureError,
+  TimeoutError,
+  type ErrorCode,
+} from './errors.js';
+export { MalformedMessageError } from './messages.js';

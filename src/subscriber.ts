@@ -1,0 +1,355 @@
+/**
+ * The subscription that keeps a near cache coherent, and everything that can go wrong with it.
+ *
+ * Redis pub/sub is at-most-once: a message sent while the subscriber is disconnected, cut off for
+ * being slow, or silently partitioned is lost, and ioredis says nothing about it. This module
+ * turns every such gap into a `down` / `up` pair or a `gap` notice, so that the cache manager stops
+ * serving what it can no longer vouch for and resyncs before it serves again:
+ *
+ * - its own connection (never the caller's), subscribed explicitly on every `ready`; the `up`
+ *   notice comes only once the subscription is confirmed, so nothing published after it is missed;
+ * - a heartbeat: a PING every `heartbeatIntervalMs` on the subscriber connection (with sharded
+ *   pub/sub, a probe message through each shard instead), and a forced reconnect when no answer
+ *   comes within `heartbeatTimeoutMs`, which detects a silent partition;
+ * - per-origin, per-group sequence numbers: a gap means lost messages;
+ * - the server's `run_id`, compared at each reconnect: a restarted server lost its data;
+ * - on a Cluster, topology changes (failover) seen by the data client.
+ *
+ * @module
+ */
+import { randomBytes } from 'node:crypto';
+import { Redis, type Cluster } from 'ioredis';
+import { encodeEntry, MalformedMessageError, type Message, MessageDecoder } from './messages.js';
+import { type RedisClient, isCluster, slotTag } from './topology.js';
+
+/** Why the cache had to resynchronise. */
+export type ResyncReason = 'reconnect' | 'heartbeat-timeout' | 'sequence-gap' | 'run-id-changed' | 'topology-changed';
+
+/** What the subscriber tells its owner. */
+export interface SubscriberListener {
+  /** A valid message from another writer. */
+  onMessage(message: Message): void;
+  /** A message that failed validation; it was not applied. */
+  onMalformed(error: MalformedMessageError, channel: string): void;
+  /** The link can no longer be trusted: stop serving cached entries. */
+  onDown(reason: ResyncReason): void;
+  /** The link is (again) live and subscribed: resync, then serve. Also called for a gap while up. */
+  onUp(reason: ResyncReason | 'initial'): void;
+  /** A connection error (for reporting; recovery is automatic). */
+  onError(error: Error): void;
+}
+
+/** Subscriber settings. */
+export interface SubscriberSettings {
+  readonly origin: string;
+  readonly namespace: string;
+  readonly sharded: boolean;
+  readonly heartbeatIntervalMs: number;
+  readonly heartbeatTimeoutMs: number;
+  readonly maxMessageBytes: number;
+  readonly maxValueBytes: number;
+  readonly maxEntries: number;
+}
+
+/** Channel names of a namespace (classic pub/sub). */
+export function channelsOf(namespace: string): { update: string; delete: string } {
+  return { update: `${namespace}/update`, delete: `${namespace}/delete` };
+}
+
+/** Channel names of a namespace for one slot (sharded pub/sub). */
+export function shardedChannelsOf(namespace: string, slot: number): { update: string; delete: string } {
+  const tag = slotTag(slot);
+  return { update: `${namespace}/update{${tag}}`, delete: `${namespace}/delete{${tag}}` };
+}
+
+/** A probe is an update message from this origin with seq 0 and a nonce as its only key. */
+const PROBE_PREFIX = '\u0000probe:';
+
+export class Subscriber {
+  private readonly data: RedisClient;
+  private readonly settings: SubscriberSettings;
+  private readonly listener: SubscriberListener;
+  private readonly decoder: MessageDecoder;
+  private conn: Redis | Cluster | undefined;
+  private timer: NodeJS.Timeout | undefined;
+  private closed = false;
+  private live = false;
+  private everUp = false;
+  private runId: string | undefined;
+  private pingSentAt = 0;
+  private pingPending = false;
+  private notReadySince = 0;
+  private readonly lastSeq = new Map<string, number>();
+  private probes = new Map<string, number>();
+  private nodeIndex = 0;
+  private readyWaiters: (() => void)[] = [];
+  private readonly onTopology = (): void => {
+    if (this.live) this.listener.onUp('topology-changed');
+  };
+
+  constructor(data: RedisClient, settings: SubscriberSettings, listener: SubscriberListener) {
+    this.data = data;
+    this.settings = settings;
+    this.listener = listener;
+    this.decoder = new MessageDecoder({
+      maxMessageBytes: settings.maxMessageBytes,
+      maxValueBytes: settings.maxValueBytes,
+      maxEntries: settings.maxEntries,
+    });
+  }
+
+  /** True while the subscription is confirmed and the heartbeat answers. */
+  get healthy(): boolean {
+    return this.live;
+  }
+
+  /** Connects and subscribes; resolves once the subscription is live for the first time. */
+  start(): Promise<void> {
+    const ready = new Promise<void>((resolve) => this.readyWaiters.push(resolve));
+    if (isCluster(this.data)) {
+      this.data.on('+node', this.onTopology);
+      this.data.on('-node', this.onTopology);
+    }
+    this.connect();
+    this.notReadySince = Date.now();
+    this.timer = setInterval(() => this.heartbeat(), this.settings.heartbeatIntervalMs);
+    this.timer.unref();
+    return ready;
+  }
+
+  /** Unsubscribes and closes the connection this subscriber opened. Idempotent. */
+  async close(): Promise<void> {
+    if (this.closed) return;
+    this.closed = true;
+    this.live = false;
+    if (this.timer) clearInterval(this.timer);
+    if (isCluster(this.data)) {
+      this.data.off('+node', this.onTopology);
+      this.data.off('-node', this.onTopology);
+    }
+    const conn = this.conn;
+    this.conn = undefined;
+    if (conn) {
+      conn.removeAllListeners();
+      conn.on('error', () => {});
+      conn.disconnect();
+    }
+    for (const resolve of this.readyWaiters) resolve();
+    this.readyWaiters = [];
+  }
+
+  private connect(): void {
+    if (this.closed) return;
+    const data = this.data;
+    if (isCluster(data) && !this.settings.sharded && data.nodes('all').length === 0) {
+      // The node list is known once the Cluster is ready.
+      data.once('ready', () => this.connect());
+      return;
+    }
+    const conn = this.createConnection();
+    this.conn = conn;
+    conn.on('error', (error: Error) => {
+      if (this.conn === conn) this.listener.onError(error);
+    });
+    conn.on('ready', () => {
+      if (this.conn === conn) void this.subscribe(conn);
+    });
+    conn.on('close', () => {
+      if (this.conn !== conn) return;
+      this.markDown('reconnect');
+    });
+    conn.on('end', () => {
+      // A classic subscriber on a Cluster gave up on its node (failover): move to another node.
+      if (this.conn !== conn || this.closed) return;
+      this.markDown('reconnect');
+      this.connect();
+    });
+    if (this.settings.sharded) conn.on('smessageBuffer', (channel: Buffer, message: Buffer) => this.receive(channel, message));
+    else conn.on('messageBuffer', (channel: Buffer, message: Buffer) => this.receive(channel, message));
+  }
+
+  private createConnection(): Redis | Cluster {
+    const data = this.data;
+    if (!isCluster(data)) {
+      return data.duplicate({ autoResubscribe: false, lazyConnect: false, enableOfflineQueue: true, maxRetriesPerRequest: null });
+    }
+    if (this.settings.sharded) {
+      return data.duplicate(undefined, { shardedSubscribers: true });
+    }
+    // Classic pub/sub is broadcast to every node of a Cluster: one plain connection to any node.
+    const nodes = data.nodes('all');
+    const node = nodes[this.nodeIndex++ % Math.max(1, nodes.length)];
+    return new Redis({
+      ...data.options.redisOptions,
+      host: node?.options.host,
+      port: node?.options.port,
+      autoResubscribe: false,
+      maxRetriesPerRequest: null,
+      retryStrategy: (times: number) => (times > 3 ? null : Math.min(times * 100, 1000)),
+    });
+  }
+
+  private async subscribe(conn: Redis | Cluster): Promise<void> {
+    const { namespace } = this.settings;
+    try {
+      if (this.settings.sharded) {
+        const pending: Promise<unknown>[] = [];
+        for (let slot = 0; slot < 16384; slot++) {
+          const channels = shardedChannelsOf(namespace, slot);
+          pending.push(conn.ssubscribe(channels.update, channels.delete));
+        }
+        await Promise.all(pending);
+      } else {
+        const channels = channelsOf(namespace);
+        await conn.subscribe(channels.update, channels.delete);
+      }
+      let reason: ResyncReason | 'initial' = this.everUp ? 'reconnect' : 'initial';
+      if (!isCluster(conn)) {
+        const runId = await readRunId(conn);
+        if (this.runId !== undefined && runId !== undefined && runId !== this.runId) reason = 'run-id-changed';
+        if (runId !== undefined) this.runId = runId;
+      }
+      if (this.conn !== conn || this.closed) return;
+      this.markUp(reason);
+    } catch (error) {
+      if (this.conn !== conn || this.closed) return;
+      this.listener.onError(error instanceof Error ? error : new Error(String(error)));
+      conn.disconnect(true);
+    }
+  }
+
+  private markUp(reason: ResyncReason | 'initial'): void {
+    this.live = true;
+    this.everUp = true;
+    this.pingPending = false;
+    this.probes.clear();
+    // After any gap, sequence numbers restart from what arrives next.
+    if (reason !== 'initial') this.lastSeq.clear();
+    this.listener.onUp(reason);
+    for (const resolve of this.readyWaiters) resolve();
+    this.readyWaiters = [];
+  }
+
+  private markDown(reason: ResyncReason): void {
+    if (this.notReadySince === 0) this.notReadySince = Date.now();
+    if (!this.live) return;
+    this.live = false;
+    this.listener.onDown(reason);
+  }
+
+  private heartbeat(): void {
+    const conn = this.conn;
+    if (!conn || this.closed) return;
+    const now = Date.now();
+    const timeout = this.settings.heartbeatTimeoutMs;
+    if (!this.live) {
+      // Stuck connecting (e.g. a partition swallowing the handshake): start over.
+      if (this.notReadySince !== 0 && now - this.notReadySince > timeout && conn.status !== 'reconnecting') {
+        this.notReadySince = now;
+        conn.disconnect(true);
+      }
+      return;
+    }
+    this.notReadySince = 0;
+    if (this.settings.sharded) {
+      this.probeShards(now, conn as Cluster);
+      return;
+    }
+    if (this.pingPending) {
+      if (now - this.pingSentAt > timeout) {
+        this.markDown('heartbeat-timeout');
+        this.notReadySince = now;
+        (conn as Redis).disconnect(true);
+      }
+      return;
+    }
+    this.pingPending = true;
+    this.pingSentAt = now;
+    (conn as Redis).ping().then(
+      () => {
+        if (this.conn === conn) this.pingPending = false;
+      },
+      () => {},
+    );
+  }
+
+  /** With sharded pub/sub, a probe through every shard proves the subscription end to end. */
+  private probeShards(now: number, conn: Cluster): void {
+    for (const sentAt of this.probes.values()) {
+      if (now - sentAt > this.settings.heartbeatTimeoutMs) {
+        this.probes.clear();
+        this.markDown('heartbeat-timeout');
+        this.notReadySince = now;
+        conn.disconnect(true);
+        return;
+      }
+    }
+    const data = this.data as Cluster;
+    const seen = new Set<string>();
+    data.slots.forEach((owners, slot) => {
+      const master = owners?.[0];
+      if (master === undefined || seen.has(master)) return;
+      seen.add(master);
+      if ([...this.probes.keys()].some((nonce) => nonce.endsWith(`@${master}`))) return;
+      const nonce = `${PROBE_PREFIX}${randomBytes(6).toString('hex')}@${master}`;
+      this.probes.set(nonce, now);
+      const channel = shardedChannelsOf(this.settings.namespace, slot).update;
+      const bytes = Buffer.concat([probeHeader(this.settings.origin, slot), Buffer.from([0x91]), encodeEntry(nonce, '0'.repeat(34))]);
+      data.spublish(channel, bytes).catch(() => {});
+    });
+  }
+
+  private receive(channel: Buffer, bytes: Buffer): void {
+    if (this.closed) return;
+    let message: Message;
+    try {
+      message = this.decoder.decode(bytes);
+    } catch (error) {
+      const malformed = error instanceof MalformedMessageError ? error : new MalformedMessageError(String(error), { cause: error });
+      this.listener.onMalformed(malformed, channel.toString('latin1', 0, 200));
+      return;
+    }
+    if (message.origin === this.settings.origin) {
+      if (message.seq === PROBE_SEQ) {
+        const nonce = message.entries[0]?.key;
+        if (nonce !== undefined) this.probes.delete(nonce);
+      }
+      return;
+    }
+    if (message.seq === PROBE_SEQ) return;
+    const id = `${message.origin}:${message.group}`;
+    const last = this.lastSeq.get(id);
+    this.lastSeq.set(id, last === undefined ? message.seq : Math.max(last, message.seq));
+    this.listener.onMessage(message);
+    if (last !== undefined && message.seq !== last + 1 && this.live) {
+      this.listener.onUp('sequence-gap');
+    }
+  }
+}
+
+/** Sequence number reserved for heartbeat probes (real messages start at 1). */
+const PROBE_SEQ = 2 ** 53 - 1;
+
+function probeHeader(origin: string, slot: number): Buffer {
+  // Same layout as a real header, with the reserved sequence number.
+  const header = Buffer.from(
+    // [1, 'u', origin, PROBE_SEQ, slot] with the array length patched to 6.
+    new Uint8Array([0x96, 0x01, 0xa1, 0x75, 0xb0, ...Buffer.from(origin, 'latin1'), 0xcf, ...u64(PROBE_SEQ), 0xcd, (slot >> 8) & 0xff, slot & 0xff]),
+  );
+  return header;
+}
+
+function u64(n: number): number[] {
+  const out = Buffer.alloc(8);
+  out.writeBigUInt64BE(BigInt(n));
+  return [...out];
+}
+
+async function readRunId(conn: Redis): Promise<string | undefined> {
+  try {
+    const info = await conn.info('server');
+    return /run_id:([0-9a-f]+)/.exec(info)?.[1];
+  } catch {
+    return undefined;
+  }
+}
