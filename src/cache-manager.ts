@@ -22,6 +22,8 @@ import { PubSubRedisDict } from './pubsub-redis-dict.js';
 import type { VersionedValue } from './record.js';
 import { type Stamp } from './stamp.js';
 import { type ResyncReason, Subscriber } from './subscriber.js';
+import type { Conflict } from './write-back/conflict.js';
+import type { FlushReport } from './write-back/manager.js';
 
 /** A cached entry: a value (or a cached miss) and the stamp of the write it shows. */
 export interface CacheEntry<V> {
@@ -127,8 +129,12 @@ export interface CacheManagerEvents<V> {
   down: [reason: ResyncReason];
   /** A malformed message was received and ignored. */
   malformed: [error: MalformedMessageError, channel: string];
-  /** A background error (connection, resync); emitted only when someone listens. */
+  /** A background error (connection, resync, automatic flush); emitted only when someone listens. */
   error: [error: Error];
+  /** Write-back only: a local change was discarded, kept or merged by the conflict policy. */
+  conflict: [conflict: Conflict<V>];
+  /** Write-back only: a flush finished without failures. */
+  flush: [report: FlushReport<V>];
 }
 
 interface PendingRead<V> {

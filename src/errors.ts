@@ -83,3 +83,16 @@ export class TimeoutError extends RedisDictError {
     super('E_TIMEOUT', message);
   }
 }
+
+/** Keys that a flush could not write. They stay dirty and are retried. */
+export class FlushError extends RedisDictError {
+  /** Each key that could not be written, with the error Redis gave. */
+  readonly failed: readonly { readonly key: string; readonly error: Error }[];
+
+  constructor(failed: readonly { key: string; error: Error }[], message?: string) {
+    const keys = failed.slice(0, 5).map((f) => `\`${f.key}\``).join(', ');
+    const more = failed.length > 5 ? ` and ${failed.length - 5} more` : '';
+    super('E_FLUSH', message ?? `Could not write ${failed.length} key(s): ${keys}${more}; they stay dirty`, { cause: failed[0]?.error });
+    this.failed = failed;
+  }
+}

@@ -17,6 +17,15 @@ export {
   type ResyncInfo,
 } from './cache-manager.js';
 export type { ResyncReason } from './subscriber.js';
+export {
+  WriteBackCacheManager,
+  CloseFlushError,
+  type WriteBackCacheManagerOptions,
+  type FlushReport,
+  type UnwrittenChange,
+  type WriteBackStats,
+} from './write-back/manager.js';
+export type { Conflict, ConflictPolicy, ConflictResolver, ConflictSide, ConflictPolicyName } from './write-back/conflict.js';
 export { type Codec, msgpackCodec, MAX_DEPTH } from './codec.js';
 export { type DictKey, MAX_KEY_LENGTH } from './keys.js';
 export type { VersionedValue } from './record.js';
@@ -29,6 +38,7 @@ export {
   ClosedError,
   BackpressureError,
   TimeoutError,
+  FlushError,
   type ErrorCode,
 } from './errors.js';
 export { MalformedMessageError } from './messages.js';

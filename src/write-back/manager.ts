@@ -1,0 +1,579 @@
+/**
+ * WriteBackCacheManager: local writes, dirty tracking, coalescing and batched, versioned flushes.
+ *
+ * `set` and `delete` change only local memory: the change gets a stamp from the store's hybrid
+ * logical clock and its key becomes dirty; later changes to the same key replace it (coalescing).
+ * Dirty entries live in their own map, outside the LRU, so eviction can never lose a write (I6) and
+ * `maxPending` bounds their memory. A flush writes every dirty entry with the compare-and-set
+ * script, one call per slot group and batch, each publishing one message. A key changed while its
+ * flush was in flight stays dirty with the newer change (I7). Conflicts are decided by the
+ * configured policy and every discarded or overridden local change is reported (I3).
+ *
+ * ```
+ *  set/delete ──► dirty map ──flush()──► CAS script per slot ──► Redis + PUBLISH
+ *                    ▲  │                      │
+ *      newer change ─┘  └─ written & unchanged ┴─► clean entry in the LRU
+ * ```
+ *
+ * @module
+ */
+import type { CacheEntry, PubSubCacheManagerOptions } from '../cache-manager.js';
+import { PubSubCacheManager } from '../cache-manager.js';
+import { BackpressureError, ClosedError, FlushError, TimeoutError } from '../errors.js';
+import { type DictKey, normalizeKey, normalizeKeys } from '../keys.js';
+import type { MessageEntry } from '../messages.js';
+import { checkOptions, enumOption, integerOption, invalidOption } from '../options.js';
+import type { PubSubRedisDict } from '../pubsub-redis-dict.js';
+import type { VersionedChange } from '../redis-dict.js';
+import type { Stamp } from '../stamp.js';
+import { type Conflict, type ConflictPolicy, type ConflictPolicyName, type ConflictSide, conflicts, policyName } from './conflict.js';
+
+/** Options of {@link WriteBackCacheManager}. */
+export interface WriteBackCacheManagerOptions<V> extends PubSubCacheManagerOptions {
+  /** How conflicts are decided. Default `'last-writer-wins'`. */
+  conflictPolicy?: ConflictPolicy<V>;
+  /** Flush automatically every this many ms; 0 = only explicit and size-triggered flushes. Default 1000. */
+  flushIntervalMs?: number;
+  /** Flush automatically when this many keys are dirty. Default 10,000. */
+  maxDirty?: number;
+  /** Most dirty keys held; beyond it a change of a clean key is refused (or waits). Default 100,000. */
+  maxPending?: number;
+  /** At `maxPending`: `'reject'` with `E_BACKPRESSURE` (default), or `'wait'` until a flush makes room. */
+  onBackpressure?: 'reject' | 'wait';
+  /** How long `close()` waits for its final flush, in ms. Default 10,000. */
+  closeTimeoutMs?: number;
+  /** First retry delay after a failed flush, doubled up to 30 s. Default 100 ms. */
+  retryDelayMs?: number;
+}
+
+const OPTION_KEYS = [
+  'cache',
+  'sync',
+  'ttlMs',
+  'cacheMisses',
+  'onReconnect',
+  'serveStaleWhileDisconnected',
+  'heartbeatIntervalMs',
+  'heartbeatTimeoutMs',
+  'maxMessageBytes',
+  'clock',
+  'conflictPolicy',
+  'flushIntervalMs',
+  'maxDirty',
+  'maxPending',
+  'onBackpressure',
+  'closeTimeoutMs',
+  'retryDelayMs',
+] as const;
+
+/** What a flush did. */
+export interface FlushReport<V> {
+  /** Keys written to Redis. */
+  readonly written: string[];
+  /** Conflicts decided during this flush, and those detected by messages since the previous flush. */
+  readonly conflicts: Conflict<V>[];
+  /** Keys that could not be written (they stay dirty and are retried). */
+  readonly failed: { key: string; error: Error }[];
+}
+
+/** A local change not written yet. */
+interface DirtyEntry<V> extends CacheEntry<V> {
+  readonly stamp: Stamp;
+  readonly payload: Uint8Array | undefined;
+  /** Remote writes above this count as concurrent (the moment the key became dirty, or our own last write). */
+  since: string;
+}
+
+/** A change that could not be written before `close()` finished. */
+export interface UnwrittenChange<V> {
+  readonly key: string;
+  readonly value: V | undefined;
+  readonly deleted: boolean;
+  readonly stamp: Stamp;
+}
+
+/** Error of `close()` when some changes could not be written. */
+export class CloseFlushError<V> extends FlushError {
+  /** The changes that were not written, so that nothing is lost silently. */
+  readonly unwritten: readonly UnwrittenChange<V>[];
+
+  constructor(unwritten: UnwrittenChange<V>[], cause: unknown) {
+    super(
+      unwritten.map((u) => ({ key: u.key, error: cause instanceof Error ? cause : new Error(String(cause)) })),
+      `close(): ${unwritten.length} change(s) could not be written; see \`unwritten\``,
+    );
+    this.unwritten = unwritten;
+  }
+}
+
+/** Flush statistics added to {@link PubSubCacheManager.stats}. */
+export interface WriteBackStats {
+  /** Keys dirty now. */
+  dirty: number;
+  /** Flushes completed (successful or not). */
+  flushes: number;
+  /** Keys written by flushes. */
+  flushedKeys: number;
+  /** Conflicts reported. */
+  conflicts: number;
+  /** Flushes that failed for at least one key. */
+  flushErrors: number;
+}
+
+/**
+ * A write-back cache over a {@link PubSubRedisDict}: writes are local and immediate, `flush()`
+ * (explicit, timed, or size-triggered) writes them in batches with version stamps.
+ *
+ * @typeParam V - type of the values.
+ */
+export class WriteBackCacheManager<V = unknown> extends PubSubCacheManager<V> {
+  /** The conflict policy. */
+  readonly conflictPolicy: ConflictPolicy<V>;
+  private readonly policy: ConflictPolicyName;
+  private readonly dirty = new Map<string, DirtyEntry<V>>();
+  private readonly flushIntervalMs: number;
+  private readonly maxDirty: number;
+  private readonly maxPending: number;
+  private readonly onBackpressure: 'reject' | 'wait';
+  private readonly closeTimeoutMs: number;
+  private readonly retryDelayMs: number;
+  private closing = false;
+  private flushTimer: NodeJS.Timeout | undefined;
+  private retryTimer: NodeJS.Timeout | undefined;
+  private retryDelay = 0;
+  private flushTail: Promise<unknown> = Promise.resolve();
+  private queuedFlush: Promise<FlushReport<V>> | undefined;
+  private inFlight = 0;
+  private pendingConflicts: Conflict<V>[] = [];
+  /** Report of the flush in flight: conflicts found by messages meanwhile go into it. */
+  private currentReport: FlushReport<V> | undefined;
+  private flushWaiters: (() => void)[] = [];
+  private readonly wb: Omit<WriteBackStats, 'dirty'> = { flushes: 0, flushedKeys: 0, conflicts: 0, flushErrors: 0 };
+
+  /**
+   * @param store - a {@link PubSubRedisDict}; one cache manager per store.
+   * @param options - see {@link WriteBackCacheManagerOptions}.
+   */
+  constructor(store: PubSubRedisDict<V>, options?: WriteBackCacheManagerOptions<V>) {
+    const where = 'WriteBackCacheManager';
+    const opts = checkOptions(where, options, OPTION_KEYS);
+    const {
+      conflictPolicy,
+      flushIntervalMs,
+      maxDirty,
+      maxPending,
+      onBackpressure,
+      closeTimeoutMs,
+      retryDelayMs,
+      ...base
+    } = opts as WriteBackCacheManagerOptions<V> & Record<string, unknown>;
+    // Validate before the base class opens a subscription.
+    const policy = conflictPolicy ?? 'last-writer-wins';
+    if (typeof policy !== 'function' && policy !== 'last-writer-wins' && policy !== 'discard-on-remote-update') {
+      invalidOption(where, 'conflictPolicy', "'last-writer-wins', 'discard-on-remote-update' or a function", policy);
+    }
+    const interval = integerOption(where, 'flushIntervalMs', flushIntervalMs, 1000, 0);
+    const dirtyLimit = integerOption(where, 'maxDirty', maxDirty, 10_000);
+    const pendingLimit = integerOption(where, 'maxPending', maxPending, 100_000);
+    const backpressure = enumOption(where, 'onBackpressure', onBackpressure, ['reject', 'wait'] as const, 'reject');
+    const closeTimeout = integerOption(where, 'closeTimeoutMs', closeTimeoutMs, 10_000, 0);
+    const retry = integerOption(where, 'retryDelayMs', retryDelayMs, 100);
+    super(store, base as PubSubCacheManagerOptions);
+    this.conflictPolicy = policy;
+    this.policy = policyName(policy as ConflictPolicy<unknown>);
+    this.flushIntervalMs = interval;
+    this.maxDirty = dirtyLimit;
+    this.maxPending = pendingLimit;
+    this.onBackpressure = backpressure;
+    this.closeTimeoutMs = closeTimeout;
+    this.retryDelayMs = retry;
+    if (interval > 0) {
+      this.flushTimer = setInterval(() => {
+        if (this.dirty.size > 0 && this.inFlight === 0) this.autoFlush();
+      }, interval);
+      this.flushTimer.unref();
+    }
+  }
+
+  protected override optionKeys(): readonly string[] {
+    return OPTION_KEYS;
+  }
+
+  // ---------------------------------------------------------------- dirty tracking
+
+  /** Keys with a local change not yet written. */
+  dirtyKeys(): string[] {
+    return [...this.dirty.keys()];
+  }
+
+  /** True when `key` has a local change not yet written. */
+  isDirty(key: DictKey): boolean {
+    return this.dirty.has(normalizeKey(key));
+  }
+
+  /** Number of dirty keys. */
+  get dirtyCount(): number {
+    return this.dirty.size;
+  }
+
+  /** Counters since creation, including flush statistics. */
+  override stats(): ReturnType<PubSubCacheManager<V>['stats']> & WriteBackStats {
+    return { ...super.stats(), ...this.wb, dirty: this.dirty.size };
+  }
+
+  protected override lookup(k: string): CacheEntry<V> | undefined {
+    const local = this.dirty.get(k);
+    return local !== undefined ? local : super.lookup(k);
+  }
+
+  protected override install(k: string, entry: CacheEntry<V>): boolean {
+    return this.dirty.has(k) ? false : super.install(k, entry);
+  }
+
+  // ---------------------------------------------------------------- local writes
+
+  /** Changes `key` locally; written by the next flush. Rejects with `E_BACKPRESSURE` at `maxPending`. */
+  override async set(key: DictKey, value: V): Promise<void> {
+    const k = normalizeKey(key);
+    this.assertOpen();
+    const payload = this.store.encodeValue(k, value);
+    if (!this.dirty.has(k) && this.dirty.size >= this.maxPending) await this.makeRoom(1);
+    this.markDirty(k, value, payload);
+  }
+
+  /** Changes every pair locally; all values are validated first. */
+  override async setMany(entries: Iterable<readonly [DictKey, V]>): Promise<void> {
+    this.assertOpen();
+    const changes: [string, V, Uint8Array][] = [];
+    for (const [key, value] of entries) {
+      const k = normalizeKey(key);
+      changes.push([k, value, this.store.encodeValue(k, value)]);
+    }
+    const fresh = new Set(changes.map(([k]) => k).filter((k) => !this.dirty.has(k))).size;
+    if (fresh > 0 && this.dirty.size + fresh > this.maxPending) await this.makeRoom(fresh);
+    for (const [k, value, payload] of changes) this.markDirty(k, value, payload);
+  }
+
+  /** Deletes `key` locally (a tombstone written by the next flush); true when it had a value. */
+  override async delete(key: DictKey): Promise<boolean> {
+    return (await this.deleteMany([key])) === 1;
+  }
+
+  /** Deletes every key locally; returns how many had a value (unknown keys are read once). */
+  override async deleteMany(keys: Iterable<DictKey>): Promise<number> {
+    const ks = [...new Set(normalizeKeys(keys))];
+    this.assertOpen();
+    const before = await this.getMany(ks);
+    this.assertOpen();
+    const fresh = ks.filter((k) => !this.dirty.has(k)).length;
+    if (fresh > 0 && this.dirty.size + fresh > this.maxPending) await this.makeRoom(fresh);
+    for (const k of ks) this.markDirty(k, undefined, undefined);
+    return before.filter((v) => v !== undefined).length;
+  }
+
+  /** Discards local changes, then deletes every entry of the namespace in Redis (published). */
+  override async clear(): Promise<void> {
+    this.assertOpen();
+    this.dirty.clear();
+    await super.clear();
+    this.wake();
+  }
+
+  /** Number of entries in Redis, after flushing local changes. */
+  override async size(): Promise<number> {
+    await this.onIdle();
+    return super.size();
+  }
+
+  /** Keys in Redis, after flushing local changes. */
+  override keys(): AsyncGenerator<string, void, undefined> {
+    return this.afterIdle(() => super.keys());
+  }
+
+  /** Values in Redis, after flushing local changes. */
+  override values(): AsyncGenerator<V, void, undefined> {
+    return this.afterIdle(() => super.values());
+  }
+
+  /** `[key, value]` pairs in Redis, after flushing local changes. */
+  override entries(): AsyncGenerator<[string, V], void, undefined> {
+    return this.afterIdle(() => super.entries());
+  }
+
+  private async *afterIdle<T>(source: () => AsyncGenerator<T, void, undefined>): AsyncGenerator<T, void, undefined> {
+    await this.onIdle();
+    yield* source();
+  }
+
+  private assertOpen(): void {
+    if (this.closed || this.closing) throw new ClosedError(this.constructor.name);
+  }
+
+  private markDirty(k: string, value: V | undefined, payload: Uint8Array | undefined): void {
+    const stamp = this.store.clock.now();
+    const previous = this.dirty.get(k);
+    this.dirty.set(k, { value, stamp, present: payload !== undefined, expiresAt: Infinity, payload, since: previous?.since ?? stamp });
+    this.storage.delete(k);
+    this.noteWrite(k, stamp);
+    if (this.dirty.size >= this.maxDirty && this.inFlight === 0) this.autoFlush();
+  }
+
+  private async makeRoom(needed: number): Promise<void> {
+    if (this.onBackpressure === 'reject') throw new BackpressureError(this.dirty.size, this.maxPending);
+    while (this.dirty.size + needed > this.maxPending) {
+      this.assertOpen();
+      if (this.inFlight === 0 && this.retryTimer === undefined) this.autoFlush();
+      await this.nextFlush();
+    }
+  }
+
+  // ---------------------------------------------------------------- flushing
+
+  /**
+   * Writes every dirty entry. Resolves with what was written and every conflict; rejects with a
+   * {@link FlushError} listing the keys that could not be written (they stay dirty and are retried
+   * with back-off). A flush requested while another runs starts when it ends.
+   */
+  flush(): Promise<FlushReport<V>> {
+    if (this.closed) return Promise.reject(new ClosedError(this.constructor.name));
+    if (this.queuedFlush) return this.queuedFlush;
+    const run = this.flushTail.then(() => {
+      this.queuedFlush = undefined;
+      return this.runFlush();
+    });
+    this.queuedFlush = run;
+    this.flushTail = run.catch(() => undefined);
+    return run;
+  }
+
+  /** Resolves when no key is dirty and no flush runs (flushing, and retrying failed flushes, as needed). */
+  async onIdle(): Promise<void> {
+    while (this.dirty.size > 0 || this.inFlight > 0) {
+      if (this.closed) throw new ClosedError(this.constructor.name);
+      if (this.retryTimer !== undefined) {
+        await this.nextFlush();
+        continue;
+      }
+      try {
+        await this.flush();
+      } catch {
+        // A failed flush schedules a retry; wait for it.
+      }
+    }
+  }
+
+  private autoFlush(): void {
+    this.flush().catch((error: unknown) => this.reportError(error as Error));
+  }
+
+  private nextFlush(): Promise<void> {
+    return new Promise((resolve) => this.flushWaiters.push(resolve));
+  }
+
+  private wake(): void {
+    const waiters = this.flushWaiters;
+    this.flushWaiters = [];
+    for (const resolve of waiters) resolve();
+  }
+
+  private async runFlush(): Promise<FlushReport<V>> {
+    this.inFlight++;
+    const report: FlushReport<V> = { written: [], conflicts: this.pendingConflicts, failed: [] };
+    this.pendingConflicts = [];
+    this.currentReport = report;
+    try {
+      // A resolver that keeps or merges a value makes a new change: write it in the same flush.
+      for (let round = 0; round < 3 && this.dirty.size > 0; round++) {
+        const again = await this.flushRound(report);
+        if (!again) break;
+      }
+    } finally {
+      this.inFlight--;
+      this.currentReport = undefined;
+      this.wb.flushes++;
+    }
+    this.wb.flushedKeys += report.written.length;
+    if (report.failed.length > 0) {
+      this.wb.flushErrors++;
+      this.scheduleRetry();
+      this.wake();
+      throw Object.assign(new FlushError(report.failed), { report });
+    }
+    this.retryDelay = 0;
+    this.emit('flush', report);
+    this.wake();
+    return report;
+  }
+
+  /** One pass over the dirty entries; true when a conflict produced a new change to write. */
+  private async flushRound(report: FlushReport<V>): Promise<boolean> {
+    const snapshot = [...this.dirty];
+    const changes: VersionedChange<V>[] = snapshot.map(([key, entry]) => ({
+      key,
+      stamp: entry.stamp,
+      guard: this.policy === 'last-writer-wins' ? entry.stamp : entry.since,
+      deleted: !entry.present,
+      payload: entry.payload,
+      value: entry.value,
+    }));
+    const outcomes = await this.store.writeVersioned(changes);
+    let again = false;
+    outcomes.forEach((outcome, i) => {
+      const [key, entry] = snapshot[i]!;
+      if (outcome.status === 'failed') {
+        report.failed.push({ key, error: outcome.error });
+        return;
+      }
+      if (outcome.status === 'written' || outcome.stored.stamp === entry.stamp) {
+        report.written.push(key);
+        this.written(key, entry);
+        return;
+      }
+      const { stored } = outcome;
+      const conflict = this.decide(key, { stamp: stored.stamp as Stamp, deleted: stored.deleted, value: stored.value, known: true }, 'flush', report);
+      if (conflict !== undefined && conflict.outcome !== 'remote') again = true;
+    });
+    return again;
+  }
+
+  /** A flushed change is in Redis: the key is clean unless it changed meanwhile (I7). */
+  private written(key: string, entry: DirtyEntry<V>): void {
+    const current = this.dirty.get(key);
+    if (current === entry) {
+      this.dirty.delete(key);
+      super.install(key, { value: entry.value, stamp: entry.stamp, present: entry.present, expiresAt: Infinity });
+    } else if (current !== undefined) {
+      // Our own write is in Redis now; only writes above it are concurrent with the newer change.
+      const floor = `${entry.stamp}g`;
+      if (current.since < floor) current.since = floor;
+    }
+  }
+
+  private scheduleRetry(): void {
+    if (this.closed || this.retryTimer !== undefined) return;
+    this.retryDelay = Math.min(this.retryDelay === 0 ? this.retryDelayMs : this.retryDelay * 2, 30_000);
+    this.retryTimer = setTimeout(() => {
+      this.retryTimer = undefined;
+      if (this.dirty.size > 0) this.autoFlush();
+      else this.wake();
+    }, this.retryDelay);
+    this.retryTimer.unref();
+  }
+
+  // ---------------------------------------------------------------- conflicts
+
+  protected override applyRemote(entry: MessageEntry, deleted: boolean): boolean {
+    if (!this.dirty.has(entry.key)) return super.applyRemote(entry, deleted);
+    let value: V | undefined;
+    let known = deleted;
+    if (!deleted && entry.payload !== undefined) {
+      const decoded = this.decodeRemote(entry);
+      if (decoded !== undefined) {
+        value = decoded.value;
+        known = true;
+      }
+    }
+    return this.decide(entry.key, { stamp: entry.stamp, deleted, value, known }, 'message') !== undefined;
+  }
+
+  /**
+   * Decides a remote write against the key's local change under the policy; reports and returns
+   * the conflict, or undefined when there is none (or it must wait for the flush to know the value).
+   */
+  private decide(
+    key: string,
+    remote: ConflictSide<V> & { known: boolean },
+    detectedBy: 'message' | 'flush',
+    report?: FlushReport<V>,
+  ): Conflict<V> | undefined {
+    const local = this.dirty.get(key);
+    if (local === undefined || !conflicts(this.policy, local, remote.stamp)) return undefined;
+    const localSide: ConflictSide<V> = { value: local.value, deleted: !local.present, stamp: local.stamp };
+    let outcome: Conflict<V>['outcome'] = 'remote';
+    let stamp: Stamp | undefined;
+    if (typeof this.conflictPolicy === 'function') {
+      // Without the remote value the resolver cannot decide; the flush will find it in Redis.
+      if (!remote.known) return undefined;
+      let decision: ReturnType<typeof this.conflictPolicy>;
+      let payload: Uint8Array | undefined;
+      try {
+        decision = this.conflictPolicy(localSide, { value: remote.value, deleted: remote.deleted, stamp: remote.stamp }, key);
+        if (typeof decision === 'object' && decision !== null) payload = this.store.encodeValue(key, decision.value);
+        else if (decision !== 'local' && decision !== 'remote') throw new TypeError(`conflict resolver returned ${String(decision)}`);
+      } catch (error) {
+        // Keep the local change (nothing is lost); the next flush asks again.
+        this.reportError(error as Error);
+        return undefined;
+      }
+      if (decision !== 'remote') {
+        this.store.clock.observe(remote.stamp);
+        stamp = this.store.clock.now();
+        const merged = typeof decision === 'object' ? decision : undefined;
+        outcome = merged ? 'merged' : 'local';
+        this.dirty.set(key, {
+          value: merged ? merged.value : local.value,
+          stamp,
+          present: merged ? true : local.present,
+          expiresAt: Infinity,
+          payload: merged ? payload : local.payload,
+          since: `${remote.stamp}g`,
+        });
+        this.noteWrite(key, stamp);
+      }
+    }
+    if (outcome === 'remote') {
+      this.dirty.delete(key);
+      this.storage.delete(key);
+      if (remote.known) {
+        super.install(key, { value: remote.value, stamp: remote.stamp, present: !remote.deleted, expiresAt: Infinity });
+      }
+      this.wake();
+    }
+    const conflict: Conflict<V> = { key, policy: this.policy, local: localSide, remote, outcome, stamp, detectedBy };
+    this.wb.conflicts++;
+    const target = report ?? this.currentReport;
+    if (target !== undefined) target.conflicts.push(conflict);
+    else this.pendingConflicts.push(conflict);
+    this.emit('conflict', conflict);
+    return conflict;
+  }
+
+  // ---------------------------------------------------------------- lifecycle
+
+  /**
+   * Flushes (waiting at most `closeTimeoutMs`), then unsubscribes and closes what the manager
+   * opened. Rejects with a {@link CloseFlushError} listing the changes that could not be written.
+   * Idempotent.
+   */
+  override async close(): Promise<void> {
+    if (this.closed || this.closing) return;
+    this.closing = true;
+    if (this.flushTimer) clearInterval(this.flushTimer);
+    if (this.retryTimer) clearTimeout(this.retryTimer);
+    this.retryTimer = undefined;
+    let failure: unknown;
+    if (this.dirty.size > 0 || this.inFlight > 0) {
+      let timer: NodeJS.Timeout | undefined;
+      const timeout = new Promise<never>((_, reject) => {
+        timer = setTimeout(() => reject(new TimeoutError(`close(): the final flush did not finish within ${this.closeTimeoutMs} ms`)), this.closeTimeoutMs);
+      });
+      try {
+        await Promise.race([this.flushAll(), timeout]);
+      } catch (error) {
+        failure = error;
+      } finally {
+        clearTimeout(timer);
+      }
+    }
+    const unwritten: UnwrittenChange<V>[] = [...this.dirty].map(([key, e]) => ({ key, value: e.value, deleted: !e.present, stamp: e.stamp }));
+    this.dirty.clear();
+    await super.close();
+    this.wake();
+    if (unwritten.length > 0) throw new CloseFlushError(unwritten, failure ?? new Error('not written'));
+  }
+
+  /** Flushes until nothing is dirty or a flush fails. */
+  private async flushAll(): Promise<void> {
+    for (let i = 0; i < 5 && (this.dirty.size > 0 || this.inFlight > 0); i++) await this.flush();
+  }
+}
