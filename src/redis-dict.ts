@@ -415,7 +415,7 @@ export class RedisDict<V = unknown> implements AsyncIterable<[string, V]> {
         const withValue = target.withValues && p.payload !== undefined && p.payload.length <= target.maxPublishedValueBytes;
         fragment = encodeEntry(change.key, change.stamp, withValue ? p.payload : undefined);
       }
-      args.push(change.guard ?? change.stamp, change.stamp, p.record ?? EMPTY, fragment);
+      args.push(change.guard === undefined || change.guard === change.stamp ? '' : change.guard, change.stamp, p.record ?? EMPTY, fragment);
     }
     return {
       slot,

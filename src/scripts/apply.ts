@@ -6,7 +6,7 @@
  * ARGV[1] tombstone TTL (ms); ARGV[2] publish command ('' = none, 'PUBLISH' or 'SPUBLISH');
  * ARGV[3] update channel; ARGV[4] delete channel; ARGV[5] update message header ('' when the batch
  * has no value write); ARGV[6] delete message header ('' when it has no delete); then four
- * arguments per key: guard stamp, new stamp, record ('' = write a tombstone), message entry.
+ * arguments per key: guard stamp ('' = the new stamp), new stamp, record ('' = write a tombstone), message entry.
  *
  * An entry is written when the stored stamp (a record's, a tombstone's, or '' for none or foreign
  * data) is lower than its guard; the guard is the new stamp under last-writer-wins, or the stamp
@@ -26,6 +26,7 @@ local result, upd, del = {}, {}, {}
 for i = 1, n do
   local b = 6 + (i - 1) * 4
   local guard, stamp, record = ARGV[b + 1], ARGV[b + 2], ARGV[b + 3]
+  if guard == '' then guard = stamp end
   local key = KEYS[i]
   local stored, live = '', false
   local head = redis.pcall('GETRANGE', key, 0, 34)
