@@ -26,10 +26,11 @@ export {
   type WriteBackStats,
 } from './write-back/manager.js';
 export type { Conflict, ConflictPolicy, ConflictResolver, ConflictSide, ConflictPolicyName } from './write-back/conflict.js';
-export { type Codec, msgpackCodec, MAX_DEPTH } from './codec.js';
+export { type Codec, msgpackCodec, assertSerializable, MAX_DEPTH } from './codec.js';
+export type { RedisClient } from './topology.js';
 export { type DictKey, MAX_KEY_LENGTH } from './keys.js';
 export type { VersionedValue } from './record.js';
-export { HybridClock, type Stamp, compareStamps, isStamp, parseStamp, ZERO_STAMP } from './stamp.js';
+export { HybridClock, type Stamp, type StampParts, compareStamps, isStamp, parseStamp, ZERO_STAMP } from './stamp.js';
 export {
   RedisDictError,
   InvalidArgumentError,

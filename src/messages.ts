@@ -71,21 +71,37 @@ export function encodeEntry(key: string, stamp: Stamp, payload?: Uint8Array): Bu
   const out = Buffer.allocUnsafe(1 + keyHeader + keyBytes + 2 + stamp.length + payloadHeader + (payload?.length ?? 0));
   let at = 0;
   out[at++] = payload === undefined ? 0x92 : 0x93;
-  if (keyHeader === 1) out[at++] = 0xa0 | keyBytes;
-  else if (keyHeader === 2) (out[at++] = 0xd9), (out[at++] = keyBytes);
-  else if (keyHeader === 3) (out[at++] = 0xda), out.writeUInt16BE(keyBytes, at), (at += 2);
-  else (out[at++] = 0xdb), out.writeUInt32BE(keyBytes, at), (at += 4);
+  at = writeHeader(out, at, keyBytes, keyHeader, [0xa0, 0xd9, 0xda, 0xdb]);
   at += out.write(key, at, keyBytes, 'utf8');
   out[at++] = 0xd9;
   out[at++] = stamp.length;
   at += out.write(stamp, at, stamp.length, 'latin1');
   if (payload !== undefined) {
-    if (payloadHeader === 2) (out[at++] = 0xc4), (out[at++] = payload.length);
-    else if (payloadHeader === 3) (out[at++] = 0xc5), out.writeUInt16BE(payload.length, at), (at += 2);
-    else (out[at++] = 0xc6), out.writeUInt32BE(payload.length, at), (at += 4);
+    at = writeHeader(out, at, payload.length, payloadHeader, [-1, 0xc4, 0xc5, 0xc6]);
     out.set(payload, at);
   }
   return out;
+}
+
+/** Writes a MessagePack str/bin length header of `size` bytes (1: fix, 2: 8-bit, 3: 16-bit, 5: 32-bit). */
+function writeHeader(out: Buffer, at: number, length: number, size: number, codes: readonly [number, number, number, number]): number {
+  if (size === 1) {
+    out[at] = codes[0] | length;
+    return at + 1;
+  }
+  if (size === 2) {
+    out[at] = codes[1];
+    out[at + 1] = length;
+    return at + 2;
+  }
+  if (size === 3) {
+    out[at] = codes[2];
+    out.writeUInt16BE(length, at + 1);
+    return at + 3;
+  }
+  out[at] = codes[3];
+  out.writeUInt32BE(length, at + 1);
+  return at + 5;
 }
 
 /** Limits applied before and while decoding a message. */

@@ -104,13 +104,13 @@ export class PubSubRedisDict<V = unknown> extends RedisDict<V> {
   }
 
   private makeTarget(command: 'PUBLISH' | 'SPUBLISH', channels: { update: string; delete: string }): PublishTarget {
-    const self = this;
+    const isPublishingValues = (): boolean => this.withValues;
     return {
       command,
       updateChannel: channels.update,
       deleteChannel: channels.delete,
       get withValues() {
-        return self.withValues;
+        return isPublishingValues();
       },
       maxPublishedValueBytes: this.maxPublishedValueBytes,
       nextSeq: (group: number) => {
