@@ -31,6 +31,8 @@ export const STAMP_LENGTH = 34;
 export const ZERO_STAMP: Stamp = '0'.repeat(STAMP_LENGTH);
 
 const MAX_MS = 2 ** 48 - 1;
+/** How far ahead of the local wall clock an observed stamp is followed: one day. */
+export const MAX_DRIFT_MS = 86_400_000;
 const MAX_COUNTER = 0xffffff;
 const STAMP_PATTERN = /^[0-9a-f]{34}$/;
 const NODE_PATTERN = /^[0-9a-f]{16}$/;
@@ -105,16 +107,29 @@ export class HybridClock {
       this.counter = 0;
     } else if (this.counter < MAX_COUNTER) {
       this.counter += 1;
-    } else {
+    } else if (this.ms < MAX_MS) {
       this.ms += 1;
       this.counter = 0;
     }
     return formatStamp(this.ms, this.counter, this.nodeId);
   }
 
-  /** Moves the clock past `stamp`, so that the next {@link now} is greater than it. */
+  /**
+   * Moves the clock past `stamp`, so that the next {@link now} is greater than it. A stamp more
+   * than {@link MAX_DRIFT_MS} ahead of the wall clock is only followed up to that bound, so that
+   * one bogus stamp (a writer with a broken clock, a forged message) cannot push this clock into
+   * the far future.
+   */
   observe(stamp: Stamp): void {
+    const bound = Math.floor(this.wallClock()) + MAX_DRIFT_MS;
     const ms = Number.parseInt(stamp.slice(0, 12), 16);
+    if (ms > bound) {
+      if (bound > this.ms) {
+        this.ms = Math.min(bound, MAX_MS);
+        this.counter = 0;
+      }
+      return;
+    }
     if (ms > this.ms) {
       this.ms = Math.min(ms, MAX_MS);
       this.counter = Number.parseInt(stamp.slice(12, 18), 16);
