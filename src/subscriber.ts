@@ -321,7 +321,9 @@ export class Subscriber {
     const last = this.lastSeq.get(id);
     this.lastSeq.set(id, last === undefined ? message.seq : Math.max(last, message.seq));
     this.listener.onMessage(message);
-    if (last !== undefined && message.seq !== last + 1 && this.live) {
+    // A number past the next one means messages were lost; a repeated or older one (a duplicate)
+    // loses nothing, and the stamps make applying it harmless.
+    if (last !== undefined && message.seq > last + 1 && this.live) {
       this.listener.onUp('sequence-gap');
     }
   }
