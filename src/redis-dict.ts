@@ -14,7 +14,11 @@ import { checkOptions, functionOption, integerOption, invalidOption } from './op
 import { encodeRecord, splitRecord, type VersionedValue } from './record.js';
 import { APPLY_LUA, APPLY_SHA, STAMPS_LUA, STAMPS_SHA } from './scripts/apply.js';
 import { HybridClock, type Stamp } from './stamp.js';
+import type { ChainableCommander } from 'ioredis';
 import { type RedisClient, chunk, groupBySlot, isCluster, runPerNode, scanTargets } from './topology.js';
+
+/** A client or a pipeline: what a unit of work queues its command on. */
+type Commands = ChainableCommander | RedisClient;
 
 /** Options of {@link RedisDict}. */
 export interface RedisDictOptions<V> {
@@ -293,15 +297,12 @@ export class RedisDict<V = unknown> implements AsyncIterable<[string, V]> {
       chunk(items, this.batchSize).map((part) => ({
         slot,
         part,
-        queue: (p: import('ioredis').ChainableCommander) => {
-          p.mgetBuffer(...part.map((i) => this.redisKey(i.key)));
-          return 1;
-        },
+        queue: (p: Commands) => p.mgetBuffer(...part.map((i) => this.redisKey(i.key))),
       })),
     );
     const replies = await runPerNode(this.redis, units);
     units.forEach((unit, u) => {
-      const [err, values] = replies[u]![0]!;
+      const [err, values] = replies[u]!;
       if (err) throw err;
       (values as (Buffer | null)[]).forEach((raw, j) => {
         const { key, index } = unit.part[j]!;
@@ -344,7 +345,7 @@ export class RedisDict<V = unknown> implements AsyncIterable<[string, V]> {
       const target = this.publishTarget(slot);
       return this.splitBatch(items, target).map((part) => this.applyUnit(slot, part, target));
     });
-    let replies: [Error | null, unknown][][];
+    let replies: [Error | null, unknown][];
     try {
       replies = await runPerNode(this.redis, units);
     } catch (error) {
@@ -353,7 +354,7 @@ export class RedisDict<V = unknown> implements AsyncIterable<[string, V]> {
     }
     await Promise.all(
       units.map(async (unit, u) => {
-        let [err, reply] = replies[u]![0]!;
+        let [err, reply] = replies[u]!;
         if (err && /NOSCRIPT/.test(err.message)) {
           try {
             reply = await this.redis.callBuffer('EVAL', [APPLY_LUA, unit.keys.length, ...unit.keys, ...unit.args]);
@@ -422,10 +423,7 @@ export class RedisDict<V = unknown> implements AsyncIterable<[string, V]> {
       part,
       keys,
       args,
-      queue: (pipeline: import('ioredis').ChainableCommander) => {
-        pipeline.callBuffer('EVALSHA', [APPLY_SHA, keys.length, ...keys, ...args]);
-        return 1;
-      },
+      queue: (target: Commands) => target.callBuffer('EVALSHA', [APPLY_SHA, keys.length, ...keys, ...args]),
     };
   }
 
@@ -457,17 +455,14 @@ export class RedisDict<V = unknown> implements AsyncIterable<[string, V]> {
           slot,
           part,
           redisKeys,
-          queue: (p: import('ioredis').ChainableCommander) => {
-            p.call('EVALSHA', [STAMPS_SHA, redisKeys.length, ...redisKeys]);
-            return 1;
-          },
+          queue: (p: Commands) => p.call('EVALSHA', [STAMPS_SHA, redisKeys.length, ...redisKeys]),
         };
       }),
     );
     const replies = await runPerNode(this.redis, units);
     await Promise.all(
       units.map(async (unit, u) => {
-        let [err, reply] = replies[u]![0]!;
+        let [err, reply] = replies[u]!;
         if (err && /NOSCRIPT/.test(err.message)) {
           reply = await this.redis.call('EVAL', [STAMPS_LUA, unit.redisKeys.length, ...unit.redisKeys]);
           err = null;

@@ -47,19 +47,20 @@ export function chunk<T>(items: readonly T[], size: number): T[][] {
   return out;
 }
 
-/** A unit of work for {@link runPerNode}: commands for one slot, and what to do with their replies. */
+/** A unit of work for {@link runPerNode}: one command for one slot. */
 export interface SlotWork {
   /** Hash slot (0 on a standalone server). */
   readonly slot: number;
-  /** Queues the commands of this unit on the pipeline; returns how many it queued. */
-  queue(pipeline: ChainableCommander): number;
+  /** Queues the unit's command on a pipeline, or sends it on the client when it is alone on its node. */
+  queue(target: ChainableCommander | RedisClient): unknown;
 }
 
 /**
- * Runs every unit of work in one pipeline per master and returns, for each unit in order, the
- * `[error, reply]` pairs of the commands it queued.
+ * Runs every unit of work (one command each) in one pipeline per master and returns, for each unit
+ * in order, its `[error, reply]`. A unit alone on its node is sent as a plain command: a pipeline
+ * of one costs more than the command itself.
  */
-export async function runPerNode(client: RedisClient, work: readonly SlotWork[]): Promise<[Error | null, unknown][][]> {
+export async function runPerNode(client: RedisClient, work: readonly SlotWork[]): Promise<[Error | null, unknown][]> {
   const byNode = new Map<string, number[]>();
   if (isCluster(client)) {
     if (client.status !== 'ready') await clusterReady(client);
@@ -72,17 +73,23 @@ export async function runPerNode(client: RedisClient, work: readonly SlotWork[])
   } else if (work.length > 0) {
     byNode.set('standalone', work.map((_, index) => index));
   }
-  const results: [Error | null, unknown][][] = new Array(work.length);
+  const results: [Error | null, unknown][] = new Array(work.length);
   await Promise.all(
     [...byNode.values()].map(async (indexes) => {
+      if (indexes.length === 1) {
+        const index = indexes[0]!;
+        try {
+          results[index] = [null, await (work[index]!.queue(client) as Promise<unknown>)];
+        } catch (error) {
+          results[index] = [error instanceof Error ? error : new Error(String(error)), undefined];
+        }
+        return;
+      }
       const pipeline = client.pipeline();
-      const counts = indexes.map((index) => work[index]!.queue(pipeline));
+      for (const index of indexes) work[index]!.queue(pipeline);
       const replies = ((await pipeline.exec()) ?? []) as [Error | null, unknown][];
-      let offset = 0;
       indexes.forEach((index, i) => {
-        const count = counts[i]!;
-        results[index] = replies.slice(offset, offset + count);
-        offset += count;
+        results[index] = replies[i] ?? [new Error('Missing pipeline reply'), undefined];
       });
     }),
   );
