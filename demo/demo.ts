@@ -66,21 +66,22 @@ function parseArgs(argv: string[]): { redisUrl: string | undefined } {
 
 async function coherence(url: string, ns: string): Promise<void> {
   log('\n1. Three instances share a namespace (near cache, invalidate mode)');
-  const managers = ['A', 'B', 'C'].map(
-    (name) => [name, new PubSubCacheManager<{ price: number }>(new PubSubRedisDict(connect(url), ns), { cache: 1000 })] as const,
-  );
-  for (const [, m] of managers) closers.push(() => m.close());
-  await Promise.all(managers.map(([, m]) => m.ready()));
-  const [[, a], [, b], [, c]] = managers;
-  await a!.set('apple', { price: 1 });
-  await b!.get('apple');
-  await c!.get('apple');
-  log(`   A wrote apple=1; B and C read it and cache it (B cache: ${b!.cache.size} entry)`);
+  const [a, b, c] = [0, 1, 2].map(() => new PubSubCacheManager<{ price: number }>(new PubSubRedisDict(connect(url), ns), { cache: 1000 })) as [
+    PubSubCacheManager<{ price: number }>,
+    PubSubCacheManager<{ price: number }>,
+    PubSubCacheManager<{ price: number }>,
+  ];
+  for (const m of [a, b, c]) closers.push(() => m.close());
+  await Promise.all([a, b, c].map((m) => m.ready()));
+  await a.set('apple', { price: 1 });
+  await b.get('apple');
+  await c.get('apple');
+  log(`   A wrote apple=1; B and C read it and cache it (B cache: ${b.cache.size} entry)`);
   const start = performance.now();
-  await a!.set('apple', { price: 2 });
-  const seen = await until(async () => (await b!.get('apple'))?.price === 2 && (await c!.get('apple'))?.price === 2, 2000, 'B and C to see apple=2');
+  await a.set('apple', { price: 2 });
+  const seen = await until(async () => (await b.get('apple'))?.price === 2 && (await c.get('apple'))?.price === 2, 2000, 'B and C to see apple=2');
   log(`   A wrote apple=2; B and C see it ${seen.toFixed(1)} ms after the write returned (${(performance.now() - start).toFixed(1)} ms in all)`);
-  const stats = b!.stats();
+  const stats = b.stats();
   log(`   B: ${stats.hits} hits, ${stats.misses} misses, ${stats.eventsApplied} events applied`);
   rows.push({ step: 'write on A visible on B and C', result: `${seen.toFixed(1)} ms` });
 }
@@ -158,7 +159,7 @@ async function recovery(url: string, ns: string): Promise<void> {
   const down = new Promise<string>((resolve) => reader.once('down', resolve));
   const resynced = new Promise<string>((resolve) => reader.once('resync', (info) => resolve(`${info.reason}, ${info.dropped} dropped, ${info.kept} kept`)));
   const admin = connect(url);
-  await admin.client('KILL', 'TYPE', 'pubsub');
+  await admin.call('CLIENT', 'KILL', 'TYPE', 'pubsub');
   log(`   killed every pub/sub connection; reader went down: ${await down}`);
   await writer.set('counter', 2); // its event is lost: the reader was not subscribed
   const whileDown = await reader.get('counter');

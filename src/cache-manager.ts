@@ -19,6 +19,7 @@ import { type DictKey, normalizeKey, normalizeKeys } from './keys.js';
 import type { MalformedMessageError, Message, MessageEntry } from './messages.js';
 import { booleanOption, checkOptions, enumOption, functionOption, integerOption, invalidOption } from './options.js';
 import { PubSubRedisDict } from './pubsub-redis-dict.js';
+import { collectEntries } from './redis-dict.js';
 import type { VersionedValue } from './record.js';
 import { type Stamp } from './stamp.js';
 import { type ResyncReason, Subscriber } from './subscriber.js';
@@ -424,8 +425,7 @@ export class PubSubCacheManager<V = unknown> extends EventEmitter<CacheManagerEv
   async setMany(entries: Iterable<readonly [DictKey, V]>): Promise<void> {
     if (this.closed) throw new ClosedError(this.constructor.name);
     const byKey = new Map<string, V>();
-    for (const [key, value] of entries) {
-      const k = normalizeKey(key);
+    for (const [k, value] of collectEntries(entries)) {
       byKey.delete(k);
       byKey.set(k, value);
     }

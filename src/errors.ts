@@ -10,6 +10,7 @@ export type ErrorCode =
   | 'E_INVALID_KEY'
   | 'E_INVALID_NAMESPACE'
   | 'E_INVALID_OPTION'
+  | 'E_INVALID_ARGUMENT'
   | 'E_SERIALIZE'
   | 'E_VALUE_TOO_LARGE'
   | 'E_CORRUPT'
@@ -30,9 +31,9 @@ export class RedisDictError extends Error {
   }
 }
 
-/** A key, namespace or option is invalid. Nothing was written. */
+/** A key, namespace, option or argument is invalid. Nothing was written. */
 export class InvalidArgumentError extends RedisDictError {
-  constructor(code: 'E_INVALID_KEY' | 'E_INVALID_NAMESPACE' | 'E_INVALID_OPTION', message: string) {
+  constructor(code: 'E_INVALID_KEY' | 'E_INVALID_NAMESPACE' | 'E_INVALID_OPTION' | 'E_INVALID_ARGUMENT', message: string) {
     super(code, message);
   }
 }

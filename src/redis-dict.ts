@@ -7,15 +7,15 @@
  * @module
  */
 import { type Codec, msgpackCodec } from './codec.js';
-import { CorruptDataError, SerializationError } from './errors.js';
+import { CorruptDataError, InvalidArgumentError, SerializationError } from './errors.js';
 import { type DictKey, checkNamespace, normalizeKey, normalizeKeys } from './keys.js';
 import { encodeEntry, encodeHeader, type MessageType } from './messages.js';
-import { checkOptions, functionOption, integerOption, invalidOption } from './options.js';
+import { checkOptions, describe, functionOption, integerOption, invalidOption } from './options.js';
 import { encodeRecord, splitRecord, type VersionedValue } from './record.js';
 import { APPLY_LUA, APPLY_SHA, STAMPS_LUA, STAMPS_SHA } from './scripts/apply.js';
 import { HybridClock, type Stamp } from './stamp.js';
 import type { ChainableCommander } from 'ioredis';
-import { type RedisClient, chunk, groupBySlot, isCluster, runPerNode, scanTargets } from './topology.js';
+import { type RedisClient, chunk, clusterReady, groupBySlot, isCluster, runPerNode, scanTargets } from './topology.js';
 
 /** A client or a pipeline: what a unit of work queues its command on. */
 type Commands = ChainableCommander | RedisClient;
@@ -435,8 +435,13 @@ export class RedisDict<V = unknown> implements AsyncIterable<[string, V]> {
     if (stamp !== '') this.clock.observe(stamp);
     const raw: unknown = reply[1];
     if (!Buffer.isBuffer(raw)) return { status: 'conflict', stored: { stamp, deleted: true } };
-    const { payload } = splitRecord(key, raw);
-    return { status: 'conflict', stored: { stamp, deleted: false, value: this.decodeValue(key, payload) } };
+    try {
+      const { payload } = splitRecord(key, raw);
+      return { status: 'conflict', stored: { stamp, deleted: false, value: this.decodeValue(key, payload) } };
+    } catch (error) {
+      // A newer record whose value cannot be decoded: this key fails, the rest of the batch stands.
+      return { status: 'failed', error: asError(error) };
+    }
   }
 
   /**
@@ -485,6 +490,7 @@ export class RedisDict<V = unknown> implements AsyncIterable<[string, V]> {
 
   /** Live keys of this namespace in batches, each key once (SCAN MATCH `<ns>/*` TYPE string on every master). */
   protected async *scanBatches(): AsyncGenerator<string[], void, undefined> {
+    if (isCluster(this.redis) && this.redis.status !== 'ready') await clusterReady(this.redis);
     const seen = new Set<string>();
     const pattern = `${this.prefix}*`;
     const cut = this.prefix.length;
@@ -515,14 +521,14 @@ function throwFailure(outcomes: readonly WriteOutcome<unknown>[]): void {
   for (const outcome of outcomes) if (outcome?.status === 'failed') throw outcome.error;
 }
 
-/** Collects and validates `[key, value]` pairs. */
-function collectEntries<V>(entries: Iterable<readonly [DictKey, V]>): [string, V][] {
+/** Collects and validates `[key, value]` pairs (keys normalized); throws before anything is written. */
+export function collectEntries<V>(entries: Iterable<readonly [DictKey, V]>): [string, V][] {
   if (entries === null || typeof entries !== 'object' || typeof (entries as Iterable<unknown>)[Symbol.iterator] !== 'function') {
-    throw new SerializationError('E_SERIALIZE', 'Expected an iterable of [key, value] pairs');
+    throw new InvalidArgumentError('E_INVALID_ARGUMENT', `Expected an iterable of [key, value] pairs, got ${describe(entries)}`);
   }
   return Array.from(entries, (entry) => {
     if (!Array.isArray(entry) || entry.length !== 2) {
-      throw new SerializationError('E_SERIALIZE', 'Expected every entry to be a [key, value] pair');
+      throw new InvalidArgumentError('E_INVALID_ARGUMENT', `Expected every entry to be a [key, value] pair, got ${describe(entry)}`);
     }
     return [normalizeKey(entry[0]), entry[1] as V];
   });

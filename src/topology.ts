@@ -97,7 +97,7 @@ export async function runPerNode(client: RedisClient, work: readonly SlotWork[])
 }
 
 /** Resolves when the cluster has its slot map; rejects if it ends first. */
-function clusterReady(cluster: Cluster): Promise<void> {
+export function clusterReady(cluster: Cluster): Promise<void> {
   if (cluster.status === 'end') return Promise.reject(new Error('Connection is closed.'));
   return new Promise((resolve, reject) => {
     const onReady = (): void => {

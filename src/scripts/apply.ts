@@ -9,7 +9,7 @@
  * arguments per key: guard stamp ('' = the new stamp), new stamp, record ('' = write a tombstone), message entry.
  *
  * An entry is written when the stored stamp (a record's, a tombstone's, or '' for none or foreign
- * data) is lower than its guard; the guard is the new stamp under last-writer-wins, or the stamp
+ * data, including a malformed stamp) is lower than its guard; the guard is the new stamp under last-writer-wins, or the stamp
  * of the moment a key became dirty under discard-on-remote-update. Reply per key: 1 (written, a live
  * value was there), 2 (written, nothing live was there), or `{storedStamp, storedRecord|nil}`.
  * Each message header present is published, with the applied entries (possibly none, so that
@@ -20,6 +20,7 @@
 import { createHash } from 'node:crypto';
 
 export const APPLY_LUA = `
+local function valid(s) return #s == 34 and string.find(s, '^[0-9a-f]+$') ~= nil end
 local n = #KEYS
 local ttl = tonumber(ARGV[1])
 local result, upd, del = {}, {}, {}
@@ -32,10 +33,10 @@ for i = 1, n do
   local head = redis.pcall('GETRANGE', key, 0, 34)
   if type(head) == 'table' then
     local s = redis.pcall('HGET', key, 's')
-    if type(s) == 'string' and #s == 34 then stored = s end
+    if type(s) == 'string' and valid(s) then stored = s end
   elseif #head > 0 then
     live = true
-    if #head == 35 and string.byte(head, 1) == 118 then stored = string.sub(head, 2) end
+    if #head == 35 and string.byte(head, 1) == 118 and valid(string.sub(head, 2)) then stored = string.sub(head, 2) end
   end
   if stored < guard then
     if record == '' then
@@ -71,6 +72,7 @@ export const APPLY_SHA = createHash('sha1').update(APPLY_LUA).digest('hex');
 
 /** Reads the stamps of keys: per key the record's stamp, the tombstone's stamp, or '' (used by resync). */
 export const STAMPS_LUA = `
+local function valid(s) return #s == 34 and string.find(s, '^[0-9a-f]+$') ~= nil end
 local out = {}
 for i = 1, #KEYS do
   local key = KEYS[i]
@@ -78,8 +80,8 @@ for i = 1, #KEYS do
   local stamp = ''
   if type(head) == 'table' then
     local s = redis.pcall('HGET', key, 's')
-    if type(s) == 'string' then stamp = 't' .. s end
-  elseif #head == 35 and string.byte(head, 1) == 118 then
+    if type(s) == 'string' and valid(s) then stamp = 't' .. s end
+  elseif #head == 35 and string.byte(head, 1) == 118 and valid(string.sub(head, 2)) then
     stamp = string.sub(head, 2)
   elseif #head > 0 then
     stamp = '?'

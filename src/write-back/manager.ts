@@ -24,7 +24,7 @@ import { type DictKey, normalizeKey, normalizeKeys } from '../keys.js';
 import type { MessageEntry } from '../messages.js';
 import { checkOptions, enumOption, integerOption, invalidOption } from '../options.js';
 import type { PubSubRedisDict } from '../pubsub-redis-dict.js';
-import type { VersionedChange } from '../redis-dict.js';
+import { collectEntries, type VersionedChange } from '../redis-dict.js';
 import type { Stamp } from '../stamp.js';
 import { type Conflict, type ConflictPolicy, type ConflictPolicyName, type ConflictSide, conflicts, policyName } from './conflict.js';
 
@@ -245,10 +245,7 @@ export class WriteBackCacheManager<V = unknown> extends PubSubCacheManager<V> {
   override async setMany(entries: Iterable<readonly [DictKey, V]>): Promise<void> {
     this.assertOpen();
     const changes: [string, V, Uint8Array][] = [];
-    for (const [key, value] of entries) {
-      const k = normalizeKey(key);
-      changes.push([k, value, this.store.encodeValue(k, value)]);
-    }
+    for (const [k, value] of collectEntries(entries)) changes.push([k, value, this.store.encodeValue(k, value)]);
     const fresh = new Set(changes.map(([k]) => k).filter((k) => !this.dirty.has(k))).size;
     if (fresh > 0 && this.dirty.size + fresh > this.maxPending) await this.makeRoom(fresh);
     for (const [k, value, payload] of changes) this.markDirty(k, value, payload);

@@ -9,7 +9,7 @@ function roundTrip(value: unknown): unknown {
   return codec.decode(codec.encode(value));
 }
 
-/** Asserts that `fn` throws a SerializationError with code E_SERIALIZE whose message matches `message`. */
+/** Asserts that encoding `value` throws a SerializationError with code E_SERIALIZE whose message matches `message`. */
 function expectRefused(value: unknown, message?: RegExp): void {
   let caught: unknown;
   try {
@@ -167,9 +167,9 @@ describe('msgpackCodec: refused values', () => {
     expect(roundTrip({ ok: true })).toEqual({ ok: true });
   });
 
-  // Fails until fixed in src/codec.ts: strings with a lone surrogate (for example text cut in the
-  // middle of an emoji) longer than 50 code units are encoded with TextEncoder, which replaces the
-  // surrogate by U+FFFD, so the stored value silently differs from the one written.
+  // Regression: msgpack encodes strings longer than 50 code units with TextEncoder, which replaces
+  // a lone surrogate (for example text cut in the middle of an emoji) by U+FFFD, so the stored
+  // value silently differed from the one written.
   it('never changes a string with a lone surrogate silently (refuses it or round-trips it)', () => {
     const cutEmoji = `${'x'.repeat(60)}${'😀'.slice(0, 1)}`;
     for (const value of [cutEmoji, { text: cutEmoji }, { [cutEmoji]: 1 }]) {
@@ -184,8 +184,8 @@ describe('msgpackCodec: refused values', () => {
     }
   });
 
-  // Fails until fixed in src/codec.ts: an invalid Date (`new Date('garbage')`) is encoded as the
-  // epoch and comes back as 1970-01-01T00:00:00.000Z.
+  // Regression: msgpack encodes an invalid Date (`new Date('garbage')`) as the epoch, so it came
+  // back as 1970-01-01T00:00:00.000Z.
   it('never changes an invalid Date silently (refuses it or round-trips it)', () => {
     const invalid = new Date(Number.NaN);
     let encoded: Uint8Array;

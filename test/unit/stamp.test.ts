@@ -311,11 +311,11 @@ describe('HybridClock', () => {
       expect(parseStamp(stamp).ms).toBe(MAX_MS);
     });
 
-    // Fails until fixed in src/stamp.ts: at ms = 2^48-1 with the counter exhausted, now() does
-    // `ms += 1` and formats a 35-character stamp. One foreign record (or message) carrying the
-    // stamp 'ffff…' is enough to get there through observe(); encodeRecord then silently cuts the
-    // stamp to 34 characters and message decoders refuse every entry of this writer.
-    // Refusing (throwing) or not following such a stamp are both acceptable fixes.
+    // Regression: at ms = 2^48-1 with the counter exhausted, now() used to do `ms += 1` and format
+    // a 35-character stamp. One foreign record (or message) carrying the stamp 'ffff…' was enough
+    // to get there through observe(); encodeRecord then silently cut the stamp to 34 characters and
+    // message decoders refused every entry of this writer.
+    // Refusing (throwing) or not following such a stamp are both acceptable behaviours.
     it('never makes a malformed stamp, even after observing the highest possible stamp', () => {
       const clock = new HybridClock(NODE_A, () => 1_700_000_000_000);
       clock.observe('f'.repeat(STAMP_LENGTH));
