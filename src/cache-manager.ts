@@ -490,24 +490,24 @@ export class PubSubCacheManager<V = unknown> extends EventEmitter<CacheManagerEv
   }
 
   /** Keys in Redis (SCAN). */
-  keys(): AsyncGenerator<string, void, undefined> {
+  async *keys(): AsyncGenerator<string, void, undefined> {
     if (this.closed) throw new ClosedError(this.constructor.name);
-    return this.store.keys();
+    yield* this.store.keys();
   }
 
   /** Values in Redis (SCAN). */
-  values(): AsyncGenerator<V, void, undefined> {
+  async *values(): AsyncGenerator<V, void, undefined> {
     if (this.closed) throw new ClosedError(this.constructor.name);
-    return this.store.values();
+    yield* this.store.values();
   }
 
   /** `[key, value]` pairs in Redis (SCAN). */
-  entries(): AsyncGenerator<[string, V], void, undefined> {
+  async *entries(): AsyncGenerator<[string, V], void, undefined> {
     if (this.closed) throw new ClosedError(this.constructor.name);
-    return this.store.entries();
+    yield* this.store.entries();
   }
 
-  /** Same as iterating the store. */
+  /** Same as {@link PubSubCacheManager.entries}. */
   [Symbol.asyncIterator](): AsyncGenerator<[string, V], void, undefined> {
     return this.entries();
   }

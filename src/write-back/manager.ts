@@ -189,7 +189,8 @@ export class WriteBackCacheManager<V = unknown> extends PubSubCacheManager<V> {
     this.retryDelayMs = retry;
     if (interval > 0) {
       this.flushTimer = setInterval(() => {
-        if (this.dirty.size > 0 && this.inFlight === 0) this.autoFlush();
+        // After a failed flush its retry is scheduled: the interval must not defeat the back-off.
+        if (this.dirty.size > 0 && this.inFlight === 0 && this.retryTimer === undefined) this.autoFlush();
       }, interval);
       this.flushTimer.unref();
     }
@@ -237,7 +238,8 @@ export class WriteBackCacheManager<V = unknown> extends PubSubCacheManager<V> {
     const k = normalizeKey(key);
     this.assertOpen();
     const payload = this.store.encodeValue(k, value);
-    if (!this.dirty.has(k) && this.dirty.size >= this.maxPending) await this.makeRoom(1);
+    // Checked again after each wait, right before recording: changes woken by one flush share its room.
+    while (!this.dirty.has(k) && this.dirty.size >= this.maxPending) await this.makeRoom(1);
     this.markDirty(k, value, payload);
   }
 
@@ -246,8 +248,10 @@ export class WriteBackCacheManager<V = unknown> extends PubSubCacheManager<V> {
     this.assertOpen();
     const changes: [string, V, Uint8Array][] = [];
     for (const [k, value] of collectEntries(entries)) changes.push([k, value, this.store.encodeValue(k, value)]);
-    const fresh = new Set(changes.map(([k]) => k).filter((k) => !this.dirty.has(k))).size;
-    if (fresh > 0 && this.dirty.size + fresh > this.maxPending) await this.makeRoom(fresh);
+    const keys = new Set(changes.map(([k]) => k));
+    for (let fresh = this.freshCount(keys); fresh > 0 && this.dirty.size + fresh > this.maxPending; fresh = this.freshCount(keys)) {
+      await this.makeRoom(fresh);
+    }
     for (const [k, value, payload] of changes) this.markDirty(k, value, payload);
   }
 
@@ -262,8 +266,9 @@ export class WriteBackCacheManager<V = unknown> extends PubSubCacheManager<V> {
     this.assertOpen();
     const before = await this.getMany(ks);
     this.assertOpen();
-    const fresh = ks.filter((k) => !this.dirty.has(k)).length;
-    if (fresh > 0 && this.dirty.size + fresh > this.maxPending) await this.makeRoom(fresh);
+    for (let fresh = this.freshCount(ks); fresh > 0 && this.dirty.size + fresh > this.maxPending; fresh = this.freshCount(ks)) {
+      await this.makeRoom(fresh);
+    }
     for (const k of ks) this.markDirty(k, undefined, undefined);
     return before.filter((v) => v !== undefined).length;
   }
@@ -283,23 +288,21 @@ export class WriteBackCacheManager<V = unknown> extends PubSubCacheManager<V> {
   }
 
   /** Keys in Redis, after flushing local changes. */
-  override keys(): AsyncGenerator<string, void, undefined> {
-    return this.afterIdle(() => super.keys());
+  override async *keys(): AsyncGenerator<string, void, undefined> {
+    await this.onIdle();
+    yield* super.keys();
   }
 
   /** Values in Redis, after flushing local changes. */
-  override values(): AsyncGenerator<V, void, undefined> {
-    return this.afterIdle(() => super.values());
+  override async *values(): AsyncGenerator<V, void, undefined> {
+    await this.onIdle();
+    yield* super.values();
   }
 
   /** `[key, value]` pairs in Redis, after flushing local changes. */
-  override entries(): AsyncGenerator<[string, V], void, undefined> {
-    return this.afterIdle(() => super.entries());
-  }
-
-  private async *afterIdle<T>(source: () => AsyncGenerator<T, void, undefined>): AsyncGenerator<T, void, undefined> {
+  override async *entries(): AsyncGenerator<[string, V], void, undefined> {
     await this.onIdle();
-    yield* source();
+    yield* super.entries();
   }
 
   private assertOpen(): void {
@@ -312,16 +315,26 @@ export class WriteBackCacheManager<V = unknown> extends PubSubCacheManager<V> {
     this.dirty.set(k, { value, stamp, present: payload !== undefined, expiresAt: Infinity, payload, since: previous?.since ?? stamp });
     this.storage.delete(k);
     this.noteWrite(k, stamp);
-    if (this.dirty.size >= this.maxDirty && this.inFlight === 0) this.autoFlush();
+    if (this.dirty.size >= this.maxDirty && this.inFlight === 0 && this.retryTimer === undefined) this.autoFlush();
+  }
+
+  /** How many of `keys` are not dirty. */
+  private freshCount(keys: Iterable<string>): number {
+    let n = 0;
+    for (const k of keys) if (!this.dirty.has(k)) n++;
+    return n;
   }
 
   private async makeRoom(needed: number): Promise<void> {
-    if (this.onBackpressure === 'reject') throw new BackpressureError(this.dirty.size, this.maxPending);
+    // More new keys than maxPending can never fit: waiting would flush nothing, forever.
+    if (this.onBackpressure === 'reject' || needed > this.maxPending) throw new BackpressureError(this.dirty.size, this.maxPending);
     while (this.dirty.size + needed > this.maxPending) {
       this.assertOpen();
       if (this.inFlight === 0 && this.retryTimer === undefined) this.autoFlush();
       await this.nextFlush();
     }
+    // close() wakes the waiters after dropping what it could not write: refuse the change, do not record it.
+    this.assertOpen();
   }
 
   // ---------------------------------------------------------------- flushing
@@ -498,8 +511,10 @@ export class WriteBackCacheManager<V = unknown> extends PubSubCacheManager<V> {
         if (typeof decision === 'object' && decision !== null) payload = this.store.encodeValue(key, decision.value);
         else if (decision !== 'local' && decision !== 'remote') throw new TypeError(`conflict resolver returned ${String(decision)}`);
       } catch (error) {
-        // Keep the local change (nothing is lost); the next flush asks again.
+        // Keep the local change (nothing is lost). At flush time the key counts as failed, so the flush
+        // is retried with back-off instead of at once (onIdle() would spin on it).
         this.reportError(error as Error);
+        report?.failed.push({ key, error: error as Error });
         return undefined;
       }
       if (decision !== 'remote') {
