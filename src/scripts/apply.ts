@@ -20,40 +20,60 @@
 import { createHash } from 'node:crypto';
 
 export const APPLY_LUA = `
-local function valid(s) return #s == 34 and string.find(s, '^[0-9a-f]+$') ~= nil end
+local function valid(s) return #s == 34 and not string.find(s, '[^0-9a-f]') end
 local n = #KEYS
 local ttl = tonumber(ARGV[1])
-local result, upd, del = {}, {}, {}
+-- One MGET reads every live record; tombstones (hashes) read as nil, and are looked up only when
+-- EXISTS says some of the nil keys exist. A batch costs a handful of commands, not two per key.
+local values = redis.call('MGET', unpack(KEYS))
+local stored, missing = {}, {}
+for i = 1, n do
+  local v = values[i]
+  if v then
+    if string.byte(v, 1) == 118 and #v >= 35 then
+      local s = string.sub(v, 2, 35)
+      if valid(s) then stored[i] = s end
+    end
+  else
+    missing[#missing + 1] = i
+  end
+end
+if #missing > 0 then
+  local names = {}
+  for j = 1, #missing do names[j] = KEYS[missing[j]] end
+  if redis.call('EXISTS', unpack(names)) > 0 then
+    for j = 1, #missing do
+      local s = redis.pcall('HGET', KEYS[missing[j]], 's')
+      if type(s) == 'string' and valid(s) then stored[missing[j]] = s end
+    end
+  end
+end
+local result, upd, del, sets, dels = {}, {}, {}, {}, {}
 for i = 1, n do
   local b = 6 + (i - 1) * 4
   local guard, stamp, record = ARGV[b + 1], ARGV[b + 2], ARGV[b + 3]
   if guard == '' then guard = stamp end
-  local key = KEYS[i]
-  local stored, live = '', false
-  local head = redis.pcall('GETRANGE', key, 0, 34)
-  if type(head) == 'table' then
-    local s = redis.pcall('HGET', key, 's')
-    if type(s) == 'string' and valid(s) then stored = s end
-  elseif #head > 0 then
-    live = true
-    if #head == 35 and string.byte(head, 1) == 118 and valid(string.sub(head, 2)) then stored = string.sub(head, 2) end
-  end
-  if stored < guard then
+  local cur = stored[i] or ''
+  if cur < guard then
     if record == '' then
-      redis.call('DEL', key)
-      redis.call('HSET', key, 's', stamp)
-      redis.call('PEXPIRE', key, ttl)
+      dels[#dels + 1] = i
       del[#del + 1] = ARGV[b + 4]
     else
-      redis.call('SET', key, record)
+      sets[#sets + 1] = KEYS[i]
+      sets[#sets + 1] = record
       upd[#upd + 1] = ARGV[b + 4]
     end
-    result[i] = live and 1 or 2
+    result[i] = values[i] and 1 or 2
   else
-    local raw = false
-    if live then raw = redis.call('GET', key) end
-    result[i] = { stored, raw }
+    result[i] = { cur, values[i] or false }
   end
+end
+if #sets > 0 then redis.call('MSET', unpack(sets)) end
+for j = 1, #dels do
+  local key, stamp = KEYS[dels[j]], ARGV[6 + (dels[j] - 1) * 4 + 2]
+  redis.call('DEL', key)
+  redis.call('HSET', key, 's', stamp)
+  redis.call('PEXPIRE', key, ttl)
 end
 local function arr(c)
   if c < 16 then return string.char(144 + c) end
@@ -72,7 +92,7 @@ export const APPLY_SHA = createHash('sha1').update(APPLY_LUA).digest('hex');
 
 /** Reads the stamps of keys: per key the record's stamp, the tombstone's stamp, or '' (used by resync). */
 export const STAMPS_LUA = `
-local function valid(s) return #s == 34 and string.find(s, '^[0-9a-f]+$') ~= nil end
+local function valid(s) return #s == 34 and not string.find(s, '[^0-9a-f]') end
 local out = {}
 for i = 1, #KEYS do
   local key = KEYS[i]
