@@ -19,7 +19,7 @@ import { type DictKey, normalizeKey, normalizeKeys } from './keys.js';
 import type { MalformedMessageError, Message, MessageEntry } from './messages.js';
 import { booleanOption, checkOptions, enumOption, functionOption, integerOption, invalidOption } from './options.js';
 import { PubSubRedisDict } from './pubsub-redis-dict.js';
-import { collectEntries } from './redis-dict.js';
+import { collectEntries, type WriteOutcome } from './redis-dict.js';
 import type { VersionedValue } from './record.js';
 import { type Stamp } from './stamp.js';
 import { type ResyncReason, Subscriber } from './subscriber.js';
@@ -223,6 +223,8 @@ export class PubSubCacheManager<V = unknown> extends EventEmitter<CacheManagerEv
   private readonly onReconnect: 'revalidate' | 'clear';
   private readonly serveStale: boolean;
   private readonly reads = new Map<string, PendingRead<V>>();
+  /** Per key with write-through writes in flight: how many, and the newest stamp noted meanwhile. */
+  private readonly writing = new Map<string, { pending: number; newest: Stamp | '' }>();
   /** Bumped by every gap and resync; reads started before a bump are not cached. */
   private generation = 0;
   /** True when cached entries may be served. */
@@ -340,7 +342,7 @@ export class PubSubCacheManager<V = unknown> extends EventEmitter<CacheManagerEv
       if (waiting.has(k)) return;
       const pending = this.reads.get(k);
       if (pending) waiting.set(k, pending.promise);
-      else missing.push(k);
+      else if (!missing.includes(k)) missing.push(k);
     });
     if (missing.length > 0) {
       const batch = this.store.readVersioned(missing);
@@ -412,6 +414,8 @@ export class PubSubCacheManager<V = unknown> extends EventEmitter<CacheManagerEv
   protected noteWrite(k: string, stamp: Stamp): void {
     const pending = this.reads.get(k);
     if (pending !== undefined && pending.newest < stamp) pending.newest = stamp;
+    const writing = this.writing.get(k);
+    if (writing !== undefined && writing.newest < stamp) writing.newest = stamp;
   }
 
   // ---------------------------------------------------------------- writes (write-through)
@@ -447,12 +451,30 @@ export class PubSubCacheManager<V = unknown> extends EventEmitter<CacheManagerEv
   }
 
   private async writeThrough(changes: { key: string; stamp: Stamp; deleted: boolean; value?: V; payload?: Uint8Array }[]) {
+    const generation = this.generation;
+    const marks = changes.map((change) => {
+      let mark = this.writing.get(change.key);
+      if (mark === undefined) this.writing.set(change.key, (mark = { pending: 0, newest: '' }));
+      mark.pending++;
+      return mark;
+    });
     for (const change of changes) this.noteWrite(change.key, change.stamp);
-    const outcomes = await this.store.writeVersioned(changes);
+    let outcomes: WriteOutcome<V>[];
+    try {
+      outcomes = await this.store.writeVersioned(changes);
+    } finally {
+      changes.forEach((change, i) => {
+        if (--marks[i]!.pending === 0 && this.writing.get(change.key) === marks[i]) this.writing.delete(change.key);
+      });
+    }
+    // Like a read (I5): what this write knows is not cached when a newer write or event was noted
+    // for the key while it was in flight, or a gap happened meanwhile.
+    const stale = (i: number, stamp: Stamp): boolean => generation !== this.generation || marks[i]!.newest > stamp;
     let failure: Error | undefined;
     outcomes.forEach((outcome, i) => {
       const change = changes[i]!;
       if (outcome.status === 'written') {
+        if (stale(i, change.stamp)) return;
         if (change.deleted) this.install(change.key, { value: undefined, stamp: change.stamp, present: false, expiresAt: Infinity });
         else this.install(change.key, { value: this.store.decodeValue(change.key, change.payload!), stamp: change.stamp, present: true, expiresAt: Infinity });
       } else if (outcome.status === 'conflict') {
@@ -460,7 +482,7 @@ export class PubSubCacheManager<V = unknown> extends EventEmitter<CacheManagerEv
         const { stored } = outcome;
         if (stored.stamp !== '') {
           this.noteWrite(change.key, stored.stamp);
-          this.install(change.key, { value: stored.value, stamp: stored.stamp, present: !stored.deleted, expiresAt: Infinity });
+          if (!stale(i, stored.stamp)) this.install(change.key, { value: stored.value, stamp: stored.stamp, present: !stored.deleted, expiresAt: Infinity });
         } else this.storage.delete(change.key);
       } else {
         this.storage.delete(change.key);

@@ -99,9 +99,15 @@ export class HybridClock {
     this.wallClock = now;
   }
 
+  /** The wall clock in whole milliseconds within the stamp range (a reading that is not a number counts as 0). */
+  private wall(): number {
+    const ms = Math.floor(this.wallClock());
+    return Number.isNaN(ms) ? 0 : Math.min(Math.max(0, ms), MAX_MS);
+  }
+
   /** A new stamp, greater than every stamp this clock made or observed before. */
   now(): Stamp {
-    const wall = Math.min(Math.max(0, Math.floor(this.wallClock())), MAX_MS);
+    const wall = this.wall();
     if (wall > this.ms) {
       this.ms = wall;
       this.counter = 0;
@@ -121,7 +127,7 @@ export class HybridClock {
    * the far future.
    */
   observe(stamp: Stamp): void {
-    const bound = Math.floor(this.wallClock()) + MAX_DRIFT_MS;
+    const bound = this.wall() + MAX_DRIFT_MS;
     const ms = Number.parseInt(stamp.slice(0, 12), 16);
     if (ms > bound) {
       if (bound > this.ms) {
