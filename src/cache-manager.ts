@@ -16,7 +16,7 @@ import { EventEmitter } from 'node:events';
 import { LRUCache } from 'lru-cache';
 import { ClosedError } from './errors.js';
 import { type DictKey, normalizeKey, normalizeKeys } from './keys.js';
-import type { MalformedMessageError, Message, MessageEntry } from './messages.js';
+import { MalformedMessageError, type Message, type MessageEntry } from './messages.js';
 import { booleanOption, checkOptions, enumOption, functionOption, integerOption, invalidOption } from './options.js';
 import { PubSubRedisDict } from './pubsub-redis-dict.js';
 import { collectEntries, type WriteOutcome } from './redis-dict.js';
@@ -229,7 +229,8 @@ export class PubSubCacheManager<V = unknown> extends EventEmitter<CacheManagerEv
   private generation = 0;
   /** True when cached entries may be served. */
   private serving = false;
-  private readonly readyPromise: Promise<void>;
+  private resyncing = false;
+  private resyncAgain: ResyncReason | undefined;
   private readonly counters = { hits: 0, misses: 0, eventsReceived: 0, eventsApplied: 0, eventsIgnored: 0, malformed: 0, resyncs: 0 };
 
   /**
@@ -268,7 +269,7 @@ export class PubSubCacheManager<V = unknown> extends EventEmitter<CacheManagerEv
         maxEntries: Math.max(store.batchSize, 1000),
       },
       {
-        onMessage: (message) => this.onMessage(message),
+        onMessage: (message, channel) => this.onMessage(message, channel),
         onMalformed: (error, channel) => {
           this.counters.malformed++;
           this.emit('malformed', error, channel);
@@ -278,7 +279,7 @@ export class PubSubCacheManager<V = unknown> extends EventEmitter<CacheManagerEv
         onError: (error) => this.reportError(error),
       },
     );
-    this.readyPromise = this.subscriber.start();
+    this.subscriber.start();
   }
 
   /** Option names this class accepts; subclasses extend the list. */
@@ -286,9 +287,13 @@ export class PubSubCacheManager<V = unknown> extends EventEmitter<CacheManagerEv
     return OPTION_KEYS;
   }
 
-  /** Resolves once the subscription is live; nothing is cached before that. */
+  /**
+   * Resolves once the subscription is live; nothing is cached before that. Rejects when Redis
+   * refuses the subscription (NOPERM: the ACL user lacks `&<namespace>/*`); the manager keeps
+   * retrying in the background and works uncached meanwhile.
+   */
   ready(): Promise<void> {
-    return this.readyPromise;
+    return this.subscriber.whenLive();
   }
 
   /** True while cached entries are served (subscribed, heartbeat answering, not resyncing). */
@@ -381,7 +386,9 @@ export class PubSubCacheManager<V = unknown> extends EventEmitter<CacheManagerEv
   }
 
   private track(k: string, read: Promise<VersionedValue<V> | undefined>): Promise<VersionedValue<V> | undefined> {
-    const pending: PendingRead<V> = { promise: read, newest: '', generation: this.generation };
+    // A write of this key still in flight may reach Redis after this read (a NOSCRIPT retry, a
+    // redirection): the read must not cache anything older than it.
+    const pending: PendingRead<V> = { promise: read, newest: this.writing.get(k)?.newest ?? '', generation: this.generation };
     pending.promise = read.then(
       (found) => {
         if (this.reads.get(k) === pending) this.reads.delete(k);
@@ -542,9 +549,15 @@ export class PubSubCacheManager<V = unknown> extends EventEmitter<CacheManagerEv
 
   // ---------------------------------------------------------------- events and resync
 
-  private onMessage(message: Message): void {
+  private onMessage(message: Message, channel: string): void {
     const deleted = message.type === 'd';
     for (const entry of message.entries) {
+      if (this.store.clock.isTooFarAhead(entry.stamp)) {
+        // No writer's clock is a day ahead: a forged or broken stamp would pin the entry forever.
+        this.counters.malformed++;
+        this.emit('malformed', new MalformedMessageError(`stamp ${entry.stamp} of key is too far in the future`), channel);
+        continue;
+      }
       this.counters.eventsReceived++;
       this.store.clock.observe(entry.stamp);
       this.noteWrite(entry.key, entry.stamp);
@@ -557,7 +570,9 @@ export class PubSubCacheManager<V = unknown> extends EventEmitter<CacheManagerEv
   protected applyRemote(entry: MessageEntry, deleted: boolean): boolean {
     const current = this.storage.peek(entry.key);
     if (current === undefined || current.stamp >= entry.stamp) return false;
-    if (!deleted && this.sync === 'update' && entry.payload !== undefined && this.serving) {
+    // A cached miss has no stamp (''), so every event looks newer than it, even a late copy of a
+    // write older than the delete the miss was read after: drop the miss, never install over it.
+    if (current.present && !deleted && this.sync === 'update' && entry.payload !== undefined && this.serving) {
       const value = this.decodeRemote(entry);
       if (value !== undefined) {
         this.storage.set(entry.key, { value: value.value, stamp: entry.stamp, present: true, expiresAt: this.ttlMs > 0 ? this.now() + this.ttlMs : Infinity });
@@ -597,6 +612,24 @@ export class PubSubCacheManager<V = unknown> extends EventEmitter<CacheManagerEv
   }
 
   private async resync(reason: ResyncReason): Promise<void> {
+    // One resync at a time: gaps reported meanwhile (a burst of topology events) make one more.
+    if (this.resyncing) {
+      this.resyncAgain = reason;
+      if (!this.serveStale) this.serving = false;
+      return;
+    }
+    this.resyncing = true;
+    try {
+      await this.resyncOnce(reason);
+    } finally {
+      this.resyncing = false;
+    }
+    const again = this.resyncAgain;
+    this.resyncAgain = undefined;
+    if (again !== undefined && !this.closed) await this.resync(again);
+  }
+
+  private async resyncOnce(reason: ResyncReason): Promise<void> {
     const generation = this.generation;
     if (!this.serveStale) this.serving = false;
     this.counters.resyncs++;

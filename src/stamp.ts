@@ -105,7 +105,12 @@ export class HybridClock {
     return Number.isNaN(ms) ? 0 : Math.min(Math.max(0, ms), MAX_MS);
   }
 
-  /** A new stamp, greater than every stamp this clock made or observed before. */
+  /** True when `stamp` is more than {@link MAX_DRIFT_MS} ahead of this clock's wall clock. */
+  isTooFarAhead(stamp: Stamp): boolean {
+    return Number.parseInt(stamp.slice(0, 12), 16) > Math.floor(this.wallClock()) + MAX_DRIFT_MS;
+  }
+
+    /** A new stamp, greater than every stamp this clock made or observed before. */
   now(): Stamp {
     const wall = this.wall();
     if (wall > this.ms) {

@@ -27,8 +27,8 @@ export type ResyncReason = 'reconnect' | 'heartbeat-timeout' | 'sequence-gap' | 
 
 /** What the subscriber tells its owner. */
 export interface SubscriberListener {
-  /** A valid message from another writer. */
-  onMessage(message: Message): void;
+  /** A valid message from another writer, and the channel it came on. */
+  onMessage(message: Message, channel: string): void;
   /** A message that failed validation; it was not applied. */
   onMalformed(error: MalformedMessageError, channel: string): void;
   /** The link can no longer be trusted: stop serving cached entries. */
@@ -82,7 +82,11 @@ export class Subscriber {
   private readonly lastSeq = new Map<string, number>();
   private probes = new Map<string, number>();
   private nodeIndex = 0;
-  private readyWaiters: (() => void)[] = [];
+  private readyWaiters: { resolve: () => void; reject: (error: Error) => void }[] = [];
+  /** When the subscription of the current connection started (0 when not subscribing). */
+  private subscribingSince = 0;
+  private retryTimer: NodeJS.Timeout | undefined;
+  private retryDelay = 0;
   private readonly onTopology = (): void => {
     if (this.live) this.listener.onUp('topology-changed');
   };
@@ -103,9 +107,17 @@ export class Subscriber {
     return this.live;
   }
 
-  /** Connects and subscribes; resolves once the subscription is live for the first time. */
-  start(): Promise<void> {
-    const ready = new Promise<void>((resolve) => this.readyWaiters.push(resolve));
+  /**
+   * Resolves once the subscription has been live (at once if it already was); rejects when the
+   * server refuses it for good (NOPERM, authentication), while retrying continues in the background.
+   */
+  whenLive(): Promise<void> {
+    if (this.everUp || this.closed) return Promise.resolve();
+    return new Promise<void>((resolve, reject) => this.readyWaiters.push({ resolve, reject }));
+  }
+
+  /** Connects and subscribes, in the background; see {@link Subscriber.whenLive}. */
+  start(): void {
     if (isCluster(this.data)) {
       this.data.on('+node', this.onTopology);
       this.data.on('-node', this.onTopology);
@@ -114,7 +126,6 @@ export class Subscriber {
     this.notReadySince = Date.now();
     this.timer = setInterval(() => this.heartbeat(), this.settings.heartbeatIntervalMs);
     this.timer.unref();
-    return ready;
   }
 
   /** Unsubscribes and closes the connection this subscriber opened. Idempotent. */
@@ -123,6 +134,7 @@ export class Subscriber {
     this.closed = true;
     this.live = false;
     if (this.timer) clearInterval(this.timer);
+    if (this.retryTimer) clearTimeout(this.retryTimer);
     if (isCluster(this.data)) {
       this.data.off('+node', this.onTopology);
       this.data.off('-node', this.onTopology);
@@ -134,7 +146,7 @@ export class Subscriber {
       conn.on('error', () => {});
       conn.disconnect();
     }
-    for (const resolve of this.readyWaiters) resolve();
+    for (const waiter of this.readyWaiters) waiter.resolve();
     this.readyWaiters = [];
   }
 
@@ -152,7 +164,9 @@ export class Subscriber {
       if (this.conn === conn) this.listener.onError(error);
     });
     conn.on('ready', () => {
-      if (this.conn === conn) void this.subscribe(conn);
+      if (this.conn !== conn) return;
+      this.retryDelay = 0;
+      void this.subscribe(conn);
     });
     conn.on('close', () => {
       if (this.conn !== conn) return;
@@ -191,6 +205,7 @@ export class Subscriber {
 
   private async subscribe(conn: Redis | Cluster): Promise<void> {
     const { namespace } = this.settings;
+    this.subscribingSince = Date.now();
     try {
       if (this.settings.sharded) {
         const pending: Promise<unknown>[] = [];
@@ -210,11 +225,30 @@ export class Subscriber {
         if (runId !== undefined) this.runId = runId;
       }
       if (this.conn !== conn || this.closed) return;
+      this.subscribingSince = 0;
+      this.retryDelay = 0;
       this.markUp(reason);
-    } catch (error) {
+    } catch (cause) {
       if (this.conn !== conn || this.closed) return;
-      this.listener.onError(error instanceof Error ? error : new Error(String(error)));
-      conn.disconnect(true);
+      this.subscribingSince = 0;
+      const error = cause instanceof Error ? cause : new Error(String(cause));
+      this.listener.onError(error);
+      // Refused for good (ACL, authentication): tell whoever waits for ready(), and keep trying
+      // slowly in case the rules change. Otherwise (a shard not known yet, a connection closing)
+      // try again soon; a connection that is really gone reconnects by itself.
+      const permanent = /NOPERM|NOAUTH|WRONGPASS/.test(error.message);
+      if (permanent && !this.everUp) {
+        for (const waiter of this.readyWaiters) waiter.reject(error);
+        this.readyWaiters = [];
+      }
+      const first = permanent ? 1000 : 100;
+      this.retryDelay = Math.min(this.retryDelay === 0 ? first : this.retryDelay * 2, 30_000);
+      this.notReadySince = Date.now();
+      this.retryTimer = setTimeout(() => {
+        this.retryTimer = undefined;
+        if (this.conn === conn && !this.closed && conn.status === 'ready') void this.subscribe(conn);
+      }, this.retryDelay);
+      this.retryTimer.unref();
     }
   }
 
@@ -226,7 +260,7 @@ export class Subscriber {
     // After any gap, sequence numbers restart from what arrives next.
     if (reason !== 'initial') this.lastSeq.clear();
     this.listener.onUp(reason);
-    for (const resolve of this.readyWaiters) resolve();
+    for (const waiter of this.readyWaiters) waiter.resolve();
     this.readyWaiters = [];
   }
 
@@ -243,9 +277,14 @@ export class Subscriber {
     const now = Date.now();
     const timeout = this.settings.heartbeatTimeoutMs;
     if (!this.live) {
-      // Stuck connecting (e.g. a partition swallowing the handshake): start over.
-      if (this.notReadySince !== 0 && now - this.notReadySince > timeout && conn.status !== 'reconnecting') {
+      // Stuck connecting (e.g. a partition swallowing the handshake): start over. Subscribing
+      // (2 x 16384 channels with sharded pub/sub) gets a longer deadline of its own.
+      const since = this.subscribingSince !== 0 ? this.subscribingSince : this.notReadySince;
+      const deadline = this.subscribingSince !== 0 ? Math.max(30_000, 10 * timeout) : timeout;
+      const waiting = this.retryTimer !== undefined;
+      if (since !== 0 && !waiting && now - since > deadline && conn.status !== 'reconnecting') {
         this.notReadySince = now;
+        this.subscribingSince = 0;
         conn.disconnect(true);
       }
       return;
@@ -323,7 +362,7 @@ export class Subscriber {
     const id = `${message.origin}:${message.group}`;
     const last = this.lastSeq.get(id);
     this.lastSeq.set(id, last === undefined ? message.seq : Math.max(last, message.seq));
-    this.listener.onMessage(message);
+    this.listener.onMessage(message, channel.toString('latin1', 0, 200));
     // A number past the next one means messages were lost; a repeated or older one (a duplicate)
     // loses nothing, and the stamps make applying it harmless.
     if (last !== undefined && message.seq > last + 1 && this.live) {
