@@ -305,12 +305,19 @@ export class PubSubCacheManager<V = unknown> extends EventEmitter<CacheManagerEv
 
   /** The value of `key`: from the cache on a hit, else from Redis (and cached). */
   async get(key: DictKey): Promise<V | undefined> {
-    const k = normalizeKey(key);
     if (this.closed) throw new ClosedError(this.constructor.name);
-    const entry = this.lookup(k);
+    // Hot path: a string key is looked up as is (only validated keys were ever cached); the full
+    // validation runs on a miss, before anything reaches Redis.
+    const entry = typeof key === 'string' ? this.lookup(key) : undefined;
     if (entry !== undefined) {
       this.counters.hits++;
       return entry.value;
+    }
+    const k = normalizeKey(key);
+    const numeric = typeof key === 'string' ? undefined : this.lookup(k);
+    if (numeric !== undefined) {
+      this.counters.hits++;
+      return numeric.value;
     }
     this.counters.misses++;
     return (await this.load(k))?.value;
