@@ -436,7 +436,10 @@ export class PubSubCacheManager<V = unknown> extends EventEmitter<CacheManagerEv
 
   /** Writes `value` to Redis (published to peers), then caches it. */
   async set(key: DictKey, value: V): Promise<void> {
-    await this.setMany([[key, value]]);
+    const k = normalizeKey(key);
+    if (this.closed) throw new ClosedError(this.constructor.name);
+    const payload = this.store.encodeValue(k, value);
+    await this.writeThrough([{ key: k, stamp: this.store.clock.now(), deleted: false, value, payload }]);
   }
 
   /** Writes every pair in one round trip per node, then caches them. */

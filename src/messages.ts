@@ -17,7 +17,7 @@
  *
  * @module
  */
-import { Decoder, Encoder } from '@msgpack/msgpack';
+import { Decoder } from '@msgpack/msgpack';
 import { isStamp, type Stamp } from './stamp.js';
 
 /** Message type: values written (`'u'`) or tombstones written (`'d'`). */
@@ -50,14 +50,21 @@ export class MalformedMessageError extends Error {
   }
 }
 
-const encoder = new Encoder();
 
-/** Encodes the message header: everything before the entries array. */
+/**
+ * Encodes the message header, everything before the entries array: `[1, type, origin, seq, group, `
+ * (an array of 6 whose sixth item the script appends). Written by hand, like {@link encodeEntry}.
+ */
 export function encodeHeader(type: MessageType, origin: string, seq: number, group: number): Buffer {
-  const bytes = encoder.encode([1, type, origin, seq, group]);
-  // An array of 5 items starts with 0x95; the script appends the sixth item (the entries).
-  bytes[0] = 0x96;
-  return Buffer.from(bytes.buffer, bytes.byteOffset, bytes.byteLength);
+  const out = Buffer.allocUnsafe(5 + 16 + 9 + 3);
+  out[0] = 0x96;
+  out[1] = 0x01;
+  out[2] = 0xa1;
+  out[3] = type === 'u' ? 0x75 : 0x64;
+  out[4] = 0xb0;
+  out.write(origin, 5, 16, 'latin1');
+  const at = writeUint(out, writeUint(out, 21, seq), group);
+  return out.subarray(0, at);
 }
 
 /**
@@ -81,6 +88,32 @@ export function encodeEntry(key: string, stamp: Stamp, payload?: Uint8Array): Bu
     out.set(payload, at);
   }
   return out;
+}
+
+/** Writes a non-negative integer in MessagePack's shortest form; returns the next offset. */
+function writeUint(out: Buffer, at: number, n: number): number {
+  if (n < 0x80) {
+    out[at] = n;
+    return at + 1;
+  }
+  if (n < 0x100) {
+    out[at] = 0xcc;
+    out[at + 1] = n;
+    return at + 2;
+  }
+  if (n < 0x10000) {
+    out[at] = 0xcd;
+    out.writeUInt16BE(n, at + 1);
+    return at + 3;
+  }
+  if (n < 0x100000000) {
+    out[at] = 0xce;
+    out.writeUInt32BE(n, at + 1);
+    return at + 5;
+  }
+  out[at] = 0xcf;
+  out.writeBigUInt64BE(BigInt(n), at + 1);
+  return at + 9;
 }
 
 /** Writes a MessagePack str/bin length header of `size` bytes (1: fix, 2: 8-bit, 3: 16-bit, 5: 32-bit). */

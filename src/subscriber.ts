@@ -19,7 +19,8 @@
  */
 import { randomBytes } from 'node:crypto';
 import { Redis, type Cluster } from 'ioredis';
-import { encodeEntry, MalformedMessageError, type Message, MessageDecoder } from './messages.js';
+import { encodeEntry, encodeHeader, MalformedMessageError, type Message, MessageDecoder } from './messages.js';
+import { ZERO_STAMP } from './stamp.js';
 import { type RedisClient, isCluster, slotTag } from './topology.js';
 
 /** Why the cache had to resynchronise. */
@@ -333,7 +334,7 @@ export class Subscriber {
       const nonce = `${PROBE_PREFIX}${randomBytes(6).toString('hex')}@${master}`;
       this.probes.set(nonce, now);
       const channel = shardedChannelsOf(this.settings.namespace, slot).update;
-      const bytes = Buffer.concat([probeHeader(this.settings.origin, slot), Buffer.from([0x91]), encodeEntry(nonce, '0'.repeat(34))]);
+      const bytes = Buffer.concat([encodeHeader('u', this.settings.origin, PROBE_SEQ, slot), Buffer.from([0x91]), encodeEntry(nonce, ZERO_STAMP)]);
       data.spublish(channel, bytes).catch(() => {});
     });
   }
@@ -373,21 +374,6 @@ export class Subscriber {
 
 /** Sequence number reserved for heartbeat probes (real messages start at 1). */
 const PROBE_SEQ = 2 ** 53 - 1;
-
-function probeHeader(origin: string, slot: number): Buffer {
-  // Same layout as a real header, with the reserved sequence number.
-  const header = Buffer.from(
-    // [1, 'u', origin, PROBE_SEQ, slot] with the array length patched to 6.
-    new Uint8Array([0x96, 0x01, 0xa1, 0x75, 0xb0, ...Buffer.from(origin, 'latin1'), 0xcf, ...u64(PROBE_SEQ), 0xcd, (slot >> 8) & 0xff, slot & 0xff]),
-  );
-  return header;
-}
-
-function u64(n: number): number[] {
-  const out = Buffer.alloc(8);
-  out.writeBigUInt64BE(BigInt(n));
-  return [...out];
-}
 
 async function readRunId(conn: Redis): Promise<string | undefined> {
   try {

@@ -24,7 +24,7 @@ import { type DictKey, normalizeKey, normalizeKeys } from '../keys.js';
 import type { MessageEntry } from '../messages.js';
 import { checkOptions, enumOption, integerOption, invalidOption } from '../options.js';
 import type { PubSubRedisDict } from '../pubsub-redis-dict.js';
-import { collectEntries, type VersionedChange } from '../redis-dict.js';
+import { collectEntries, type VersionedChange, type WriteOutcome } from '../redis-dict.js';
 import type { Stamp } from '../stamp.js';
 import { type Conflict, type ConflictPolicy, type ConflictPolicyName, type ConflictSide, conflicts, policyName } from './conflict.js';
 
@@ -145,6 +145,8 @@ export class WriteBackCacheManager<V = unknown> extends PubSubCacheManager<V> {
   private queuedFlush: Promise<FlushReport<V>> | undefined;
   private inFlight = 0;
   private pendingConflicts: Conflict<V>[] = [];
+  /** Keys of the flush round in flight, with the newest stamp announced for each meanwhile. */
+  private readonly flushingNewest = new Map<string, Stamp | ''>();
   /** Report of the flush in flight: conflicts found by messages meanwhile go into it. */
   private currentReport: FlushReport<V> | undefined;
   private flushWaiters: (() => void)[] = [];
@@ -415,9 +417,17 @@ export class WriteBackCacheManager<V = unknown> extends PubSubCacheManager<V> {
     return report;
   }
 
+  /** Records, per key of the flush in flight, the newest write announced meanwhile (see {@link written}). */
+  protected override noteWrite(k: string, stamp: Stamp): void {
+    super.noteWrite(k, stamp);
+    const seen = this.flushingNewest.get(k);
+    if (seen !== undefined && seen < stamp) this.flushingNewest.set(k, stamp);
+  }
+
   /** One pass over the dirty entries; true when a conflict produced a new change to write. */
   private async flushRound(report: FlushReport<V>): Promise<boolean> {
     const snapshot = [...this.dirty];
+    for (const [key] of snapshot) this.flushingNewest.set(key, '');
     const changes: VersionedChange<V>[] = snapshot.map(([key, entry]) => ({
       key,
       stamp: entry.stamp,
@@ -426,7 +436,14 @@ export class WriteBackCacheManager<V = unknown> extends PubSubCacheManager<V> {
       payload: entry.payload,
       value: entry.value,
     }));
-    const outcomes = await this.store.writeVersioned(changes);
+    let outcomes: WriteOutcome<V>[];
+    let noted: Map<string, Stamp | ''>;
+    try {
+      outcomes = await this.store.writeVersioned(changes);
+    } finally {
+      noted = new Map(this.flushingNewest);
+      this.flushingNewest.clear();
+    }
     let again = false;
     outcomes.forEach((outcome, i) => {
       const [key, entry] = snapshot[i]!;
@@ -436,7 +453,7 @@ export class WriteBackCacheManager<V = unknown> extends PubSubCacheManager<V> {
       }
       if (outcome.status === 'written' || outcome.stored.stamp === entry.stamp) {
         report.written.push(key);
-        this.written(key, entry);
+        this.written(key, entry, noted.get(key) ?? '');
         return;
       }
       const { stored } = outcome;
@@ -447,11 +464,13 @@ export class WriteBackCacheManager<V = unknown> extends PubSubCacheManager<V> {
   }
 
   /** A flushed change is in Redis: the key is clean unless it changed meanwhile (I7). */
-  private written(key: string, entry: DirtyEntry<V>): void {
+  private written(key: string, entry: DirtyEntry<V>, newestNoted: Stamp | ''): void {
     const current = this.dirty.get(key);
     if (current === entry) {
       this.dirty.delete(key);
-      super.install(key, { value: entry.value, stamp: entry.stamp, present: entry.present, expiresAt: Infinity });
+      // A newer write announced while this one was in flight (one the policy left undecided, e.g.
+      // a resolver without the remote value) has overwritten it in Redis: do not cache ours.
+      if (newestNoted <= entry.stamp) super.install(key, { value: entry.value, stamp: entry.stamp, present: entry.present, expiresAt: Infinity });
     } else if (current !== undefined) {
       // Our own write is in Redis now; only writes above it are concurrent with the newer change.
       const floor = `${entry.stamp}g`;

@@ -1,6 +1,6 @@
 import { encode } from '@msgpack/msgpack';
 import { describe, expect, it } from 'vitest';
-import { encodeEntry } from '../../src/messages.js';
+import { encodeEntry, encodeHeader } from '../../src/messages.js';
 
 // encodeEntry writes MessagePack by hand for speed; it must produce exactly the generic encoder's bytes.
 describe('encodeEntry', () => {
@@ -12,6 +12,22 @@ describe('encodeEntry', () => {
       it(`matches @msgpack/msgpack for a ${key.length}-char key and a ${payload?.length ?? 'no'}-byte payload`, () => {
         const expected = Buffer.from(encode(payload === undefined ? [key, stamp] : [key, stamp, payload]));
         expect(encodeEntry(key, stamp, payload).equals(expected)).toBe(true);
+      });
+    }
+  }
+});
+
+// encodeHeader is hand-written too: the header plus an empty entries array must equal the generic encoding.
+describe('encodeHeader', () => {
+  const origin = '0123456789abcdef';
+  for (const seq of [1, 127, 128, 255, 256, 65_535, 65_536, 2 ** 32 - 1, 2 ** 32, 2 ** 53 - 1]) {
+    for (const group of [0, 127, 128, 255, 256, 16_383]) {
+      it(`matches @msgpack/msgpack for seq ${seq} and group ${group}`, () => {
+        for (const type of ['u', 'd'] as const) {
+          const expected = Buffer.from(encode([1, type, origin, seq, group, []]));
+          const actual = Buffer.concat([encodeHeader(type, origin, seq, group), Buffer.from([0x90])]);
+          expect(actual.equals(expected)).toBe(true);
+        }
       });
     }
   }
