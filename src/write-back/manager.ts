@@ -457,7 +457,7 @@ export class WriteBackCacheManager<V = unknown> extends PubSubCacheManager<V> {
         return;
       }
       const { stored } = outcome;
-      const conflict = this.decide(key, { stamp: stored.stamp as Stamp, deleted: stored.deleted, value: stored.value, known: true }, 'flush', report);
+      const conflict = this.decide(key, { stamp: stored.stamp as Stamp, deleted: stored.deleted, value: stored.value, known: true }, 'flush', report, noted.get(key) ?? '');
       if (conflict !== undefined && conflict.outcome !== 'remote') again = true;
     });
     return again;
@@ -514,6 +514,7 @@ export class WriteBackCacheManager<V = unknown> extends PubSubCacheManager<V> {
     remote: ConflictSide<V> & { known: boolean },
     detectedBy: 'message' | 'flush',
     report?: FlushReport<V>,
+    newestNoted: Stamp | '' = '',
   ): Conflict<V> | undefined {
     const local = this.dirty.get(key);
     if (local === undefined || !conflicts(this.policy, local, remote.stamp)) return undefined;
@@ -555,7 +556,8 @@ export class WriteBackCacheManager<V = unknown> extends PubSubCacheManager<V> {
     if (outcome === 'remote') {
       this.dirty.delete(key);
       this.storage.delete(key);
-      if (remote.known) {
+      // Not when a newer write was announced while the flush that found this one was in flight.
+      if (remote.known && remote.stamp >= newestNoted) {
         super.install(key, { value: remote.value, stamp: remote.stamp, present: !remote.deleted, expiresAt: Infinity });
       }
       this.wake();
