@@ -121,6 +121,9 @@ export class HybridClock {
     } else if (this.ms < MAX_MS) {
       this.ms += 1;
       this.counter = 0;
+    } else {
+      // Only reachable with a wall clock past the year 10889: refuse rather than repeat a stamp.
+      throw new RangeError('HybridClock: the 48-bit millisecond range of stamps is exhausted');
     }
     return formatStamp(this.ms, this.counter, this.nodeId);
   }
