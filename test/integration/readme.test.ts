@@ -30,11 +30,12 @@ describe('README examples', async () => {
   });
 
   it('has the quick-start examples', () => {
-    expect(blocks.length).toBeGreaterThanOrEqual(3);
+    expect(blocks.length).toBeGreaterThanOrEqual(4);
   });
 
   const expectations: RegExp[][] = [
     [/\{ name: 'Alice', age: 31 \}/, /true 3/],
+    [/^published true$/m],
     [/^1$/m, /^2$/m],
     [/^10$/m, /^10 0$/m],
   ];
