@@ -281,7 +281,7 @@ export class Subscriber {
       // Stuck connecting (e.g. a partition swallowing the handshake): start over. Subscribing
       // (2 x 16384 channels with sharded pub/sub) gets a longer deadline of its own.
       const since = this.subscribingSince !== 0 ? this.subscribingSince : this.notReadySince;
-      const deadline = this.subscribingSince !== 0 ? Math.max(30_000, 10 * timeout) : timeout;
+      const deadline = this.subscribingSince !== 0 ? Math.max(120_000, 10 * timeout) : timeout;
       const waiting = this.retryTimer !== undefined;
       if (since !== 0 && !waiting && now - since > deadline && conn.status !== 'reconnecting') {
         this.notReadySince = now;
