@@ -73,7 +73,8 @@ export interface PubSubCacheManagerOptions {
   clock?: () => number;
 }
 
-const OPTION_KEYS = [
+/** Option names of {@link PubSubCacheManager}, for validation. */
+export const CACHE_MANAGER_OPTION_KEYS = [
   'cache',
   'sync',
   'ttlMs',
@@ -284,7 +285,7 @@ export class PubSubCacheManager<V = unknown> extends EventEmitter<CacheManagerEv
 
   /** Option names this class accepts; subclasses extend the list. */
   protected optionKeys(): readonly string[] {
-    return OPTION_KEYS;
+    return CACHE_MANAGER_OPTION_KEYS;
   }
 
   /**

@@ -18,7 +18,7 @@
  * @module
  */
 import type { CacheEntry, PubSubCacheManagerOptions } from '../cache-manager.js';
-import { PubSubCacheManager } from '../cache-manager.js';
+import { CACHE_MANAGER_OPTION_KEYS, PubSubCacheManager } from '../cache-manager.js';
 import { BackpressureError, ClosedError, FlushError, TimeoutError } from '../errors.js';
 import { type DictKey, normalizeKey, normalizeKeys } from '../keys.js';
 import type { MessageEntry } from '../messages.js';
@@ -47,16 +47,7 @@ export interface WriteBackCacheManagerOptions<V> extends PubSubCacheManagerOptio
 }
 
 const OPTION_KEYS = [
-  'cache',
-  'sync',
-  'ttlMs',
-  'cacheMisses',
-  'onReconnect',
-  'serveStaleWhileDisconnected',
-  'heartbeatIntervalMs',
-  'heartbeatTimeoutMs',
-  'maxMessageBytes',
-  'clock',
+  ...CACHE_MANAGER_OPTION_KEYS,
   'conflictPolicy',
   'flushIntervalMs',
   'maxDirty',
