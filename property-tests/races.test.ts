@@ -362,6 +362,7 @@ describe('races under fc.scheduler (standalone)', () => {
         params(FILE, 1000),
       );
     },
-    timeoutOf(120_000),
+    // Green runs take ~8 s; the rest is room for shrinking.
+    timeoutOf(300_000),
   );
 });
