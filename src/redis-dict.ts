@@ -11,7 +11,7 @@ import { CorruptDataError, InvalidArgumentError, SerializationError } from './er
 import { type DictKey, checkNamespace, normalizeKey, normalizeKeys } from './keys.js';
 import { encodeEntry, encodeHeader, type MessageType } from './messages.js';
 import { checkOptions, describe, functionOption, integerOption, invalidOption } from './options.js';
-import { encodeRecord, splitRecord, type VersionedValue } from './record.js';
+import { RECORD_HEADER_LENGTH, encodeRecord, splitRecord, type VersionedValue } from './record.js';
 import { APPLY_LUA, APPLY_SHA, STAMPS_LUA, STAMPS_SHA } from './scripts/apply.js';
 import { HybridClock, type Stamp } from './stamp.js';
 import type { ChainableCommander } from 'ioredis';
@@ -89,7 +89,7 @@ export interface PublishTarget {
 interface PreparedChange<V> {
   readonly change: VersionedChange<V>;
   readonly redisKey: string;
-  readonly record: Buffer | undefined;
+  /** The encoded value; `undefined` for a delete. The record is built when its batch is sent. */
   readonly payload: Uint8Array | undefined;
 }
 
@@ -331,9 +331,8 @@ export class RedisDict<V = unknown> implements AsyncIterable<[string, V]> {
   protected prepare(changes: readonly VersionedChange<V>[]): PreparedChange<V>[] {
     return changes.map((change) => {
       const redisKey = this.redisKey(change.key);
-      if (change.deleted) return { change, redisKey, record: undefined, payload: undefined };
-      const payload = change.payload ?? this.encodeValue(change.key, change.value as V);
-      return { change, redisKey, record: encodeRecord(change.stamp, payload), payload };
+      if (change.deleted) return { change, redisKey, payload: undefined };
+      return { change, redisKey, payload: change.payload ?? this.encodeValue(change.key, change.value as V) };
     });
   }
 
@@ -343,7 +342,7 @@ export class RedisDict<V = unknown> implements AsyncIterable<[string, V]> {
     const indexed = prepared.map((p, index) => ({ p, index }));
     const units = [...groupBySlot(this.isCluster, indexed, (i) => i.p.redisKey)].flatMap(([slot, items]) => {
       const target = this.publishTarget(slot);
-      return this.splitBatch(items, target).map((part) => this.applyUnit(slot, part, target));
+      return this.splitBatch(items, target).map((part) => new ApplyUnit(slot, part, target, this.tombstoneTtlMs, this.clock.nodeId));
     });
     let replies: [Error | null, unknown][];
     try {
@@ -357,14 +356,17 @@ export class RedisDict<V = unknown> implements AsyncIterable<[string, V]> {
         let [err, reply] = replies[u]!;
         if (err && /NOSCRIPT/.test(err.message)) {
           try {
-            reply = await this.redis.callBuffer('EVAL', [APPLY_LUA, unit.keys.length, ...unit.keys, ...unit.args]);
+            const args = unit.args().slice();
+            args[0] = APPLY_LUA;
+            reply = await this.redis.callBuffer('EVAL', args);
             err = null;
           } catch (error) {
             err = asError(error);
           }
         }
+        const list = reply as unknown[];
         unit.part.forEach(({ p, index }, j) => {
-          outcomes[index] = err ? { status: 'failed', error: err } : this.outcomeOf(p.change.key, (reply as unknown[])[j]);
+          outcomes[index] = err ? { status: 'failed', error: err } : this.outcomeOf(p.change.key, list[j]);
         });
       }),
     );
@@ -377,7 +379,7 @@ export class RedisDict<V = unknown> implements AsyncIterable<[string, V]> {
     let current: T[] = [];
     let bytes = 0;
     for (const item of items) {
-      const size = (item.p.record?.length ?? 0) + item.p.change.key.length;
+      const size = (item.p.payload?.length ?? 0) + RECORD_HEADER_LENGTH + item.p.change.key.length;
       if (current.length >= this.batchSize || (current.length > 0 && target && bytes + size > MAX_BATCH_MESSAGE_BYTES)) {
         parts.push(current);
         current = [];
@@ -390,45 +392,9 @@ export class RedisDict<V = unknown> implements AsyncIterable<[string, V]> {
     return parts;
   }
 
-  private applyUnit(slot: number, part: { p: PreparedChange<V>; index: number }[], target: PublishTarget | undefined) {
-    const keys = part.map(({ p }) => p.redisKey);
-    let updateHeader: Buffer = EMPTY;
-    let deleteHeader: Buffer = EMPTY;
-    if (target) {
-      const hasUpdate = part.some(({ p }) => !p.change.deleted);
-      const hasDelete = part.some(({ p }) => p.change.deleted);
-      const origin = this.clock.nodeId;
-      if (hasUpdate) updateHeader = encodeHeader('u' satisfies MessageType, origin, target.nextSeq(slot), slot);
-      if (hasDelete) deleteHeader = encodeHeader('d' satisfies MessageType, origin, target.nextSeq(slot), slot);
-    }
-    const args: (string | Buffer | number)[] = [
-      this.tombstoneTtlMs,
-      target?.command ?? '',
-      target?.updateChannel ?? '',
-      target?.deleteChannel ?? '',
-      updateHeader,
-      deleteHeader,
-    ];
-    for (const { p } of part) {
-      const { change } = p;
-      let fragment: Buffer = EMPTY;
-      if (target) {
-        const withValue = target.withValues && p.payload !== undefined && p.payload.length <= target.maxPublishedValueBytes;
-        fragment = encodeEntry(change.key, change.stamp, withValue ? p.payload : undefined);
-      }
-      args.push(change.guard === undefined || change.guard === change.stamp ? '' : change.guard, change.stamp, p.record ?? EMPTY, fragment);
-    }
-    return {
-      slot,
-      part,
-      keys,
-      args,
-      queue: (target: Commands) => target.callBuffer('EVALSHA', [APPLY_SHA, keys.length, ...keys, ...args]),
-    };
-  }
-
   private outcomeOf(key: string, reply: unknown): WriteOutcome<V> {
-    if (reply === 1 || reply === 2) return { status: 'written', existed: reply === 1 };
+    if (reply === 1) return WRITTEN_OVER_VALUE;
+    if (reply === 2) return WRITTEN_NEW;
     if (!Array.isArray(reply)) return { status: 'failed', error: new Error(`Unexpected script reply for key \`${key}\``) };
     const stampRaw: unknown = reply[0];
     const stamp = Buffer.isBuffer(stampRaw) ? stampRaw.toString('latin1') : String(stampRaw ?? '');
@@ -510,6 +476,93 @@ export class RedisDict<V = unknown> implements AsyncIterable<[string, V]> {
         if (batch.length > 0) yield batch;
       } while (cursor !== '0');
     }
+  }
+}
+
+/** Outcome of a change written over a live value (shared: outcomes are read-only). */
+const WRITTEN_OVER_VALUE = { status: 'written', existed: true } as const;
+/** Outcome of a change written where no live value was. */
+const WRITTEN_NEW = { status: 'written', existed: false } as const;
+
+/**
+ * One call of the apply script: a batch of one slot. Its arguments are built on first use, right
+ * before it is sent, so that message sequence numbers are taken in the order the calls are sent
+ * and a large flush is encoded while the server executes the batches already sent.
+ */
+class ApplyUnit<V> {
+  readonly weight: number;
+  private built: (string | Buffer | number)[] | undefined;
+
+  constructor(
+    readonly slot: number,
+    readonly part: readonly { p: PreparedChange<V>; index: number }[],
+    private readonly target: PublishTarget | undefined,
+    private readonly tombstoneTtlMs: number,
+    private readonly origin: string,
+  ) {
+    this.weight = part.length;
+  }
+
+  queue(client: Commands): unknown {
+    return client.callBuffer('EVALSHA', this.args());
+  }
+
+  /** `[sha, numkeys, ...keys, ...args]` of EVALSHA (see {@link APPLY_LUA}); built once. */
+  args(): (string | Buffer | number)[] {
+    if (this.built) return this.built;
+    const { part, target, slot } = this;
+    const n = part.length;
+    const out: (string | Buffer | number)[] = [APPLY_SHA, n];
+    let guarded = false;
+    for (const { p } of part) {
+      out.push(p.redisKey);
+      if (p.change.guard !== undefined && p.change.guard !== p.change.stamp) guarded = true;
+    }
+    let updateHeader: Buffer = EMPTY;
+    let deleteHeader: Buffer = EMPTY;
+    let updates: Buffer = EMPTY;
+    let deletes: Buffer = EMPTY;
+    let lengths: Buffer = EMPTY;
+    if (target) {
+      const upd: Buffer[] = [];
+      const del: Buffer[] = [];
+      lengths = Buffer.allocUnsafe(4 * n);
+      part.forEach(({ p }, j) => {
+        const { change, payload } = p;
+        const withValue = target.withValues && payload !== undefined && payload.length <= target.maxPublishedValueBytes;
+        const fragment = encodeEntry(change.key, change.stamp, withValue ? payload : undefined);
+        lengths.writeUInt32BE(fragment.length, 4 * j);
+        (change.deleted ? del : upd).push(fragment);
+      });
+      // Sequence numbers are taken here, right before the call is sent (update first).
+      if (upd.length > 0) {
+        updateHeader = encodeHeader('u' satisfies MessageType, this.origin, target.nextSeq(slot), slot);
+        updates = Buffer.concat(upd);
+      }
+      if (del.length > 0) {
+        deleteHeader = encodeHeader('d' satisfies MessageType, this.origin, target.nextSeq(slot), slot);
+        deletes = Buffer.concat(del);
+      }
+    }
+    out.push(
+      this.tombstoneTtlMs,
+      target?.command ?? '',
+      target?.updateChannel ?? '',
+      target?.deleteChannel ?? '',
+      updateHeader,
+      deleteHeader,
+      updates,
+      deletes,
+      lengths,
+      guarded ? '1' : '',
+    );
+    for (const { p } of part) {
+      const { change } = p;
+      if (guarded) out.push(change.guard === undefined || change.guard === change.stamp ? '' : change.guard);
+      out.push(p.payload === undefined ? `t${change.stamp}` : encodeRecord(change.stamp, p.payload));
+    }
+    this.built = out;
+    return out;
   }
 }
 

@@ -51,14 +51,24 @@ export function chunk<T>(items: readonly T[], size: number): T[][] {
 export interface SlotWork {
   /** Hash slot (0 on a standalone server). */
   readonly slot: number;
+  /** How many keys the command carries (default 1): commands are sent in chunks of about {@link STREAM_CHUNK_KEYS}. */
+  readonly weight?: number;
   /** Queues the unit's command on a pipeline, or sends it on the client when it is alone on its node. */
   queue(target: ChainableCommander | RedisClient): unknown;
 }
 
 /**
- * Runs every unit of work (one command each) in one pipeline per master and returns, for each unit
- * in order, its `[error, reply]`. A unit alone on its node is sent as a plain command: a pipeline
- * of one costs more than the command itself.
+ * Keys per chunk of commands sent to one node. A large batch is sent chunk by chunk, each as soon
+ * as it is built, so that the server executes one chunk while the next is being encoded.
+ */
+export const STREAM_CHUNK_KEYS = 500;
+
+/**
+ * Runs every unit of work (one command each) and returns, for each unit in order, its
+ * `[error, reply]`. Units are sent per master in chunks of about {@link STREAM_CHUNK_KEYS} keys,
+ * in order: a chunk of several commands as one pipeline, a chunk of one as a plain command (a
+ * pipeline of one costs more than the command itself). A unit is built (`queue`) right before its
+ * chunk is sent, so anything it numbers (message sequence numbers) is sent in that order.
  */
 export async function runPerNode(client: RedisClient, work: readonly SlotWork[]): Promise<[Error | null, unknown][]> {
   const byNode = new Map<string, number[]>();
@@ -74,26 +84,53 @@ export async function runPerNode(client: RedisClient, work: readonly SlotWork[])
     byNode.set('standalone', work.map((_, index) => index));
   }
   const results: [Error | null, unknown][] = new Array(work.length);
-  await Promise.all(
-    [...byNode.values()].map(async (indexes) => {
-      if (indexes.length === 1) {
-        const index = indexes[0]!;
-        try {
-          results[index] = [null, await (work[index]!.queue(client) as Promise<unknown>)];
-        } catch (error) {
-          results[index] = [error instanceof Error ? error : new Error(String(error)), undefined];
-        }
-        return;
-      }
-      const pipeline = client.pipeline();
-      for (const index of indexes) work[index]!.queue(pipeline);
-      const replies = ((await pipeline.exec()) ?? []) as [Error | null, unknown][];
-      indexes.forEach((index, i) => {
-        results[index] = replies[i] ?? [new Error('Missing pipeline reply'), undefined];
-      });
-    }),
-  );
+  const sent: Promise<void>[] = [];
+  for (const indexes of byNode.values()) {
+    for (let start = 0; start < indexes.length; ) {
+      let end = start;
+      let keys = 0;
+      while (end < indexes.length && (end === start || keys < STREAM_CHUNK_KEYS)) keys += work[indexes[end++]!]!.weight ?? 1;
+      sent.push(sendChunk(client, work, indexes.slice(start, end), results));
+      start = end;
+    }
+  }
+  await Promise.all(sent);
   return results;
+}
+
+/** Sends one chunk of units (synchronously up to the send) and stores their replies. */
+function sendChunk(client: RedisClient, work: readonly SlotWork[], indexes: number[], results: [Error | null, unknown][]): Promise<void> {
+  const toError = (error: unknown): Error => (error instanceof Error ? error : new Error(String(error)));
+  if (indexes.length === 1) {
+    const index = indexes[0]!;
+    let reply: Promise<unknown>;
+    try {
+      reply = Promise.resolve(work[index]!.queue(client));
+    } catch (error) {
+      reply = Promise.reject(error);
+    }
+    return reply.then(
+      (value) => {
+        results[index] = [null, value];
+      },
+      (error: unknown) => {
+        results[index] = [toError(error), undefined];
+      },
+    );
+  }
+  const pipeline = client.pipeline();
+  for (const index of indexes) work[index]!.queue(pipeline);
+  return pipeline.exec().then(
+    (replies) => {
+      indexes.forEach((index, i) => {
+        results[index] = (replies?.[i] as [Error | null, unknown] | undefined) ?? [new Error('Missing pipeline reply'), undefined];
+      });
+    },
+    (error: unknown) => {
+      // The chunk failed as a whole (connection closed...): each of its units failed, the others stand.
+      for (const index of indexes) results[index] = [toError(error), undefined];
+    },
+  );
 }
 
 /** Resolves when the cluster has its slot map; rejects if it ends first. */

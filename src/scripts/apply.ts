@@ -5,15 +5,23 @@
  * KEYS: the Redis keys of the batch (all in one hash slot on a Cluster).
  * ARGV[1] tombstone TTL (ms); ARGV[2] publish command ('' = none, 'PUBLISH' or 'SPUBLISH');
  * ARGV[3] update channel; ARGV[4] delete channel; ARGV[5] update message header ('' when the batch
- * has no value write); ARGV[6] delete message header ('' when it has no delete); then four
- * arguments per key: guard stamp ('' = the new stamp), new stamp, record ('' = write a tombstone), message entry.
+ * has no value write); ARGV[6] delete message header ('' when it has no delete); ARGV[7] the
+ * update message entries of the batch, concatenated in key order; ARGV[8] the delete message
+ * entries; ARGV[9] the byte length of each key's entry, 4 bytes big-endian per key ('' when nothing
+ * is published); ARGV[10] '1' when every key has a guard argument, '' when none has. Then per key:
+ * its guard ('' = the change's own stamp), only when ARGV[10] is '1', and its change: the record
+ * to store (`v` + stamp + payload) or `t` + stamp for a tombstone.
  *
- * An entry is written when the stored stamp (a record's, a tombstone's, or '' for none or foreign
- * data, including a malformed stamp) is lower than its guard; the guard is the new stamp under last-writer-wins, or the stamp
- * of the moment a key became dirty under discard-on-remote-update. Reply per key: 1 (written, a live
- * value was there), 2 (written, nothing live was there), or `{storedStamp, storedRecord|nil}`.
- * Each message header present is published, with the applied entries (possibly none, so that
- * per-origin sequence numbers stay contiguous).
+ * One argument per key (two with guards): each argument costs the server a string on both sides
+ * of the Lua boundary, and the message entries travel as one string that is published as it is
+ * when every change was applied (the common case) and sliced otherwise.
+ *
+ * An entry is written when the stored stamp (a record's, a tombstone's, or none for no data,
+ * foreign data or a malformed stamp) is lower than its guard; the guard is the new stamp under
+ * last-writer-wins, or the stamp of the moment a key became dirty under discard-on-remote-update.
+ * Reply per key: 1 (written, a live value was there), 2 (written, nothing live was there), or
+ * `{storedStamp, storedRecord|nil}`. Each message header present is published, with the applied
+ * entries (possibly none, so that per-origin sequence numbers stay contiguous).
  *
  * @module
  */
@@ -23,6 +31,7 @@ export const APPLY_LUA = `
 local function valid(s) return #s == 34 and not string.find(s, '[^0-9a-f]') end
 local n = #KEYS
 local ttl = tonumber(ARGV[1])
+local step = ARGV[10] == '' and 1 or 2
 -- One MGET reads every live record; tombstones (hashes) read as nil, and are looked up only when
 -- EXISTS says some of the nil keys exist. A batch costs a handful of commands, not two per key.
 local values = redis.call('MGET', unpack(KEYS))
@@ -48,21 +57,27 @@ if #missing > 0 then
     end
   end
 end
-local result, upd, del, sets, dels = {}, {}, {}, {}, {}
+local result, sets, dels, applied = {}, {}, {}, {}
+local count = 0
 for i = 1, n do
-  local b = 6 + (i - 1) * 4
-  local guard, stamp, record = ARGV[b + 1], ARGV[b + 2], ARGV[b + 3]
-  if guard == '' then guard = stamp end
-  local cur = stored[i] or ''
-  if cur < guard then
-    if record == '' then
+  local at = 10 + i * step
+  local change = ARGV[at]
+  local cur = stored[i]
+  local ok = cur == nil
+  if not ok then
+    local guard = step == 2 and ARGV[at - 1] or ''
+    if guard == '' then guard = string.sub(change, 2, 35) end
+    ok = cur < guard
+  end
+  if ok then
+    if string.byte(change, 1) == 116 then
       dels[#dels + 1] = i
-      del[#del + 1] = ARGV[b + 4]
     else
       sets[#sets + 1] = KEYS[i]
-      sets[#sets + 1] = record
-      upd[#upd + 1] = ARGV[b + 4]
+      sets[#sets + 1] = change
     end
+    applied[i] = true
+    count = count + 1
     result[i] = values[i] and 1 or 2
   else
     result[i] = { cur, values[i] or false }
@@ -70,9 +85,9 @@ for i = 1, n do
 end
 if #sets > 0 then redis.call('MSET', unpack(sets)) end
 for j = 1, #dels do
-  local key, stamp = KEYS[dels[j]], ARGV[6 + (dels[j] - 1) * 4 + 2]
+  local key = KEYS[dels[j]]
   redis.call('DEL', key)
-  redis.call('HSET', key, 's', stamp)
+  redis.call('HSET', key, 's', string.sub(ARGV[10 + dels[j] * step], 2, 35))
   redis.call('PEXPIRE', key, ttl)
 end
 local function arr(c)
@@ -81,8 +96,26 @@ local function arr(c)
   return string.char(221, math.floor(c / 16777216) % 256, math.floor(c / 65536) % 256, math.floor(c / 256) % 256, c % 256)
 end
 if ARGV[2] ~= '' then
-  if ARGV[5] ~= '' then redis.call(ARGV[2], ARGV[3], ARGV[5] .. arr(#upd) .. table.concat(upd)) end
-  if ARGV[6] ~= '' then redis.call(ARGV[2], ARGV[4], ARGV[6] .. arr(#del) .. table.concat(del)) end
+  local upd, del = ARGV[7], ARGV[8]
+  local nupd, ndel = #sets / 2, #dels
+  if count < n then
+    -- Some changes were refused: keep the entries of the applied ones only.
+    local lens, u, d, uo, dof = ARGV[9], {}, {}, 0, 0
+    for i = 1, n do
+      local b1, b2, b3, b4 = string.byte(lens, i * 4 - 3, i * 4)
+      local len = ((b1 * 256 + b2) * 256 + b3) * 256 + b4
+      if string.byte(ARGV[10 + i * step], 1) == 116 then
+        if applied[i] then d[#d + 1] = string.sub(del, dof + 1, dof + len) end
+        dof = dof + len
+      else
+        if applied[i] then u[#u + 1] = string.sub(upd, uo + 1, uo + len) end
+        uo = uo + len
+      end
+    end
+    upd, del = table.concat(u), table.concat(d)
+  end
+  if ARGV[5] ~= '' then redis.call(ARGV[2], ARGV[3], ARGV[5] .. arr(nupd) .. upd) end
+  if ARGV[6] ~= '' then redis.call(ARGV[2], ARGV[4], ARGV[6] .. arr(ndel) .. del) end
 end
 return result
 `;

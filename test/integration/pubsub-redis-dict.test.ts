@@ -1,0 +1,100 @@
+/**
+ * PubSubRedisDict's messages as a raw subscriber sees them, on a standalone server and on the 3+3
+ * cluster: a batch publishes exactly the changes it applied, in order, with their stamps and (when
+ * values are published) their payloads.
+ */
+import type { Cluster, Redis } from 'ioredis';
+import { describe, expect, it } from 'vitest';
+import { type Message, MessageDecoder } from '../../src/messages.js';
+import { PubSubRedisDict } from '../../src/pubsub-redis-dict.js';
+import { msgpackCodec } from '../../src/codec.js';
+import { pollUntil, topologies, uniqueNamespace, withClients } from '../helpers/connections.js';
+
+const decoder = new MessageDecoder({ maxMessageBytes: 1 << 24, maxValueBytes: 1 << 20, maxEntries: 100_000 });
+const codec = msgpackCodec<string>();
+
+describe.each(topologies())('PubSubRedisDict messages (%s)', (_topology, factory) => {
+  const clients = withClients({ closeAfter: 'each' });
+
+  /** Subscribes a raw connection to both channels of `namespace`; collects decoded messages. */
+  async function listen(namespace: string): Promise<Message[]> {
+    const base = clients.track(factory());
+    await base.ping();
+    // Classic PUBLISH reaches every node of a cluster: one plain connection to any node is enough.
+    const node = (base as Cluster).isCluster === true ? (base as Cluster).nodes('master')[0]! : (base as Redis);
+    const sub = clients.track(node.duplicate());
+    const received: Message[] = [];
+    sub.on('messageBuffer', (_channel: Buffer, bytes: Buffer) => {
+      try {
+        received.push(decoder.decode(bytes));
+      } catch (error) {
+        // Fail the test at its next poll, with the reason, rather than throw inside ioredis.
+        received.push({ malformed: error } as unknown as Message);
+      }
+    });
+    await sub.subscribe(`${namespace}/update`, `${namespace}/delete`);
+    return received;
+  }
+
+  it.each([false, true])('a batch publishes only the changes it applied, refused ones left out (publishValues: %s)', async (withValues) => {
+    const namespace = uniqueNamespace('messages');
+    const received = await listen(namespace);
+    const dict = new PubSubRedisDict<string>(clients.track(factory()), namespace, { publishValues: withValues });
+    // Every key has the hash tag {t}: one slot, so the whole batch is one script call and one message per kind.
+    const old = dict.clock.now();
+    await dict.set('kept{t}', 'newer value');
+    await dict.set('gone{t}', 'newer value');
+    const s1 = dict.clock.now();
+    const s2 = dict.clock.now();
+    const s3 = dict.clock.now();
+    const outcomes = await dict.writeVersioned([
+      { key: 'kept{t}', stamp: old, deleted: false, value: 'older, refused' },
+      { key: 'fresh{t}', stamp: s1, deleted: false, value: 'first' },
+      { key: 'gone{t}', stamp: old, deleted: true },
+      { key: 'dropped{t}', stamp: s2, deleted: true },
+      { key: 'fresh2{t}', stamp: s3, deleted: false, value: 'second' },
+    ]);
+    expect(outcomes.map((o) => o.status)).toEqual(['conflict', 'written', 'conflict', 'written', 'written']);
+    await pollUntil(() => received.length >= 4, { timeoutMs: 10_000, message: 'the four messages did not arrive' });
+    expect(received.filter((m) => 'malformed' in m)).toEqual([]);
+
+    const batch = received.slice(2);
+    const update = batch.find((m) => m.type === 'u')!;
+    const del = batch.find((m) => m.type === 'd')!;
+    expect(update.entries.map((e) => [e.key, e.stamp])).toEqual([
+      ['fresh{t}', s1],
+      ['fresh2{t}', s3],
+    ]);
+    expect(update.entries.map((e) => (e.payload === undefined ? undefined : codec.decode(e.payload)))).toEqual(withValues ? ['first', 'second'] : [undefined, undefined]);
+    expect(del.entries.map((e) => [e.key, e.stamp, e.payload])).toEqual([['dropped{t}', s2, undefined]]);
+    // One sequence number per message, consecutive for the group; the update is numbered first.
+    expect(del.seq).toBe(update.seq + 1);
+    expect(await dict.get('kept{t}')).toBe('newer value');
+    expect(await dict.get('gone{t}')).toBe('newer value');
+    expect(await dict.get('fresh2{t}')).toBe('second');
+    expect(await dict.has('dropped{t}')).toBe(false);
+  });
+
+  it('a batch with guards publishes its applied changes; a message with no applied entry is still published (contiguous sequence numbers)', async () => {
+    const namespace = uniqueNamespace('messages');
+    const received = await listen(namespace);
+    const dict = new PubSubRedisDict<string>(clients.track(factory()), namespace);
+    const old = dict.clock.now();
+    await dict.set('k{t}', 'newer');
+    // A newer stamp guarded by an older one (discard-on-remote-update): refused, since Redis holds a
+    // write made after the guard; a delete of a missing key is applied (it leaves a tombstone).
+    const outcomes = await dict.writeVersioned([
+      { key: 'k{t}', stamp: dict.clock.now(), guard: old, deleted: false, value: 'newer but guarded' },
+      { key: 'k2{t}', stamp: dict.clock.now(), deleted: true },
+    ]);
+    expect(outcomes.map((o) => o.status)).toEqual(['conflict', 'written']);
+    await pollUntil(() => received.length >= 3, { timeoutMs: 10_000, message: 'the messages did not arrive' });
+    expect(received.filter((m) => 'malformed' in m)).toEqual([]);
+    const [first, update, del] = received;
+    expect(update!.type).toBe('u');
+    expect(update!.entries).toEqual([]);
+    expect(update!.seq).toBe(first!.seq + 1);
+    expect(del!.entries.map((e) => e.key)).toEqual(['k2{t}']);
+    expect(await dict.get('k{t}')).toBe('newer');
+  });
+});
