@@ -9,6 +9,7 @@
  */
 import { Decoder, Encoder } from '@msgpack/msgpack';
 import { SerializationError } from './errors.js';
+import { FastEncoder } from './fast-encoder.js';
 
 /** Converts values to bytes and back. `encode` must throw for values it cannot represent. */
 export interface Codec<V> {
@@ -93,10 +94,14 @@ function refuse(message: string): SerializationError {
  */
 export function msgpackCodec<V = unknown>(): Codec<V> {
   const encoder = new Encoder({ ignoreUndefined: true, maxDepth: MAX_DEPTH + 1 });
+  const fast = new FastEncoder(MAX_DEPTH + 1);
   const decoder = new Decoder();
   return {
     encode(value: V): Uint8Array {
       assertSerializable(value);
+      // Same bytes as the general encoder, several times faster for plain data (see fast-encoder.ts).
+      const quick = fast.encode(value);
+      if (quick !== undefined) return quick;
       // encodeSharedRef + a copy into Node's pooled slab costs a third of encode()'s fresh ArrayBuffer.
       const shared = encoder.encodeSharedRef(value);
       const out = Buffer.allocUnsafe(shared.length);

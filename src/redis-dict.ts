@@ -364,9 +364,10 @@ export class RedisDict<V = unknown> implements AsyncIterable<[string, V]> {
             err = asError(error);
           }
         }
-        const list = reply as unknown[];
+        // The single integer 2: every key was new and written (the script's fast path).
+        const list = reply === 2 ? undefined : (reply as unknown[]);
         unit.part.forEach(({ p, index }, j) => {
-          outcomes[index] = err ? { status: 'failed', error: err } : this.outcomeOf(p.change.key, list[j]);
+          outcomes[index] = err ? { status: 'failed', error: err } : list === undefined ? WRITTEN_NEW : this.outcomeOf(p.change.key, list[j]);
         });
       }),
     );
@@ -514,9 +515,11 @@ class ApplyUnit<V> {
     const n = part.length;
     const out: (string | Buffer | number)[] = [APPLY_SHA, n];
     let guarded = false;
+    let valuesOnly = true;
     for (const { p } of part) {
       out.push(p.redisKey);
       if (p.change.guard !== undefined && p.change.guard !== p.change.stamp) guarded = true;
+      if (p.payload === undefined) valuesOnly = false;
     }
     let updateHeader: Buffer = EMPTY;
     let deleteHeader: Buffer = EMPTY;
@@ -555,6 +558,7 @@ class ApplyUnit<V> {
       deletes,
       lengths,
       guarded ? '1' : '',
+      valuesOnly ? '1' : '',
     );
     for (const { p } of part) {
       const { change } = p;

@@ -88,6 +88,9 @@ export class HybridClock {
   private readonly wallClock: () => number;
   private ms = 0;
   private counter = 0;
+  /** `ms` as 12 hex characters, kept for the ms it was made for: most stamps only change the counter. */
+  private msHex = '';
+  private msHexOf = -1;
 
   /**
    * @param nodeId - writer id (16 lowercase hex characters); random by default.
@@ -110,7 +113,7 @@ export class HybridClock {
     return Number.parseInt(stamp.slice(0, 12), 16) > Math.floor(this.wallClock()) + MAX_DRIFT_MS;
   }
 
-    /** A new stamp, greater than every stamp this clock made or observed before. */
+  /** A new stamp, greater than every stamp this clock made or observed before. */
   now(): Stamp {
     const wall = this.wall();
     if (wall > this.ms) {
@@ -125,7 +128,12 @@ export class HybridClock {
       // Only reachable with a wall clock past the year 10889: refuse rather than repeat a stamp.
       throw new RangeError('HybridClock: the 48-bit millisecond range of stamps is exhausted');
     }
-    return formatStamp(this.ms, this.counter, this.nodeId);
+    if (this.msHexOf !== this.ms) {
+      this.msHex = this.ms.toString(16).padStart(12, '0');
+      this.msHexOf = this.ms;
+    }
+    // The same text as formatStamp(ms, counter, nodeId): 0x1000000 + counter has 7 hex digits.
+    return this.msHex + (0x1000000 + this.counter).toString(16).slice(1) + this.nodeId;
   }
 
   /**

@@ -8,9 +8,10 @@
  * has no value write); ARGV[6] delete message header ('' when it has no delete); ARGV[7] the
  * update message entries of the batch, concatenated in key order; ARGV[8] the delete message
  * entries; ARGV[9] the byte length of each key's entry, 4 bytes big-endian per key ('' when nothing
- * is published); ARGV[10] '1' when every key has a guard argument, '' when none has. Then per key:
- * its guard ('' = the change's own stamp), only when ARGV[10] is '1', and its change: the record
- * to store (`v` + stamp + payload) or `t` + stamp for a tombstone.
+ * is published); ARGV[10] '1' when every key has a guard argument, '' when none has; ARGV[11] '1'
+ * when every change writes a value (no tombstone), else ''. Then per key: its guard ('' = the
+ * change's own stamp), only when ARGV[10] is '1', and its change: the record to store (`v` + stamp
+ * + payload) or `t` + stamp for a tombstone.
  *
  * One argument per key (two with guards): each argument costs the server a string on both sides
  * of the Lua boundary, and the message entries travel as one string that is published as it is
@@ -20,8 +21,13 @@
  * foreign data or a malformed stamp) is lower than its guard; the guard is the new stamp under
  * last-writer-wins, or the stamp of the moment a key became dirty under discard-on-remote-update.
  * Reply per key: 1 (written, a live value was there), 2 (written, nothing live was there), or
- * `{storedStamp, storedRecord|nil}`. Each message header present is published, with the applied
- * entries (possibly none, so that per-origin sequence numbers stay contiguous).
+ * `{storedStamp, storedRecord|nil}`; or the single integer 2 when every key was new (below). Each
+ * message header present is published, with the applied entries (possibly none, so that
+ * per-origin sequence numbers stay contiguous).
+ *
+ * Fast path: a batch of value writes whose keys all hold nothing (no value, no tombstone) is
+ * written by one `MSETNX`, which writes all or nothing; only when some key exists does the script
+ * read the stored stamps. Inserting new keys then costs about one `MSET`, not `MGET` plus `MSET`.
  *
  * @module
  */
@@ -32,6 +38,22 @@ local function valid(s) return #s == 34 and not string.find(s, '[^0-9a-f]') end
 local n = #KEYS
 local ttl = tonumber(ARGV[1])
 local step = ARGV[10] == '' and 1 or 2
+local function arr(c)
+  if c < 16 then return string.char(144 + c) end
+  if c < 65536 then return string.char(220, math.floor(c / 256), c % 256) end
+  return string.char(221, math.floor(c / 16777216) % 256, math.floor(c / 65536) % 256, math.floor(c / 256) % 256, c % 256)
+end
+if ARGV[11] ~= '' then
+  local kv = {}
+  for i = 1, n do
+    kv[2 * i - 1] = KEYS[i]
+    kv[2 * i] = ARGV[11 + i * step]
+  end
+  if redis.call('MSETNX', unpack(kv)) == 1 then
+    if ARGV[2] ~= '' then redis.call(ARGV[2], ARGV[3], ARGV[5] .. arr(n) .. ARGV[7]) end
+    return 2
+  end
+end
 -- One MGET reads every live record; tombstones (hashes) read as nil, and are looked up only when
 -- EXISTS says some of the nil keys exist. A batch costs a handful of commands, not two per key.
 local values = redis.call('MGET', unpack(KEYS))
@@ -60,7 +82,7 @@ end
 local result, sets, dels, applied = {}, {}, {}, {}
 local count = 0
 for i = 1, n do
-  local at = 10 + i * step
+  local at = 11 + i * step
   local change = ARGV[at]
   local cur = stored[i]
   local ok = cur == nil
@@ -87,13 +109,8 @@ if #sets > 0 then redis.call('MSET', unpack(sets)) end
 for j = 1, #dels do
   local key = KEYS[dels[j]]
   redis.call('DEL', key)
-  redis.call('HSET', key, 's', string.sub(ARGV[10 + dels[j] * step], 2, 35))
+  redis.call('HSET', key, 's', string.sub(ARGV[11 + dels[j] * step], 2, 35))
   redis.call('PEXPIRE', key, ttl)
-end
-local function arr(c)
-  if c < 16 then return string.char(144 + c) end
-  if c < 65536 then return string.char(220, math.floor(c / 256), c % 256) end
-  return string.char(221, math.floor(c / 16777216) % 256, math.floor(c / 65536) % 256, math.floor(c / 256) % 256, c % 256)
 end
 if ARGV[2] ~= '' then
   local upd, del = ARGV[7], ARGV[8]
@@ -104,7 +121,7 @@ if ARGV[2] ~= '' then
     for i = 1, n do
       local b1, b2, b3, b4 = string.byte(lens, i * 4 - 3, i * 4)
       local len = ((b1 * 256 + b2) * 256 + b3) * 256 + b4
-      if string.byte(ARGV[10 + i * step], 1) == 116 then
+      if string.byte(ARGV[11 + i * step], 1) == 116 then
         if applied[i] then d[#d + 1] = string.sub(del, dof + 1, dof + len) end
         dof = dof + len
       else

@@ -137,7 +137,7 @@ export class WriteBackCacheManager<V = unknown> extends PubSubCacheManager<V> {
   private inFlight = 0;
   private pendingConflicts: Conflict<V>[] = [];
   /** Keys of the flush round in flight, with the newest stamp announced for each meanwhile. */
-  private readonly flushingNewest = new Map<string, Stamp | ''>();
+  private flushingNewest = new Map<string, Stamp | ''>();
   /** Report of the flush in flight: conflicts found by messages meanwhile go into it. */
   private currentReport: FlushReport<V> | undefined;
   private flushWaiters: (() => void)[] = [];
@@ -417,23 +417,28 @@ export class WriteBackCacheManager<V = unknown> extends PubSubCacheManager<V> {
 
   /** One pass over the dirty entries; true when a conflict produced a new change to write. */
   private async flushRound(report: FlushReport<V>): Promise<boolean> {
-    const snapshot = [...this.dirty];
-    for (const [key] of snapshot) this.flushingNewest.set(key, '');
-    const changes: VersionedChange<V>[] = snapshot.map(([key, entry]) => ({
-      key,
-      stamp: entry.stamp,
-      guard: this.policy === 'last-writer-wins' ? entry.stamp : entry.since,
-      deleted: !entry.present,
-      payload: entry.payload,
-      value: entry.value,
-    }));
+    const snapshot: [string, DirtyEntry<V>][] = [];
+    const changes: VersionedChange<V>[] = [];
+    const guarded = this.policy !== 'last-writer-wins';
+    for (const [key, entry] of this.dirty) {
+      snapshot.push([key, entry]);
+      this.flushingNewest.set(key, '');
+      changes.push({
+        key,
+        stamp: entry.stamp,
+        guard: guarded ? entry.since : undefined,
+        deleted: !entry.present,
+        payload: entry.payload,
+        value: entry.value,
+      });
+    }
     let outcomes: WriteOutcome<V>[];
     let noted: Map<string, Stamp | ''>;
     try {
       outcomes = await this.store.writeVersioned(changes);
     } finally {
-      noted = new Map(this.flushingNewest);
-      this.flushingNewest.clear();
+      noted = this.flushingNewest;
+      this.flushingNewest = new Map();
     }
     let again = false;
     outcomes.forEach((outcome, i) => {

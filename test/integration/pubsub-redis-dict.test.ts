@@ -97,4 +97,43 @@ describe.each(topologies())('PubSubRedisDict messages (%s)', (_topology, factory
     expect(del!.entries.map((e) => e.key)).toEqual(['k2{t}']);
     expect(await dict.get('k{t}')).toBe('newer');
   });
+  it('a batch of new keys is written whole; a key holding a value or a tombstone among them is compared like any other', async () => {
+    const namespace = uniqueNamespace('messages');
+    const received = await listen(namespace);
+    const dict = new PubSubRedisDict<string>(clients.track(factory()), namespace);
+    const fresh = await dict.writeVersioned(['a{t}', 'b{t}', 'c{t}'].map((key) => ({ key, stamp: dict.clock.now(), deleted: false, value: key })));
+    expect(fresh).toEqual([
+      { status: 'written', existed: false },
+      { status: 'written', existed: false },
+      { status: 'written', existed: false },
+    ]);
+    expect(await dict.getMany(['a{t}', 'b{t}', 'c{t}'])).toEqual(['a{t}', 'b{t}', 'c{t}']);
+
+    // A tombstone newer than the batch: the batch's write of that key is refused, the new key written.
+    const old = dict.clock.now();
+    await dict.delete('gone{t}');
+    const tombstoned = await dict.writeVersioned([
+      { key: 'gone{t}', stamp: old, deleted: false, value: 'zombie' },
+      { key: 'd{t}', stamp: dict.clock.now(), deleted: false, value: 'd' },
+    ]);
+    expect(tombstoned.map((o) => o.status)).toEqual(['conflict', 'written']);
+    expect(await dict.has('gone{t}')).toBe(false);
+
+    // A live value among new keys: overwritten when older, and reported as existing.
+    const mixed = await dict.writeVersioned([
+      { key: 'e{t}', stamp: dict.clock.now(), deleted: false, value: 'e' },
+      { key: 'a{t}', stamp: dict.clock.now(), deleted: false, value: 'a2' },
+    ]);
+    expect(mixed).toEqual([
+      { status: 'written', existed: false },
+      { status: 'written', existed: true },
+    ]);
+    expect(await dict.getMany(['a{t}', 'd{t}', 'e{t}'])).toEqual(['a2', 'd', 'e']);
+
+    // Every batch published the entries it applied, and only those.
+    await pollUntil(() => received.length >= 4, { timeoutMs: 10_000, message: 'the messages did not arrive' });
+    expect(received.filter((m) => 'malformed' in m)).toEqual([]);
+    const updates = received.filter((m) => m.type === 'u').map((m) => m.entries.map((e) => e.key));
+    expect(updates).toEqual([['a{t}', 'b{t}', 'c{t}'], ['d{t}'], ['e{t}', 'a{t}']]);
+  });
 });

@@ -1,0 +1,102 @@
+/**
+ * The fast encoder writes exactly the bytes of the general encoder (`@msgpack/msgpack`, with
+ * `ignoreUndefined`) for every value it accepts, and declines every value it does not handle.
+ */
+import { Encoder } from '@msgpack/msgpack';
+import fc from 'fast-check';
+import { describe, expect, it } from 'vitest';
+import { MAX_DEPTH, msgpackCodec } from '../../src/codec.js';
+import { FastEncoder } from '../../src/fast-encoder.js';
+
+const general = new Encoder({ ignoreUndefined: true, maxDepth: MAX_DEPTH + 1 });
+const fast = new FastEncoder(MAX_DEPTH + 1, 16); // a tiny start buffer exercises growing it
+const bytesOf = (value: unknown): Buffer => Buffer.from(general.encode(value));
+/** Asserts that the fast encoder writes the general encoder's bytes (Buffer#equals: large buffers compare fast). */
+const expectSameBytes = (value: unknown, label: string): void => {
+  const got = fast.encode(value);
+  const want = bytesOf(value);
+  expect(got !== undefined && got.equals(want), `${label}: ${got?.subarray(0, 16).toString('hex')}… vs ${want.subarray(0, 16).toString('hex')}…`).toBe(true);
+};
+
+/** Numbers at and around every boundary between MessagePack's integer and float formats. */
+const boundaries = [0, 1, 0x1f, 0x20, 0x7f, 0x80, 0xff, 0x100, 0xffff, 0x10000, 0xffffffff, 0x100000000, Number.MAX_SAFE_INTEGER]
+  .flatMap((n) => [n - 1, n, n + 1, -n - 1, -n, -n + 1])
+  .concat([-0x21, -0x20, -0x81, -0x80, -0x8001, -0x8000, -0x80000001, -0x80000000, -0, 0.5, -1.5, Number.MIN_VALUE, Number.MAX_VALUE])
+  .concat([Number.NaN, Number.POSITIVE_INFINITY, Number.NEGATIVE_INFINITY, 2 ** 53, -(2 ** 53), 1e21, 3.14159]);
+
+/** Strings around the str header boundaries (31/32, 255/256, 65535/65536 bytes), in 1-, 2-, 3- and 4-byte characters. */
+const strings = [0, 1, 10, 11, 15, 16, 21, 31, 32, 33, 85, 86, 127, 128, 255, 256, 257, 21845, 21846, 32767, 32768, 65535, 65536, 70000].flatMap((n) => [
+  'a'.repeat(n),
+  'é'.repeat(n),
+  '€'.repeat(n),
+  '🔑'.repeat(Math.ceil(n / 2)),
+  `${'a'.repeat(n)}€`,
+]);
+
+const plainValue = fc.letrec((tie) => ({
+  value: fc.oneof(
+    { depthSize: 'small', withCrossShrink: true },
+    fc.constant(null),
+    fc.boolean(),
+    fc.integer(),
+    fc.double(),
+    fc.maxSafeInteger(),
+    fc.constantFrom(...boundaries),
+    fc.string({ unit: 'grapheme', maxLength: 40 }),
+    fc.string({ unit: 'binary', maxLength: 300 }).filter((s) => s.isWellFormed()),
+    fc.array(tie('value'), { maxLength: 20 }),
+    fc.dictionary(fc.string({ unit: 'grapheme', maxLength: 12 }).filter((k) => k !== '__proto__'), fc.oneof(tie('value'), fc.constant(undefined)), {
+      maxKeys: 20,
+    }),
+  ),
+})).value;
+
+describe('FastEncoder', () => {
+  it('writes the bytes of @msgpack/msgpack for every number and string boundary', () => {
+    for (const n of boundaries) expectSameBytes(n, `number ${n}`);
+    for (const s of strings) expectSameBytes(s, `string of ${s.length} UTF-16 units`);
+  });
+
+  it('writes the bytes of @msgpack/msgpack for arrays and maps around the header boundaries', () => {
+    for (const n of [0, 15, 16, 17, 65535, 65536]) {
+      const array = Array.from({ length: n }, (_, i) => i);
+      expectSameBytes(array, `array of ${n}`);
+      expectSameBytes(Object.fromEntries(array.map((i) => [`k${i}`, i])), `map of ${n}`);
+    }
+    // undefined properties are left out of the count and of the body; null-prototype objects are maps.
+    expectSameBytes({ a: 1, b: undefined, c: 'x' }, 'undefined property');
+    expectSameBytes(Object.assign(Object.create(null) as object, { z: [1, 'two', null] }), 'null prototype');
+  });
+
+  it('writes the bytes of @msgpack/msgpack for random plain values', () => {
+    fc.assert(
+      fc.property(plainValue, (value) => {
+        expectSameBytes(value, 'random value');
+      }),
+      { numRuns: 3000 },
+    );
+  });
+
+  it('declines what it does not handle, and the codec still encodes it with the general encoder', () => {
+    const codec = msgpackCodec<unknown>();
+    for (const value of [new Date(0), new Uint8Array([1, 2]), { at: new Date(1) }, [1, new Uint8Array(3)], { deep: { bin: Buffer.from('x') } }]) {
+      expect(fast.encode(value)).toBeUndefined();
+      expect(Buffer.from(codec.encode(value)).equals(bytesOf(value))).toBe(true);
+    }
+    expect(fast.encode(undefined)).toBeUndefined();
+    expect(fast.encode(() => 1)).toBeUndefined();
+  });
+
+  it('declines values nested deeper than its limit', () => {
+    let deep: unknown = 1;
+    for (let i = 0; i < MAX_DEPTH + 2; i++) deep = [deep];
+    expect(fast.encode(deep)).toBeUndefined();
+  });
+
+  it('returns a fresh Buffer each time (the output does not alias its working buffer)', () => {
+    const first = fast.encode({ a: 'one' })!;
+    const copy = Buffer.from(first);
+    fast.encode({ a: 'two, and longer than the first' });
+    expect(first).toEqual(copy);
+  });
+});
