@@ -297,6 +297,7 @@ export class RedisDict<V = unknown> implements AsyncIterable<[string, V]> {
       chunk(items, this.batchSize).map((part) => ({
         slot,
         part,
+        weight: part.length,
         queue: (p: Commands) => p.mgetBuffer(...part.map((i) => this.redisKey(i.key))),
       })),
     );
@@ -427,6 +428,7 @@ export class RedisDict<V = unknown> implements AsyncIterable<[string, V]> {
           slot,
           part,
           redisKeys,
+          weight: part.length,
           queue: (p: Commands) => p.call('EVALSHA', [STAMPS_SHA, redisKeys.length, ...redisKeys]),
         };
       }),
