@@ -2,7 +2,7 @@
  * Writes the results: bench/results/latest.json (everything), latest.md (the tables that
  * docs/benchmarks.md shows) and one SVG bar chart per section.
  */
-import { mkdirSync, writeFileSync } from 'node:fs';
+import { existsSync, mkdirSync, readFileSync, writeFileSync } from 'node:fs';
 import { join, relative } from 'node:path';
 import { benchDir, rootDir } from './root.mjs';
 import { barChart, colorOf } from './svg.mjs';
@@ -193,6 +193,10 @@ export async function writeReports(results, outDir = join(benchDir, 'results')) 
   }
   // Image links are relative to bench/results/ (docs/benchmarks.md links ../bench/results/*.svg).
   write('latest.md', `${md.join('\n')}\n`);
+  if (outDir === join(benchDir, 'results')) {
+    const doc = spliceIntoDocs(md.slice(1).join('\n').trim());
+    if (doc) files.push(doc);
+  }
 
   // Charts (only for the sections this run measured).
   if (single.length) write('single.svg', opsChart('Single operations', 'one at a time unless "in flight"; higher is better', single));
@@ -227,4 +231,24 @@ export async function writeReports(results, outDir = join(benchDir, 'results')) 
     }));
   }
   return files;
+}
+
+/**
+ * Replaces the generated part of docs/benchmarks.md (between its `results:start` and `results:end`
+ * markers) with this run's tables, so the document always shows the latest run; the analysis above
+ * the markers is written by hand. Returns the path written, or undefined when there are no markers.
+ */
+function spliceIntoDocs(tables) {
+  const path = join(rootDir, 'docs', 'benchmarks.md');
+  if (!existsSync(path)) return undefined;
+  const text = readFileSync(path, 'utf8');
+  const start = '<!-- results:start -->';
+  const end = '<!-- results:end -->';
+  const a = text.indexOf(start);
+  const b = text.indexOf(end);
+  if (a < 0 || b < a) return undefined;
+  // Charts are referenced relative to bench/results/ in latest.md, and to docs/ here.
+  const body = tables.replace(/\]\(([\w-]+\.svg)\)/g, '](../bench/results/$1)');
+  writeFileSync(path, `${text.slice(0, a + start.length)}\n\n${body}\n\n${text.slice(b)}`);
+  return relative(rootDir, path);
 }
