@@ -349,8 +349,36 @@ async function main() {
     }
   }
   results.meta.baselineOpsPerSec = baseline?.opsPerSec;
+  issueGoals();
   results.meta.loadAverageAtEnd = os.loadavg();
   results.meta.durationS = since(t0) / 1e9;
+}
+
+/**
+ * The goals of issue #6 as ratios of this run's rows (the write-back goals of issue #4 are added
+ * by the write-back section). A goal "within 2x of X" is a ratio of at least 0.5 against X.
+ */
+function issueGoals() {
+  const single = (adapter, prefix) =>
+    results.rows.find((r) => r.section === 'single' && r.status === 'ok' && r.adapter.startsWith(adapter) && r.case.startsWith(prefix))?.opsPerSec;
+  const lib = `${libAdapter.name} (PubSubCacheManager)`;
+  const hit = single(lib, 'get (hit)');
+  const libSet = single(lib, 'set (write-through)');
+  const p50 = (adapter) => results.invalidation.find((r) => r.adapter === adapter && r.status === 'ok')?.p50Us;
+  const goal = (name, value, target) => {
+    const t = { name, value, target, pass: Number.isFinite(value) ? value >= target : null, issue: 6 };
+    results.targets.push(t);
+    log(`goal › ${name}: ${Number.isFinite(value) ? `${fmt(value, 2)}×` : 'not measured'} (target ≥ ${fmt(target, 2)}×) ${t.pass === null ? '' : t.pass ? 'met' : 'missed'}`);
+  };
+  goal('cache hit vs sequential ioredis GET', hit / single(rawAdapter.name, 'GET, one at a time'), 300);
+  goal('cache hit vs awaited lru-cache get (within 2×)', hit / single('lru-cache', 'get'), 0.5);
+  goal('cache hit vs node-redis CSC hit', hit / single('node-redis', 'get (hit)'), 10);
+  goal('cache hit vs bentocache hit', hit / single('bentocache', 'get (hit)'), 40);
+  goal('write-through set vs raw ioredis SET', libSet / single(rawAdapter.name, 'SET, one at a time'), 0.8);
+  goal('write-through set vs bentocache set', libSet / single('bentocache', 'set'), 2.5);
+  const csc = p50('node-redis CSC');
+  goal('write-to-visible p50, invalidate mode: node-redis CSC ÷ this (no worse)', csc / p50(`${libAdapter.name} (invalidate)`), 1);
+  goal('write-to-visible p50, update mode: node-redis CSC ÷ this (under 0.7×)', csc / p50(`${libAdapter.name} (update)`), 1 / 0.7);
 }
 
 /** Notes the final-flush time of a write-back run. */
@@ -601,7 +629,7 @@ async function writeBackSection() {
   }
 
   const target = (name, value, goal, detail) => {
-    const t = { name, value, target: goal, pass: Number.isFinite(value) ? value >= goal : null, detail };
+    const t = { name, value, target: goal, pass: Number.isFinite(value) ? value >= goal : null, detail, issue: 4 };
     results.targets.push(t);
     log(`target › ${name}: ${Number.isFinite(value) ? `${fmt(value, 2)}×` : 'not measured'} (target ≥ ${goal}×) ${t.pass === null ? '' : t.pass ? 'PASS' : 'FAIL'}`);
   };
