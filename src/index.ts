@@ -30,7 +30,7 @@ export { type Codec, msgpackCodec, assertSerializable, MAX_DEPTH } from './codec
 export type { RedisClient } from './topology.js';
 export { type DictKey, MAX_KEY_LENGTH } from './keys.js';
 export type { VersionedValue } from './record.js';
-export { HybridClock, type Stamp, type StampParts, compareStamps, isStamp, parseStamp, ZERO_STAMP } from './stamp.js';
+export { HybridClock, MAX_DRIFT_MS, type Stamp, type StampParts, compareStamps, isStamp, parseStamp, ZERO_STAMP } from './stamp.js';
 export {
   RedisDictError,
   InvalidArgumentError,
