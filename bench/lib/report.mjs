@@ -72,9 +72,11 @@ export async function writeReports(results, outDir = join(benchDir, 'results')) 
   md.push('');
   const loads = [m.loadAverageAtStart?.[0], m.loadAverageAtEnd?.[0]].filter(Number.isFinite);
   if (loads.length) {
-    const busy = Math.max(...loads) > (m.cpus ?? 1) * 0.5;
-    md.push(`1-minute load average: ${loads.map((l) => l.toFixed(2)).join(' at the start, ')} at the end` +
-      `${busy ? ' — **other processes were competing for the CPU; treat the numbers as noisy.**' : '.'}`);
+    // The run itself loads the machine (Node, redis-server): only the load before it says whether
+    // other processes were competing.
+    const busy = (m.loadAverageAtStart?.[0] ?? 0) > (m.cpus ?? 1) * 0.5;
+    md.push(`1-minute load average: ${loads.map((l) => l.toFixed(2)).join(' at the start, ')} at the end (the run's own load)` +
+      `${busy ? ' — **other processes were competing for the CPU before the run; treat the numbers as noisy.**' : '.'}`);
     md.push('');
   }
   md.push(`Packages: ${Object.entries(m.packages ?? {}).map(([k, v]) => `${k} ${v ?? 'not installed'}`).join(', ')}.`);
