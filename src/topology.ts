@@ -1,10 +1,10 @@
 /**
- * Standalone and Cluster behind one interface: grouping keys by slot, running one pipeline per
- * node, and listing the masters to SCAN.
+ * Standalone and Cluster behind one interface: grouping keys by slot, sending the commands of a
+ * batch per node in pipelined chunks, and listing the masters to SCAN.
  *
  * On a standalone server every key is in group 0. On a Cluster a group is a hash slot: one
- * multi-key command or script per slot, pipelined per master, so a batch costs one round trip per
- * node instead of one per key.
+ * multi-key command or script per slot, pipelined per master, so a batch costs about one round
+ * trip per node instead of one per key.
  *
  * @module
  */
