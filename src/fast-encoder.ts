@@ -80,36 +80,36 @@ export class FastEncoder {
     }
     const proto: unknown = Object.getPrototypeOf(v);
     if (proto !== objectProto && proto !== null) return false;
+    // Each property is read once (a getter could answer differently the second time): the body is
+    // written after a header sized for every key, and moved when fewer are written.
     const record = v as Record<string, unknown>;
     const keys = Object.keys(record);
+    const start = this.pos;
+    const reserved = mapHeaderBytes(keys.length);
+    this.ensure(reserved);
+    this.pos += reserved;
     let size = 0;
-    for (let i = 0; i < keys.length; i++) if (record[keys[i]!] !== undefined) size++;
-    this.header(size, 0x80, 0xde);
     for (let i = 0; i < keys.length; i++) {
       const key = keys[i]!;
       const item = record[key];
       if (item === undefined) continue;
       this.string(key);
       if (!this.write(item, depth + 1)) return false;
+      size++;
     }
+    const need = mapHeaderBytes(size);
+    if (need !== reserved) {
+      this.buf.copy(this.buf, start + need, start + reserved, this.pos);
+      this.pos -= reserved - need;
+    }
+    putHeader(this.buf, start, size, 0x80, 0xde);
     return true;
   }
 
-  /** Array (`fix` = 0x90, `wide` = 0xdc) or map (0x80, 0xde) header. */
+  /** Array header at the end of the output. */
   private header(size: number, fix: number, wide: number): void {
     this.ensure(5);
-    const { buf } = this;
-    if (size < 16) {
-      buf[this.pos++] = fix + size;
-    } else if (size < 0x10000) {
-      buf[this.pos] = wide;
-      buf.writeUInt16BE(size, this.pos + 1);
-      this.pos += 3;
-    } else {
-      buf[this.pos] = wide + 1;
-      buf.writeUInt32BE(size, this.pos + 1);
-      this.pos += 5;
-    }
+    this.pos = putHeader(this.buf, this.pos, size, fix, wide);
   }
 
   private string(s: string): void {
@@ -199,6 +199,30 @@ export class FastEncoder {
       this.pos += 9;
     }
   }
+}
+
+/**
+ * Writes an array (`fix` = 0x90, `wide` = 0xdc) or map (0x80, 0xde) header of `size` entries at
+ * `pos` (room must exist); returns the position after it.
+ */
+function putHeader(buf: Buffer, pos: number, size: number, fix: number, wide: number): number {
+  if (size < 16) {
+    buf[pos] = fix + size;
+    return pos + 1;
+  }
+  if (size < 0x10000) {
+    buf[pos] = wide;
+    buf.writeUInt16BE(size, pos + 1);
+    return pos + 3;
+  }
+  buf[pos] = wide + 1;
+  buf.writeUInt32BE(size, pos + 1);
+  return pos + 5;
+}
+
+/** Bytes of a MessagePack map header for `size` entries. */
+function mapHeaderBytes(size: number): number {
+  return size < 16 ? 1 : size < 0x10000 ? 3 : 5;
 }
 
 /** Bytes of a MessagePack str header for a string of `bytes` UTF-8 bytes. */

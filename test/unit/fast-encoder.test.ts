@@ -99,4 +99,18 @@ describe('FastEncoder', () => {
     fast.encode({ a: 'two, and longer than the first' });
     expect(first).toEqual(copy);
   });
+
+  it('reads each property once: a getter that changes its answer still gives well-formed bytes', async () => {
+    const { decode } = await import('@msgpack/msgpack');
+    let reads = 0;
+    // undefined on the first read, a value on the next: counting and writing in two passes would
+    // announce fewer entries than it writes.
+    const fickle = Object.defineProperty({ a: 1 } as Record<string, unknown>, 'b', { enumerable: true, get: () => (reads++ === 0 ? undefined : 'late') });
+    expect(decode(fast.encode(fickle)!)).toEqual({ a: 1 });
+    // 16 keys announced, fewer written: the map header shrinks from 3 bytes to 1 and the body moves.
+    const wide: Record<string, unknown> = Object.fromEntries(Array.from({ length: 16 }, (_, i) => [`k${i}`, i]));
+    wide['k3'] = undefined;
+    expectSameBytes(wide, '16 keys, one undefined');
+    expect(decode(fast.encode(wide)!)).toEqual(Object.fromEntries(Object.entries(wide).filter(([, v]) => v !== undefined)));
+  });
 });
