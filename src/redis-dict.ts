@@ -209,11 +209,15 @@ export class RedisDict<V = unknown> implements AsyncIterable<[string, V]> {
     throwFailure(await this.applyPrepared(prepared));
   }
 
-  /** True when `key` has a value. */
+  /**
+   * True when `key` has a value. Reads the record, not the value: a record whose payload cannot be
+   * decoded counts as present; data not written by this library rejects with `E_CORRUPT`.
+   */
   async has(key: DictKey): Promise<boolean> {
     const k = normalizeKey(key);
-    const [count] = await this.countLive([k]);
-    return count === 1;
+    // MGET, not EXISTS (which counts tombstones); the value is not decoded.
+    const [record] = await this.readRecords([k]);
+    return record !== undefined;
   }
 
   /** Deletes `key` (leaving a tombstone); true when it had a value. */
@@ -290,15 +294,26 @@ export class RedisDict<V = unknown> implements AsyncIterable<[string, V]> {
    * @throws CorruptDataError when a stored record cannot be decoded.
    */
   async readVersioned(keys: readonly string[]): Promise<(VersionedValue<V> | undefined)[]> {
-    const out: (VersionedValue<V> | undefined)[] = new Array(keys.length).fill(undefined);
+    const records = await this.readRecords(keys);
+    return records.map((record, i) => (record === undefined ? undefined : { stamp: record.stamp, value: this.decodeValue(keys[i]!, record.payload) }));
+  }
+
+  /**
+   * The stored records of `keys` (stamp and undecoded payload), aligned with them; `undefined`
+   * for missing or deleted. Observes every stamp read.
+   *
+   * @throws CorruptDataError when a stored value is not a record of this library.
+   */
+  private async readRecords(keys: readonly string[]): Promise<({ stamp: Stamp; payload: Buffer } | undefined)[]> {
+    const out: ({ stamp: Stamp; payload: Buffer } | undefined)[] = new Array(keys.length).fill(undefined);
     if (keys.length === 0) return out;
-    const indexed = keys.map((key, index) => ({ key, index }));
-    const units = [...groupBySlot(this.isCluster, indexed, (i) => this.redisKey(i.key))].flatMap(([slot, items]) =>
+    const indexed = keys.map((key, index) => ({ key, index, redisKey: this.redisKey(key) }));
+    const units = [...groupBySlot(this.isCluster, indexed, (i) => i.redisKey)].flatMap(([slot, items]) =>
       chunk(items, this.batchSize).map((part) => ({
         slot,
         part,
         weight: part.length,
-        queue: (p: Commands) => p.mgetBuffer(...part.map((i) => this.redisKey(i.key))),
+        queue: (p: Commands) => p.mgetBuffer(...part.map((i) => i.redisKey)),
       })),
     );
     const replies = await runPerNode(this.redis, units);
@@ -308,9 +323,9 @@ export class RedisDict<V = unknown> implements AsyncIterable<[string, V]> {
       (values as (Buffer | null)[]).forEach((raw, j) => {
         const { key, index } = unit.part[j]!;
         if (raw === null) return;
-        const { stamp, payload } = splitRecord(key, raw);
-        this.clock.observe(stamp);
-        out[index] = { stamp, value: this.decodeValue(key, payload) };
+        const record = splitRecord(key, raw);
+        this.clock.observe(record.stamp);
+        out[index] = record;
       });
     });
     return out;
@@ -449,12 +464,6 @@ export class RedisDict<V = unknown> implements AsyncIterable<[string, V]> {
       }),
     );
     return out;
-  }
-
-  /** Per key 1 when live, 0 otherwise (EXISTS counts tombstones, so MGET is used). */
-  private async countLive(keys: readonly string[]): Promise<number[]> {
-    const found = await this.readVersioned(keys);
-    return found.map((f) => (f === undefined ? 0 : 1));
   }
 
   /** Live keys of this namespace in batches, each key once (SCAN MATCH `<ns>/*` TYPE string on every master). */

@@ -16,20 +16,9 @@ import { PubSubRedisDict } from '../../src/pubsub-redis-dict.js';
 import { RedisDict } from '../../src/redis-dict.js';
 import { CloseFlushError, WriteBackCacheManager, type WriteBackCacheManagerOptions } from '../../src/write-back/manager.js';
 import { pollUntil, uniqueNamespace, withClients } from '../helpers/connections.js';
+import { rejection, sorted } from '../helpers/assertions.js';
 import { type RedisServerHandle, startServer } from '../helpers/harness.js';
 
-/** The rejection of `promise`, which must reject with a library error. */
-async function rejection(promise: Promise<unknown>): Promise<RedisDictError> {
-  try {
-    await promise;
-  } catch (error) {
-    expect(error).toBeInstanceOf(RedisDictError);
-    return error as RedisDictError;
-  }
-  throw new Error('expected the promise to reject');
-}
-
-const sorted = (keys: readonly string[]): string[] => [...keys].sort();
 
 describe('WriteBackCacheManager with Redis failing (private server)', () => {
   let server: RedisServerHandle;

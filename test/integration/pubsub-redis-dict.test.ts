@@ -6,6 +6,7 @@
 import type { Cluster, Redis } from 'ioredis';
 import { describe, expect, it } from 'vitest';
 import { type Message, MessageDecoder } from '../../src/messages.js';
+import { PubSubCacheManager } from '../../src/cache-manager.js';
 import { PubSubRedisDict } from '../../src/pubsub-redis-dict.js';
 import { msgpackCodec } from '../../src/codec.js';
 import { pollUntil, topologies, uniqueNamespace, withClients } from '../helpers/connections.js';
@@ -135,5 +136,33 @@ describe.each(topologies())('PubSubRedisDict messages (%s)', (_topology, factory
     expect(received.filter((m) => 'malformed' in m)).toEqual([]);
     const updates = received.filter((m) => m.type === 'u').map((m) => m.entries.map((e) => e.key));
     expect(updates).toEqual([['a{t}', 'b{t}', 'c{t}'], ['d{t}'], ['e{t}', 'a{t}']]);
+  });
+
+  it('a write split into many script calls, raced by other writes of the same writer, keeps sequence numbers contiguous: no gap, no resync', async () => {
+    const namespace = uniqueNamespace('messages');
+    const received = await listen(namespace);
+    const reader = new PubSubCacheManager<string>(new PubSubRedisDict<string>(clients.track(factory()), namespace), { cache: 10_000 });
+    const resyncs: unknown[] = [];
+    reader.on('resync', (info) => resyncs.push(info));
+    try {
+      await reader.ready();
+      const writer = new PubSubRedisDict<string>(clients.track(factory()), namespace);
+      // 1,600 keys of one slot: four script calls (batchSize 500), sent in several chunks; two more
+      // writes of the same slot start in the same tick, so their sequence numbers interleave.
+      const keys = Array.from({ length: 1600 }, (_, i) => `k${i}{t}`);
+      await Promise.all([writer.setMany(keys.map((k) => [k, `v-${k}`])), writer.set('solo{t}', 'one'), writer.delete('k0{t}')]);
+      await pollUntil(() => received.length >= 6, { timeoutMs: 10_000, message: 'the six messages did not arrive' });
+      expect(received.filter((m) => 'malformed' in m)).toEqual([]);
+      const seqs = received.map((m) => m.seq).sort((a, b) => a - b);
+      expect(seqs).toEqual(Array.from({ length: 6 }, (_, i) => seqs[0]! + i));
+      // Published in the order they were numbered, so the reader never saw a gap.
+      expect(received.map((m) => m.seq)).toEqual(seqs);
+      expect(received.reduce((n, m) => n + m.entries.length, 0)).toBe(1602);
+      await pollUntil(() => reader.stats().eventsReceived >= 1602, { timeoutMs: 10_000, message: 'the reader did not receive every entry' });
+      expect(resyncs).toEqual([]);
+      expect(reader.stats().resyncs).toBe(0);
+    } finally {
+      await reader.close();
+    }
   });
 });

@@ -9,6 +9,7 @@ import { CorruptDataError, InvalidArgumentError, RedisDictError, SerializationEr
 import { RedisDict, type RedisDictOptions } from '../../src/redis-dict.js';
 import { formatStamp, isStamp, parseStamp } from '../../src/stamp.js';
 import type { RedisClient } from '../../src/topology.js';
+import { rejection } from '../helpers/assertions.js';
 import { topologies, uniqueNamespace, withClients } from '../helpers/connections.js';
 
 /** Keys that would trip a naive prefix, glob, hash-tag or encoding treatment. */
@@ -86,16 +87,6 @@ describe.each(topologies())('RedisDict contract (%s)', (topology, factory) => {
     const out: T[] = [];
     for await (const item of iterable) out.push(item);
     return out;
-  }
-
-  async function rejection(promise: Promise<unknown>): Promise<RedisDictError> {
-    try {
-      await promise;
-    } catch (error) {
-      expect(error).toBeInstanceOf(RedisDictError);
-      return error as RedisDictError;
-    }
-    throw new Error('expected the promise to reject');
   }
 
   // ------------------------------------------------------------------ basic Map-like API
@@ -786,6 +777,17 @@ describe.each(topologies())('RedisDict contract (%s)', (topology, factory) => {
       expect(await dict.getMany(['good', 'missing'])).toEqual(['fine', undefined]);
       await dict.set('another', 'also fine');
       expect(await dict.get('another')).toBe('also fine');
+    });
+
+    it('has() reads the record, not the value: an undecodable payload is present, foreign data rejects', async () => {
+      const namespace = ns();
+      const raw = connect();
+      const dict = dictOf<string>(namespace);
+      const validStamp = formatStamp(Date.now(), 0, '00000000000000aa');
+      await raw.set(`${namespace}/bad-payload`, Buffer.concat([Buffer.from(`v${validStamp}`, 'latin1'), Buffer.from([0xc1])]));
+      await raw.set(`${namespace}/garbage`, 'garbage');
+      expect(await dict.has('bad-payload')).toBe(true);
+      await expect(dict.has('garbage')).rejects.toMatchObject({ code: 'E_CORRUPT', key: 'garbage' });
     });
 
     it('set() and delete() overwrite corrupt data', async () => {

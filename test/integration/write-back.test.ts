@@ -14,7 +14,7 @@
 import { setImmediate as nextMacrotask } from 'node:timers/promises';
 import { Redis } from 'ioredis';
 import { afterEach, describe, expect, it, vi } from 'vitest';
-import { BackpressureError, FlushError, RedisDictError } from '../../src/errors.js';
+import { BackpressureError, FlushError } from '../../src/errors.js';
 import { PubSubRedisDict } from '../../src/pubsub-redis-dict.js';
 import { RedisDict } from '../../src/redis-dict.js';
 import { parseStamp } from '../../src/stamp.js';
@@ -22,6 +22,7 @@ import type { RedisClient } from '../../src/topology.js';
 import type { Conflict, ConflictResolver } from '../../src/write-back/conflict.js';
 import { CloseFlushError, type FlushReport, WriteBackCacheManager, type WriteBackCacheManagerOptions } from '../../src/write-back/manager.js';
 import { closeClient, pollUntil, topologies, uniqueNamespace, withClients } from '../helpers/connections.js';
+import { rejection, sorted } from '../helpers/assertions.js';
 import { startServer } from '../helpers/harness.js';
 
 /** A wall clock stuck at `ms` (the hybrid clock still hands out strictly increasing stamps). */
@@ -39,18 +40,6 @@ function mulberry32(seed: number): () => number {
   };
 }
 
-/** The rejection of `promise`, which must reject. */
-async function rejection(promise: Promise<unknown>): Promise<RedisDictError> {
-  try {
-    await promise;
-  } catch (error) {
-    expect(error).toBeInstanceOf(RedisDictError);
-    return error as RedisDictError;
-  }
-  throw new Error('expected the promise to reject');
-}
-
-const sorted = (keys: readonly string[]): string[] => [...keys].sort();
 
 /** `INFO commandstats` calls of `command` (0 when never called). */
 async function commandCalls(redis: Redis, command: string): Promise<number> {
