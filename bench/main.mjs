@@ -129,6 +129,13 @@ const neverWritten = keys.map((_, i) => i).filter((i) => !drawn.has(i));
 const checkIndexes = [neverWritten[0], neverWritten[neverWritten.length >> 1], neverWritten[neverWritten.length - 1]];
 
 const hitOp = (inst) => (i) => inst.get(keys[zipf[i & mask]]);
+/**
+ * The most drawn key: a hit on one hot key measures the cache's own code with its data in the
+ * CPU cache (how the issue's reference figures were taken); the Zipf hit over 100,000 keys also
+ * pays main-memory latency, the same for every cache (see the floor).
+ */
+const hotKey = keys[zipf[0]];
+const hotHitOp = (inst) => () => inst.get(hotKey);
 const setOp = (inst) => (i) => inst.set(keys[zipf[i & mask]], writePool[i & 1023]);
 const mixedOp = (inst, writes) => (i) => {
   const key = keys[zipf[i & mask]];
@@ -294,6 +301,7 @@ async function main() {
       ];
       if (has('single')) {
         cases.push(['single', flags.noRedis ? 'get (the floor)' : 'get (hit)', async (inst) => runSequential(hitOp(inst), seq())]);
+        cases.push(['single', flags.noRedis ? 'get one hot key (the floor)' : 'get one hot key (hit)', async (inst) => runSequential(hotHitOp(inst), seq())]);
         if (!flags.noRedis) cases.push(['single', adapter.includes('PubSub') ? 'set (write-through)' : 'set', async (inst) => runSequential(setOp(inst), seq({ latency: true }))]);
       }
       if (has('mixed') && !flags.noRedis) {
@@ -359,10 +367,9 @@ async function main() {
  * by the write-back section). A goal "within 2x of X" is a ratio of at least 0.5 against X.
  */
 function issueGoals() {
-  const single = (adapter, prefix) =>
-    results.rows.find((r) => r.section === 'single' && r.status === 'ok' && r.adapter.startsWith(adapter) && r.case.startsWith(prefix))?.opsPerSec;
+  const single = (adapter, name) =>
+    results.rows.find((r) => r.section === 'single' && r.status === 'ok' && r.adapter.startsWith(adapter) && r.case.startsWith(name))?.opsPerSec;
   const lib = `${libAdapter.name} (PubSubCacheManager)`;
-  const hit = single(lib, 'get (hit)');
   const libSet = single(lib, 'set (write-through)');
   const p50 = (adapter) => results.invalidation.find((r) => r.adapter === adapter && r.status === 'ok')?.p50Us;
   const goal = (name, value, target) => {
@@ -370,10 +377,18 @@ function issueGoals() {
     results.targets.push(t);
     log(`goal › ${name}: ${Number.isFinite(value) ? `${fmt(value, 2)}×` : 'not measured'} (target ≥ ${fmt(target, 2)}×) ${t.pass === null ? '' : t.pass ? 'met' : 'missed'}`);
   };
-  goal('cache hit vs sequential ioredis GET', hit / single(rawAdapter.name, 'GET, one at a time'), 300);
-  goal('cache hit vs awaited lru-cache get (within 2×)', hit / single('lru-cache', 'get'), 0.5);
-  goal('cache hit vs node-redis CSC hit', hit / single('node-redis', 'get (hit)'), 10);
-  goal('cache hit vs bentocache hit', hit / single('bentocache', 'get (hit)'), 40);
+  // The hit goals, on one hot key (as the issue's reference figures were measured) and on the
+  // Zipf draw over every key (where main-memory latency bounds the floor itself).
+  for (const [label, hitCase, floorCase] of [
+    ['one hot key', 'get one hot key (hit)', 'get one hot key (the floor)'],
+    ['Zipf, 100k keys', 'get (hit)', 'get (the floor)'],
+  ]) {
+    const hit = single(lib, hitCase);
+    goal(`cache hit vs sequential ioredis GET (${label})`, hit / single(rawAdapter.name, 'GET, one at a time'), 300);
+    goal(`cache hit vs awaited lru-cache get, within 2× (${label})`, hit / single('lru-cache', floorCase), 0.5);
+    goal(`cache hit vs node-redis CSC hit (${label})`, hit / single('node-redis', hitCase), 10);
+    goal(`cache hit vs bentocache hit (${label})`, hit / single('bentocache', hitCase), 40);
+  }
   goal('write-through set vs raw ioredis SET', libSet / single(rawAdapter.name, 'SET, one at a time'), 0.8);
   goal('write-through set vs bentocache set', libSet / single('bentocache', 'set'), 2.5);
   const csc = p50('node-redis CSC');

@@ -304,21 +304,33 @@ export class PubSubCacheManager<V = unknown> extends EventEmitter<CacheManagerEv
 
   // ---------------------------------------------------------------- reads
 
-  /** The value of `key`: from the cache on a hit, else from Redis (and cached). */
-  async get(key: DictKey): Promise<V | undefined> {
-    if (this.closed) throw new ClosedError(this.constructor.name);
+  /**
+   * The value of `key`: from the cache on a hit, else from Redis (and cached).
+   *
+   * A hit allocates nothing: it returns the entry's value as an already settled promise, made on
+   * the entry's first hit and reused by the next ones (entries are never changed, only replaced).
+   */
+  get(key: DictKey): Promise<V | undefined> {
     // Hot path: a string key is looked up as is (only validated keys were ever cached); the full
     // validation runs on a miss, before anything reaches Redis.
-    const entry = typeof key === 'string' ? this.lookup(key) : undefined;
+    if (typeof key === 'string' && !this.closed) {
+      const entry = this.lookup(key) as Settled<V> | undefined;
+      if (entry !== undefined) {
+        this.counters.hits++;
+        if (!entry.present) return UNDEFINED;
+        return (entry[SETTLED] ??= Promise.resolve(entry.value));
+      }
+    }
+    return this.getSlow(key);
+  }
+
+  private async getSlow(key: DictKey): Promise<V | undefined> {
+    if (this.closed) throw new ClosedError(this.constructor.name);
+    const k = normalizeKey(key);
+    const entry = this.lookup(k);
     if (entry !== undefined) {
       this.counters.hits++;
       return entry.value;
-    }
-    const k = normalizeKey(key);
-    const numeric = typeof key === 'string' ? undefined : this.lookup(k);
-    if (numeric !== undefined) {
-      this.counters.hits++;
-      return numeric.value;
     }
     this.counters.misses++;
     return (await this.load(k))?.value;
@@ -702,6 +714,15 @@ export class PubSubCacheManager<V = unknown> extends EventEmitter<CacheManagerEv
     await this.close();
   }
 }
+
+/** The hit answer of a cached miss. */
+const UNDEFINED: Promise<undefined> = Promise.resolve(undefined);
+
+/** Key of a served entry's value as a settled promise (internal, not part of {@link CacheEntry}). */
+const SETTLED = Symbol('settled');
+
+/** A cached entry as the hot path sees it. */
+type Settled<V> = CacheEntry<V> & { [SETTLED]?: Promise<V | undefined> };
 
 const missEntry: CacheEntry<never> = Object.freeze({ value: undefined, stamp: '', present: false, expiresAt: Infinity });
 

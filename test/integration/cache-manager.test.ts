@@ -225,6 +225,32 @@ describe.each(variants)('PubSubCacheManager (%s)', (name, factory, sharded) => {
     expect(reads).toBe(0);
   });
 
+  it('a hit reuses one settled promise per entry; a new value gets a new one', async () => {
+    const ns = uniqueNamespace('cm-settled');
+    const [a, b] = await peers<{ n: number }>(ns, 2);
+    await a!.set('k', { n: 1 });
+    const first = a!.get('k');
+    expect(await first).toEqual({ n: 1 });
+    // Hits allocate nothing: the same settled promise answers every hit of the entry.
+    expect(a!.get('k')).toBe(first);
+    expect(a!.get('k')).toBe(first);
+    // A cached miss answers undefined, also without a round trip.
+    expect(await a!.get('absent')).toBeUndefined();
+    const misses = a!.stats().misses;
+    expect(await a!.get('absent')).toBeUndefined();
+    expect(a!.stats().misses).toBe(misses);
+    // A newer value (own write, then a peer's) is a new entry, never the old promise.
+    await a!.set('k', { n: 2 });
+    expect(await a!.get('k')).toEqual({ n: 2 });
+    const changed = nextEventFor(a!, 'invalidate', 'k');
+    await b!.set('k', { n: 3 });
+    await changed;
+    expect(await a!.get('k')).toEqual({ n: 3 });
+    // Numeric keys take the validating path and read the same entry.
+    await a!.set('7', { n: 7 });
+    expect(await a!.get(7)).toEqual({ n: 7 });
+  });
+
   it('nothing is cached before ready(); reads still answer from Redis', async () => {
     const ns = uniqueNamespace('cm-ready');
     const writer = storeOf<string>(ns);
