@@ -73,10 +73,24 @@ export function encodeHeader(type: MessageType, origin: string, seq: number, gro
  */
 export function encodeEntry(key: string, stamp: Stamp, payload?: Uint8Array): Buffer {
   const keyBytes = Buffer.byteLength(key, 'utf8');
+  const out = Buffer.allocUnsafe(entryLength(keyBytes, stamp, payload));
+  writeEntry(out, 0, key, keyBytes, stamp, payload);
+  return out;
+}
+
+/** Bytes of the entry fragment of a key of `keyBytes` UTF-8 bytes (see {@link encodeEntry}). */
+export function entryLength(keyBytes: number, stamp: Stamp, payload?: Uint8Array): number {
   const keyHeader = keyBytes < 32 ? 1 : keyBytes < 0x100 ? 2 : keyBytes < 0x10000 ? 3 : 5;
   const payloadHeader = payload === undefined ? 0 : payload.length < 0x100 ? 2 : payload.length < 0x10000 ? 3 : 5;
-  const out = Buffer.allocUnsafe(1 + keyHeader + keyBytes + 2 + stamp.length + payloadHeader + (payload?.length ?? 0));
-  let at = 0;
+  return 1 + keyHeader + keyBytes + 2 + stamp.length + payloadHeader + (payload?.length ?? 0);
+}
+
+/**
+ * Writes the entry fragment of {@link encodeEntry} at `at` (room for {@link entryLength} bytes
+ * must exist); returns the offset after it. Lets a batch write its entries into one buffer.
+ */
+export function writeEntry(out: Buffer, at: number, key: string, keyBytes: number, stamp: Stamp, payload?: Uint8Array): number {
+  const keyHeader = keyBytes < 32 ? 1 : keyBytes < 0x100 ? 2 : keyBytes < 0x10000 ? 3 : 5;
   out[at++] = payload === undefined ? 0x92 : 0x93;
   at = writeHeader(out, at, keyBytes, keyHeader, [0xa0, 0xd9, 0xda, 0xdb]);
   at += out.write(key, at, keyBytes, 'utf8');
@@ -84,10 +98,12 @@ export function encodeEntry(key: string, stamp: Stamp, payload?: Uint8Array): Bu
   out[at++] = stamp.length;
   at += out.write(stamp, at, stamp.length, 'latin1');
   if (payload !== undefined) {
+    const payloadHeader = payload.length < 0x100 ? 2 : payload.length < 0x10000 ? 3 : 5;
     at = writeHeader(out, at, payload.length, payloadHeader, [-1, 0xc4, 0xc5, 0xc6]);
     out.set(payload, at);
+    at += payload.length;
   }
-  return out;
+  return at;
 }
 
 /** Writes a non-negative integer in MessagePack's shortest form; returns the next offset. */

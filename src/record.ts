@@ -24,13 +24,26 @@ export interface VersionedValue<V> {
   readonly stamp: Stamp;
 }
 
+/** First byte of the change that stores a tombstone (`t`), in the apply script's arguments. */
+export const TOMBSTONE_TAG = 0x74;
+
 /** Builds the bytes of a live record. */
 export function encodeRecord(stamp: Stamp, payload: Uint8Array): Buffer {
   const out = Buffer.allocUnsafe(RECORD_HEADER_LENGTH + payload.length);
-  out[0] = RECORD_TAG;
-  out.write(stamp, 1, STAMP_LENGTH, 'latin1');
-  out.set(payload, RECORD_HEADER_LENGTH);
+  writeChange(out, 0, stamp, payload);
   return out;
+}
+
+/**
+ * Writes at `at` the change the apply script stores: a live record (`v`, stamp, payload), or `t`
+ * and the stamp for a tombstone (`payload` undefined). Returns the offset after it.
+ */
+export function writeChange(out: Buffer, at: number, stamp: Stamp, payload: Uint8Array | undefined): number {
+  out[at] = payload === undefined ? TOMBSTONE_TAG : RECORD_TAG;
+  out.write(stamp, at + 1, STAMP_LENGTH, 'latin1');
+  if (payload === undefined) return at + RECORD_HEADER_LENGTH;
+  out.set(payload, at + RECORD_HEADER_LENGTH);
+  return at + RECORD_HEADER_LENGTH + payload.length;
 }
 
 /** Splits a live record into stamp and payload; throws {@link CorruptDataError} naming `key`. */

@@ -9,9 +9,9 @@
 import { type Codec, msgpackCodec } from './codec.js';
 import { CorruptDataError, InvalidArgumentError, SerializationError } from './errors.js';
 import { type DictKey, checkNamespace, normalizeKey, normalizeKeys } from './keys.js';
-import { encodeEntry, encodeHeader, type MessageType } from './messages.js';
+import { encodeHeader, entryLength, type MessageType, writeEntry } from './messages.js';
 import { checkOptions, describe, functionOption, integerOption, invalidOption } from './options.js';
-import { RECORD_HEADER_LENGTH, encodeRecord, splitRecord, type VersionedValue } from './record.js';
+import { RECORD_HEADER_LENGTH, splitRecord, type VersionedValue, writeChange } from './record.js';
 import { APPLY_LUA, APPLY_SHA, STAMPS_LUA, STAMPS_SHA } from './scripts/apply.js';
 import { HybridClock, type Stamp } from './stamp.js';
 import type { ChainableCommander } from 'ioredis';
@@ -57,6 +57,12 @@ export interface VersionedChange<V> {
   readonly payload?: Uint8Array;
 }
 
+/**
+ * Hears the outcome of the change at `index` of a {@link RedisDict.writeVersioned} call as soon as
+ * its batch has replied, while later batches may still be executing.
+ */
+export type OutcomeListener<V> = (index: number, outcome: WriteOutcome<V>) => void;
+
 /** What Redis holds for a key, as found by a refused compare-and-set. */
 export interface StoredState<V> {
   /** Stamp stored ('' when nothing, or foreign data, is stored). */
@@ -94,8 +100,8 @@ interface PreparedChange<V> {
 }
 
 const EMPTY = Buffer.alloc(0);
-/** Bytes of message fragments after which a batch is split, so messages stay small. */
-const MAX_BATCH_MESSAGE_BYTES = 1 << 20;
+/** Bytes of changes after which a batch is split, so that script arguments and messages stay small. */
+const MAX_BATCH_BYTES = 1 << 20;
 
 /**
  * An async dictionary stored in Redis: `get`, `set`, `has`, `delete`, batch operations, and
@@ -337,10 +343,12 @@ export class RedisDict<V = unknown> implements AsyncIterable<[string, V]> {
    * outcome says whether it was written, refused because Redis holds a stamp at or above the
    * guard, or failed (Redis error). Changes must name distinct keys.
    *
+   * @param onOutcome - optional: hears each outcome as soon as its batch replies, so that a large
+   *   write can be followed up while its later batches still execute.
    * @throws SerializationError before anything is written, when a value cannot be stored.
    */
-  async writeVersioned(changes: readonly VersionedChange<V>[]): Promise<WriteOutcome<V>[]> {
-    return this.applyPrepared(this.prepare(changes));
+  async writeVersioned(changes: readonly VersionedChange<V>[], onOutcome?: OutcomeListener<V>): Promise<WriteOutcome<V>[]> {
+    return this.applyPrepared(this.prepare(changes), onOutcome);
   }
 
   /** Validates and encodes; throws before anything is written. */
@@ -352,52 +360,76 @@ export class RedisDict<V = unknown> implements AsyncIterable<[string, V]> {
     });
   }
 
-  private async applyPrepared(prepared: readonly PreparedChange<V>[]): Promise<WriteOutcome<V>[]> {
+  private async applyPrepared(prepared: readonly PreparedChange<V>[], onOutcome?: OutcomeListener<V>): Promise<WriteOutcome<V>[]> {
     const outcomes: WriteOutcome<V>[] = new Array(prepared.length);
     if (prepared.length === 0) return outcomes;
     const indexed = prepared.map((p, index) => ({ p, index }));
     const units = [...groupBySlot(this.isCluster, indexed, (i) => i.p.redisKey)].flatMap(([slot, items]) => {
       const target = this.publishTarget(slot);
-      return this.splitBatch(items, target).map((part) => new ApplyUnit(slot, part, target, this.tombstoneTtlMs, this.clock.nodeId));
+      return this.splitBatch(items).map((part) => new ApplyUnit(slot, part, target, this.tombstoneTtlMs, this.clock.nodeId));
     });
+    // The listener hears each outcome once, as soon as it is known; its first error is rethrown
+    // once every outcome is settled.
+    let listenerError: { error: unknown } | undefined;
+    const settle = (unit: ApplyUnit<V>, err: Error | null, reply: unknown): void => {
+      // The single integer 2: every key was new and written (the script's fast path).
+      const list = reply === 2 ? undefined : (reply as unknown[]);
+      unit.part.forEach(({ p, index }, j) => {
+        const outcome: WriteOutcome<V> = err ? { status: 'failed', error: err } : list === undefined ? WRITTEN_NEW : this.outcomeOf(p.change.key, list[j]);
+        outcomes[index] = outcome;
+        if (onOutcome === undefined) return;
+        try {
+          onOutcome(index, outcome);
+        } catch (error) {
+          listenerError ??= { error };
+        }
+      });
+    };
+    const noScript: number[] = [];
     let replies: [Error | null, unknown][];
     try {
-      replies = await runPerNode(this.redis, units);
-    } catch (error) {
-      const failure = { status: 'failed', error: asError(error) } as const;
-      return outcomes.fill(failure);
-    }
-    await Promise.all(
-      units.map(async (unit, u) => {
-        let [err, reply] = replies[u]!;
-        if (err && /NOSCRIPT/.test(err.message)) {
-          try {
-            const args = unit.args().slice();
-            args[0] = APPLY_LUA;
-            reply = await this.redis.callBuffer('EVAL', args);
-            err = null;
-          } catch (error) {
-            err = asError(error);
-          }
+      replies = await runPerNode(this.redis, units, (done, results) => {
+        for (const u of done) {
+          const [err, reply] = results[u]!;
+          if (err && /NOSCRIPT/.test(err.message)) noScript.push(u);
+          else settle(units[u]!, err, reply);
         }
-        // The single integer 2: every key was new and written (the script's fast path).
-        const list = reply === 2 ? undefined : (reply as unknown[]);
-        unit.part.forEach(({ p, index }, j) => {
-          outcomes[index] = err ? { status: 'failed', error: err } : list === undefined ? WRITTEN_NEW : this.outcomeOf(p.change.key, list[j]);
-        });
+      });
+    } catch (error) {
+      // Nothing was sent (no cluster slot map, say): every change failed.
+      const failure = asError(error);
+      for (const unit of units) if (unit.part.some(({ index }) => outcomes[index] === undefined)) settle(unit, failure, undefined);
+      if (listenerError) throw listenerError.error;
+      return outcomes;
+    }
+    // The script was not cached on the node (a restart, a failover): send it in full.
+    await Promise.all(
+      noScript.map(async (u) => {
+        const unit = units[u]!;
+        let [err, reply] = replies[u]!;
+        try {
+          const args = unit.args().slice();
+          args[0] = APPLY_LUA;
+          reply = await this.redis.callBuffer('EVAL', args);
+          err = null;
+        } catch (error) {
+          err = asError(error);
+        }
+        settle(unit, err, reply);
       }),
     );
+    if (listenerError) throw listenerError.error;
     return outcomes;
   }
 
-  /** Splits a slot group into script calls of at most `batchSize` keys and about 1 MiB of message. */
-  private splitBatch<T extends { p: PreparedChange<V> }>(items: T[], target: PublishTarget | undefined): T[][] {
+  /** Splits a slot group into script calls of at most `batchSize` keys and about 1 MiB of changes. */
+  private splitBatch<T extends { p: PreparedChange<V> }>(items: T[]): T[][] {
     const parts: T[][] = [];
     let current: T[] = [];
     let bytes = 0;
     for (const item of items) {
       const size = (item.p.payload?.length ?? 0) + RECORD_HEADER_LENGTH + item.p.change.key.length;
-      if (current.length >= this.batchSize || (current.length > 0 && target && bytes + size > MAX_BATCH_MESSAGE_BYTES)) {
+      if (current.length >= this.batchSize || (current.length > 0 && bytes + size > MAX_BATCH_BYTES)) {
         parts.push(current);
         current = [];
         bytes = 0;
@@ -527,10 +559,23 @@ class ApplyUnit<V> {
     const out: (string | Buffer | number)[] = [APPLY_SHA, n];
     let guarded = false;
     let valuesOnly = true;
+    let changeBytes = 0;
     for (const { p } of part) {
       out.push(p.redisKey);
       if (p.change.guard !== undefined && p.change.guard !== p.change.stamp) guarded = true;
       if (p.payload === undefined) valuesOnly = false;
+      changeBytes += RECORD_HEADER_LENGTH + (p.payload?.length ?? 0);
+    }
+    // Every change of the batch in one string, with its length per key: one argument for the
+    // batch, not one per key (each argument costs both sides a string and a framing).
+    const changes = Buffer.allocUnsafe(changeBytes);
+    const changeLengths = Buffer.allocUnsafe(4 * n);
+    let at = 0;
+    for (let j = 0; j < n; j++) {
+      const { change, payload } = part[j]!.p;
+      const next = writeChange(changes, at, change.stamp, payload);
+      changeLengths.writeUInt32BE(next - at, 4 * j);
+      at = next;
     }
     let updateHeader: Buffer = EMPTY;
     let deleteHeader: Buffer = EMPTY;
@@ -538,25 +583,34 @@ class ApplyUnit<V> {
     let deletes: Buffer = EMPTY;
     let lengths: Buffer = EMPTY;
     if (target) {
-      const upd: Buffer[] = [];
-      const del: Buffer[] = [];
+      // Sizes first, then each kind's entries written into one buffer.
+      const keyBytes = new Array<number>(n);
+      const published = new Array<Uint8Array | undefined>(n);
+      let updateBytes = 0;
+      let deleteBytes = 0;
       lengths = Buffer.allocUnsafe(4 * n);
-      part.forEach(({ p }, j) => {
-        const { change, payload } = p;
+      for (let j = 0; j < n; j++) {
+        const { change, payload } = part[j]!.p;
         const withValue = target.withValues && payload !== undefined && payload.length <= target.maxPublishedValueBytes;
-        const fragment = encodeEntry(change.key, change.stamp, withValue ? payload : undefined);
-        lengths.writeUInt32BE(fragment.length, 4 * j);
-        (change.deleted ? del : upd).push(fragment);
-      });
+        keyBytes[j] = Buffer.byteLength(change.key, 'utf8');
+        published[j] = withValue ? payload : undefined;
+        const size = entryLength(keyBytes[j]!, change.stamp, published[j]);
+        lengths.writeUInt32BE(size, 4 * j);
+        if (change.deleted) deleteBytes += size;
+        else updateBytes += size;
+      }
+      if (updateBytes > 0) updates = Buffer.allocUnsafe(updateBytes);
+      if (deleteBytes > 0) deletes = Buffer.allocUnsafe(deleteBytes);
+      let u = 0;
+      let d = 0;
+      for (let j = 0; j < n; j++) {
+        const { change } = part[j]!.p;
+        if (change.deleted) d = writeEntry(deletes, d, change.key, keyBytes[j]!, change.stamp, published[j]);
+        else u = writeEntry(updates, u, change.key, keyBytes[j]!, change.stamp, published[j]);
+      }
       // Sequence numbers are taken here, right before the call is sent (update first).
-      if (upd.length > 0) {
-        updateHeader = encodeHeader('u' satisfies MessageType, this.origin, target.nextSeq(slot), slot);
-        updates = Buffer.concat(upd);
-      }
-      if (del.length > 0) {
-        deleteHeader = encodeHeader('d' satisfies MessageType, this.origin, target.nextSeq(slot), slot);
-        deletes = Buffer.concat(del);
-      }
+      if (updateBytes > 0) updateHeader = encodeHeader('u' satisfies MessageType, this.origin, target.nextSeq(slot), slot);
+      if (deleteBytes > 0) deleteHeader = encodeHeader('d' satisfies MessageType, this.origin, target.nextSeq(slot), slot);
     }
     out.push(
       this.tombstoneTtlMs,
@@ -570,11 +624,11 @@ class ApplyUnit<V> {
       lengths,
       guarded ? '1' : '',
       valuesOnly ? '1' : '',
+      changes,
+      changeLengths,
     );
-    for (const { p } of part) {
-      const { change } = p;
-      if (guarded) out.push(change.guard === undefined || change.guard === change.stamp ? '' : change.guard);
-      out.push(p.payload === undefined ? `t${change.stamp}` : encodeRecord(change.stamp, p.payload));
+    if (guarded) {
+      for (const { p } of part) out.push(p.change.guard === undefined || p.change.guard === p.change.stamp ? '' : p.change.guard);
     }
     this.built = out;
     return out;

@@ -69,8 +69,16 @@ export const STREAM_CHUNK_KEYS = 500;
  * in order: a chunk of several commands as one pipeline, a chunk of one as a plain command (a
  * pipeline of one costs more than the command itself). A unit is built (`queue`) right before its
  * chunk is sent, so anything it numbers (message sequence numbers) is sent in that order.
+ *
+ * `onReplies` (optional) is called with the indexes of each chunk's units as soon as their results
+ * are in, so that the caller can handle them while later chunks are still executing; it must not
+ * throw.
  */
-export async function runPerNode(client: RedisClient, work: readonly SlotWork[]): Promise<[Error | null, unknown][]> {
+export async function runPerNode(
+  client: RedisClient,
+  work: readonly SlotWork[],
+  onReplies?: (indexes: readonly number[], results: readonly [Error | null, unknown][]) => void,
+): Promise<[Error | null, unknown][]> {
   const byNode = new Map<string, number[]>();
   if (isCluster(client)) {
     if (client.status !== 'ready') await clusterReady(client);
@@ -90,7 +98,9 @@ export async function runPerNode(client: RedisClient, work: readonly SlotWork[])
       let end = start;
       let keys = 0;
       while (end < indexes.length && (end === start || keys < STREAM_CHUNK_KEYS)) keys += work[indexes[end++]!]!.weight ?? 1;
-      sent.push(sendChunk(client, work, indexes.slice(start, end), results));
+      const chunkIndexes = indexes.slice(start, end);
+      const done = sendChunk(client, work, chunkIndexes, results);
+      sent.push(onReplies ? done.then(() => onReplies(chunkIndexes, results)) : done);
       start = end;
     }
   }

@@ -9,13 +9,15 @@
  * update message entries of the batch, concatenated in key order; ARGV[8] the delete message
  * entries; ARGV[9] the byte length of each key's entry, 4 bytes big-endian per key ('' when nothing
  * is published); ARGV[10] '1' when every key has a guard argument, '' when none has; ARGV[11] '1'
- * when every change writes a value (no tombstone), else ''. Then per key: its guard ('' = the
- * change's own stamp), only when ARGV[10] is '1', and its change: the record to store (`v` + stamp
- * + payload) or `t` + stamp for a tombstone.
+ * when every change writes a value (no tombstone), else ''; ARGV[12] every key's change,
+ * concatenated in key order: the record to store (`v` + stamp + payload) or `t` + stamp for a
+ * tombstone; ARGV[13] the byte length of each change, 4 bytes big-endian per key. Then, only when
+ * ARGV[10] is '1', per key its guard ('' = the change's own stamp).
  *
- * One argument per key (two with guards): each argument costs the server a string on both sides
- * of the Lua boundary, and the message entries travel as one string that is published as it is
- * when every change was applied (the common case) and sliced otherwise.
+ * A fixed number of arguments per batch, not one per key: each argument costs the client a
+ * framing and the server a string on both sides of the Lua boundary. The changes are cut out of
+ * their string here; the message entries are published as they are when every change was applied
+ * (the common case) and cut out too otherwise.
  *
  * An entry is written when the stored stamp (a record's, a tombstone's, or none for no data,
  * foreign data or a malformed stamp) is lower than its guard; the guard is the new stamp under
@@ -37,7 +39,20 @@ export const APPLY_LUA = `
 local function valid(s) return #s == 34 and not string.find(s, '[^0-9a-f]') end
 local n = #KEYS
 local ttl = tonumber(ARGV[1])
-local step = ARGV[10] == '' and 1 or 2
+local guarded = ARGV[10] ~= ''
+local function len4(s, i)
+  local b1, b2, b3, b4 = string.byte(s, i * 4 - 3, i * 4)
+  return ((b1 * 256 + b2) * 256 + b3) * 256 + b4
+end
+local changes = {}
+do
+  local blob, lens, off = ARGV[12], ARGV[13], 1
+  for i = 1, n do
+    local len = len4(lens, i)
+    changes[i] = string.sub(blob, off, off + len - 1)
+    off = off + len
+  end
+end
 local function arr(c)
   if c < 16 then return string.char(144 + c) end
   if c < 65536 then return string.char(220, math.floor(c / 256), c % 256) end
@@ -47,7 +62,7 @@ if ARGV[11] ~= '' then
   local kv = {}
   for i = 1, n do
     kv[2 * i - 1] = KEYS[i]
-    kv[2 * i] = ARGV[11 + i * step]
+    kv[2 * i] = changes[i]
   end
   if redis.call('MSETNX', unpack(kv)) == 1 then
     if ARGV[2] ~= '' then redis.call(ARGV[2], ARGV[3], ARGV[5] .. arr(n) .. ARGV[7]) end
@@ -82,12 +97,11 @@ end
 local result, sets, dels, applied = {}, {}, {}, {}
 local count = 0
 for i = 1, n do
-  local at = 11 + i * step
-  local change = ARGV[at]
+  local change = changes[i]
   local cur = stored[i]
   local ok = cur == nil
   if not ok then
-    local guard = step == 2 and ARGV[at - 1] or ''
+    local guard = guarded and ARGV[13 + i] or ''
     if guard == '' then guard = string.sub(change, 2, 35) end
     ok = cur < guard
   end
@@ -109,7 +123,7 @@ if #sets > 0 then redis.call('MSET', unpack(sets)) end
 for j = 1, #dels do
   local key = KEYS[dels[j]]
   redis.call('DEL', key)
-  redis.call('HSET', key, 's', string.sub(ARGV[11 + dels[j] * step], 2, 35))
+  redis.call('HSET', key, 's', string.sub(changes[dels[j]], 2, 35))
   redis.call('PEXPIRE', key, ttl)
 end
 if ARGV[2] ~= '' then
@@ -119,9 +133,8 @@ if ARGV[2] ~= '' then
     -- Some changes were refused: keep the entries of the applied ones only.
     local lens, u, d, uo, dof = ARGV[9], {}, {}, 0, 0
     for i = 1, n do
-      local b1, b2, b3, b4 = string.byte(lens, i * 4 - 3, i * 4)
-      local len = ((b1 * 256 + b2) * 256 + b3) * 256 + b4
-      if string.byte(ARGV[11 + i * step], 1) == 116 then
+      local len = len4(lens, i)
+      if string.byte(changes[i], 1) == 116 then
         if applied[i] then d[#d + 1] = string.sub(del, dof + 1, dof + len) end
         dof = dof + len
       else

@@ -67,6 +67,9 @@ export interface FlushReport<V> {
   readonly failed: { key: string; error: Error }[];
 }
 
+/** The answer of a local change recorded at once. */
+const DONE: Promise<void> = Promise.resolve();
+
 /** A local change not written yet. */
 interface DirtyEntry<V> extends CacheEntry<V> {
   readonly stamp: Stamp;
@@ -227,10 +230,25 @@ export class WriteBackCacheManager<V = unknown> extends PubSubCacheManager<V> {
   // ---------------------------------------------------------------- local writes
 
   /** Changes `key` locally; written by the next flush. Rejects with `E_BACKPRESSURE` at `maxPending`. */
-  override async set(key: DictKey, value: V): Promise<void> {
-    const k = normalizeKey(key);
-    this.assertOpen();
-    const payload = this.store.encodeValue(k, value);
+  override set(key: DictKey, value: V): Promise<void> {
+    let k: string;
+    let payload: Uint8Array;
+    try {
+      k = normalizeKey(key);
+      this.assertOpen();
+      payload = this.store.encodeValue(k, value);
+    } catch (error) {
+      return Promise.reject(error as Error);
+    }
+    // The common case has room: recorded at once, answered with a settled promise.
+    if (this.dirty.size < this.maxPending || this.dirty.has(k)) {
+      this.markDirty(k, value, payload);
+      return DONE;
+    }
+    return this.setWhenRoom(k, value, payload);
+  }
+
+  private async setWhenRoom(k: string, value: V, payload: Uint8Array): Promise<void> {
     // Checked again after each wait, right before recording: changes woken by one flush share its room.
     while (!this.dirty.has(k) && this.dirty.size >= this.maxPending) await this.makeRoom(1);
     this.markDirty(k, value, payload);
@@ -432,30 +450,35 @@ export class WriteBackCacheManager<V = unknown> extends PubSubCacheManager<V> {
         value: entry.value,
       });
     }
-    let outcomes: WriteOutcome<V>[];
-    let noted: Map<string, Stamp | ''>;
-    try {
-      outcomes = await this.store.writeVersioned(changes);
-    } finally {
-      noted = this.flushingNewest;
-      this.flushingNewest = new Map();
-    }
     let again = false;
-    outcomes.forEach((outcome, i) => {
+    // Each key is settled as soon as its batch replies (later batches may still be executing), with
+    // the newest write announced for it until then.
+    const settled = new Uint8Array(snapshot.length);
+    const settle = (i: number, outcome: WriteOutcome<V>): void => {
+      if (settled[i] === 1) return;
+      settled[i] = 1;
       const [key, entry] = snapshot[i]!;
+      const newest = this.flushingNewest.get(key) ?? '';
       if (outcome.status === 'failed') {
         report.failed.push({ key, error: outcome.error });
         return;
       }
       if (outcome.status === 'written' || outcome.stored.stamp === entry.stamp) {
         report.written.push(key);
-        this.written(key, entry, noted.get(key) ?? '');
+        this.written(key, entry, newest);
         return;
       }
       const { stored } = outcome;
-      const conflict = this.decide(key, { stamp: stored.stamp as Stamp, deleted: stored.deleted, value: stored.value, known: true }, 'flush', report, noted.get(key) ?? '');
+      const conflict = this.decide(key, { stamp: stored.stamp as Stamp, deleted: stored.deleted, value: stored.value, known: true }, 'flush', report, newest);
       if (conflict !== undefined && conflict.outcome !== 'remote') again = true;
-    });
+    };
+    try {
+      const outcomes = await this.store.writeVersioned(changes, settle);
+      // A store that does not report outcomes as they come (a wrapper, say): settle them now.
+      outcomes.forEach((outcome, i) => settle(i, outcome));
+    } finally {
+      this.flushingNewest = new Map();
+    }
     return again;
   }
 

@@ -138,6 +138,43 @@ describe.each(topologies())('PubSubRedisDict messages (%s)', (_topology, factory
     expect(updates).toEqual([['a{t}', 'b{t}', 'c{t}'], ['d{t}'], ['e{t}', 'a{t}']]);
   });
 
+  it('writeVersioned reports each outcome once, as its batch replies, before it resolves; a listener error is rethrown after every outcome', async () => {
+    const namespace = uniqueNamespace('outcomes');
+    const writer = new PubSubRedisDict<string>(clients.track(factory()), namespace);
+    // 1,200 keys over many slots on a cluster (one slot here and there: three script calls on a
+    // standalone server), one of them refused (a newer write is stored).
+    const keys = Array.from({ length: 1200 }, (_, i) => `o${i}`);
+    const newer = writer.clock.now();
+    await writer.writeVersioned([{ key: 'o7', stamp: newer, deleted: false, value: 'newer' }]);
+    const stamp = '000000000001000000' + writer.clock.nodeId;
+    const heard: [number, string][] = [];
+    let resolved = false;
+    const outcomes = await writer.writeVersioned(
+      keys.map((key) => ({ key, stamp: key === 'o7' ? stamp : writer.clock.now(), deleted: false, value: `v-${key}` })),
+      (index, outcome) => {
+        expect(resolved).toBe(false);
+        heard.push([index, outcome.status]);
+      },
+    );
+    resolved = true;
+    expect(heard.map(([i]) => i).sort((a, b) => a - b)).toEqual(keys.map((_, i) => i));
+    expect(new Map(heard)).toEqual(new Map(outcomes.map((o, i) => [i, o.status])));
+    expect(outcomes[7]).toMatchObject({ status: 'conflict', stored: { stamp: newer, value: 'newer' } });
+    expect(outcomes.filter((o) => o.status === 'written')).toHaveLength(1199);
+    // A listener that throws: every change is still written and heard; the first error is rethrown.
+    let calls = 0;
+    const failing = writer.writeVersioned(
+      keys.map((key) => ({ key, stamp: writer.clock.now(), deleted: false, value: `w-${key}` })),
+      () => {
+        calls++;
+        throw new Error(`listener ${calls}`);
+      },
+    );
+    await expect(failing).rejects.toThrow('listener 1');
+    expect(calls).toBe(1200);
+    expect(await writer.getMany(['o0', 'o7', 'o1199'])).toEqual(['w-o0', 'w-o7', 'w-o1199']);
+  });
+
   it('a write split into many script calls, raced by other writes of the same writer, keeps sequence numbers contiguous: no gap, no resync', async () => {
     const namespace = uniqueNamespace('messages');
     const received = await listen(namespace);
