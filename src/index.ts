@@ -4,7 +4,7 @@
  *
  * @packageDocumentation
  */
-export { RedisDict, type RedisDictOptions, type VersionedChange, type WriteOutcome, type StoredState } from './redis-dict.js';
+export { RedisDict, type RedisDictOptions, type VersionedChange, type WriteOutcome, type OutcomeListener, type StoredState } from './redis-dict.js';
 export { PubSubRedisDict, type PubSubRedisDictOptions } from './pubsub-redis-dict.js';
 export {
   PubSubCacheManager,

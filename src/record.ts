@@ -27,13 +27,6 @@ export interface VersionedValue<V> {
 /** First byte of the change that stores a tombstone (`t`), in the apply script's arguments. */
 export const TOMBSTONE_TAG = 0x74;
 
-/** Builds the bytes of a live record. */
-export function encodeRecord(stamp: Stamp, payload: Uint8Array): Buffer {
-  const out = Buffer.allocUnsafe(RECORD_HEADER_LENGTH + payload.length);
-  writeChange(out, 0, stamp, payload);
-  return out;
-}
-
 /**
  * Writes at `at` the change the apply script stores: a live record (`v`, stamp, payload), or `t`
  * and the stamp for a tombstone (`payload` undefined). Returns the offset after it.

@@ -313,7 +313,7 @@ describe('HybridClock', () => {
 
     // Regression: at ms = 2^48-1 with the counter exhausted, now() used to do `ms += 1` and format
     // a 35-character stamp. One foreign record (or message) carrying the stamp 'ffff…' was enough
-    // to get there through observe(); encodeRecord then silently cut the stamp to 34 characters and
+    // to get there through observe(); the record encoding then silently cut the stamp to 34 characters and
     // message decoders refused every entry of this writer.
     // Refusing (throwing) or not following such a stamp are both acceptable behaviours.
     it('never makes a malformed stamp, even after observing the highest possible stamp', () => {
