@@ -238,6 +238,24 @@ describe.each(topologies())('RedisDict contract (%s)', (topology, factory) => {
       expect(await dict.size()).toBe(125);
     });
 
+    it('writes a batch of large values (2.4 MB, split by bytes into several script calls), and a mix of deletes and large values', async () => {
+      const dict = dictOf<string>(ns());
+      // Six values of ~400 KB in one slot: past 1 MiB of changes a batch is split (at most two per call).
+      const entries = Array.from({ length: 6 }, (_, i): [string, string] => [`{big}:${i}`, String(i).repeat(400_000)]);
+      await dict.setMany(entries);
+      expect(await dict.getMany(entries.map(([k]) => k))).toEqual(entries.map(([, v]) => v));
+      const stamps = await dict.readStamps(['{big}:2', '{big}:3']);
+      const outcomes = await dict.writeVersioned([
+        { key: '{big}:2', stamp: dict.clock.now(), deleted: true },
+        { key: '{big}:3', stamp: dict.clock.now(), deleted: false, value: 'small' },
+        { key: '{big}:4', stamp: dict.clock.now(), deleted: false, value: 'y'.repeat(600_000) },
+      ]);
+      expect(outcomes.map((o) => o.status)).toEqual(['written', 'written', 'written']);
+      expect(stamps.every((s) => typeof s === 'string' && s.length === 34)).toBe(true);
+      expect(await dict.getMany(['{big}:1', '{big}:2', '{big}:3', '{big}:4'])).toEqual([entries[1]![1], undefined, 'small', 'y'.repeat(600_000)]);
+      expect(await dict.size()).toBe(5);
+    });
+
     it('handles batches of keys sharing one hash slot (hash tag) above batchSize', async () => {
       const namespace = ns();
       const raw = connect();
