@@ -242,6 +242,9 @@ describe.each(variants)('PubSubCacheManager (%s)', (name, factory, sharded) => {
     // A newer value (own write, then a peer's) is a new entry, never the old promise.
     await a!.set('k', { n: 2 });
     expect(await a!.get('k')).toEqual({ n: 2 });
+    // b reads k first, so its clock is past a's stamp and its write is newer (same-millisecond
+    // stamps of two writers are ordered by node id, not by call order).
+    expect(await b!.get('k')).toEqual({ n: 2 });
     const changed = nextEventFor(a!, 'invalidate', 'k');
     await b!.set('k', { n: 3 });
     await changed;
