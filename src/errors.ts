@@ -97,3 +97,8 @@ export class FlushError extends RedisDictError {
     this.failed = failed;
   }
 }
+
+/** `value` if it is an Error, else an Error with its text (for what a `catch` or a rejection gives). @internal */
+export function asError(value: unknown): Error {
+  return value instanceof Error ? value : new Error(String(value));
+}

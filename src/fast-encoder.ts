@@ -14,6 +14,8 @@
  * @module
  */
 
+import { writeUint } from './messages.js';
+
 const objectProto = Object.prototype;
 /** Strings up to this many characters are written by a JavaScript loop when they are ASCII. */
 const SHORT_STRING = 24;
@@ -158,26 +160,7 @@ export class FastEncoder {
       buf.writeDoubleBE(n, pos + 1);
       this.pos += 9;
     } else if (n >= 0) {
-      if (n < 0x80) {
-        buf[pos] = n;
-        this.pos += 1;
-      } else if (n < 0x100) {
-        buf[pos] = 0xcc;
-        buf[pos + 1] = n;
-        this.pos += 2;
-      } else if (n < 0x10000) {
-        buf[pos] = 0xcd;
-        buf.writeUInt16BE(n, pos + 1);
-        this.pos += 3;
-      } else if (n < 0x100000000) {
-        buf[pos] = 0xce;
-        buf.writeUInt32BE(n, pos + 1);
-        this.pos += 5;
-      } else {
-        buf[pos] = 0xcf;
-        buf.writeBigUInt64BE(BigInt(n), pos + 1);
-        this.pos += 9;
-      }
+      this.pos = writeUint(buf, pos, n);
     } else if (n >= -0x20) {
       buf[pos] = 0xe0 | (n + 0x20);
       this.pos += 1;

@@ -107,7 +107,7 @@ export function writeEntry(out: Buffer, at: number, key: string, keyBytes: numbe
 }
 
 /** Writes a non-negative integer in MessagePack's shortest form; returns the next offset. */
-function writeUint(out: Buffer, at: number, n: number): number {
+export function writeUint(out: Buffer, at: number, n: number): number {
   if (n < 0x80) {
     out[at] = n;
     return at + 1;

@@ -7,7 +7,7 @@
  * @module
  */
 import { type Codec, msgpackCodec } from './codec.js';
-import { CorruptDataError, InvalidArgumentError, SerializationError } from './errors.js';
+import { CorruptDataError, InvalidArgumentError, SerializationError, asError } from './errors.js';
 import { type DictKey, checkNamespace, normalizeKey, normalizeKeys } from './keys.js';
 import { encodeHeader, entryLength, type MessageType, writeEntry } from './messages.js';
 import { checkOptions, describe, functionOption, integerOption, invalidOption } from './options.js';
@@ -633,10 +633,6 @@ class ApplyUnit<V> {
     this.built = out;
     return out;
   }
-}
-
-function asError(error: unknown): Error {
-  return error instanceof Error ? error : new Error(String(error));
 }
 
 function throwFailure(outcomes: readonly WriteOutcome<unknown>[]): void {

@@ -19,6 +19,7 @@
  */
 import { randomBytes } from 'node:crypto';
 import { Redis, type Cluster } from 'ioredis';
+import { asError } from './errors.js';
 import { encodeEntry, encodeHeader, MalformedMessageError, type Message, MessageDecoder } from './messages.js';
 import { ZERO_STAMP } from './stamp.js';
 import { type RedisClient, isCluster, slotTag } from './topology.js';
@@ -232,7 +233,7 @@ export class Subscriber {
     } catch (cause) {
       if (this.conn !== conn || this.closed) return;
       this.subscribingSince = 0;
-      const error = cause instanceof Error ? cause : new Error(String(cause));
+      const error = asError(cause);
       this.listener.onError(error);
       // Refused for good (ACL, authentication): tell whoever waits for ready(), and keep trying
       // slowly in case the rules change. Otherwise (a shard not known yet, a connection closing)

@@ -10,6 +10,7 @@
  */
 import calculateSlot from 'cluster-key-slot';
 import { Cluster, type ChainableCommander, type Redis } from 'ioredis';
+import { asError } from './errors.js';
 
 /** An ioredis client: a standalone `Redis` or a `Cluster`. */
 export type RedisClient = Redis | Cluster;
@@ -110,7 +111,6 @@ export async function runPerNode(
 
 /** Sends one chunk of units (synchronously up to the send) and stores their replies. */
 function sendChunk(client: RedisClient, work: readonly SlotWork[], indexes: number[], results: [Error | null, unknown][]): Promise<void> {
-  const toError = (error: unknown): Error => (error instanceof Error ? error : new Error(String(error)));
   if (indexes.length === 1) {
     const index = indexes[0]!;
     let reply: Promise<unknown>;
@@ -124,7 +124,7 @@ function sendChunk(client: RedisClient, work: readonly SlotWork[], indexes: numb
         results[index] = [null, value];
       },
       (error: unknown) => {
-        results[index] = [toError(error), undefined];
+        results[index] = [asError(error), undefined];
       },
     );
   }
@@ -138,7 +138,7 @@ function sendChunk(client: RedisClient, work: readonly SlotWork[], indexes: numb
     },
     (error: unknown) => {
       // The chunk failed as a whole (connection closed...): each of its units failed, the others stand.
-      for (const index of indexes) results[index] = [toError(error), undefined];
+      for (const index of indexes) results[index] = [asError(error), undefined];
     },
   );
 }

@@ -19,7 +19,7 @@
  */
 import type { CacheEntry, PubSubCacheManagerOptions } from '../cache-manager.js';
 import { CACHE_MANAGER_OPTION_KEYS, PubSubCacheManager } from '../cache-manager.js';
-import { BackpressureError, ClosedError, FlushError, TimeoutError } from '../errors.js';
+import { BackpressureError, ClosedError, FlushError, TimeoutError, asError } from '../errors.js';
 import { type DictKey, normalizeKey, normalizeKeys } from '../keys.js';
 import type { MessageEntry } from '../messages.js';
 import { checkOptions, enumOption, integerOption, invalidOption } from '../options.js';
@@ -93,7 +93,7 @@ export class CloseFlushError<V> extends FlushError {
 
   constructor(unwritten: UnwrittenChange<V>[], cause: unknown) {
     super(
-      unwritten.map((u) => ({ key: u.key, error: cause instanceof Error ? cause : new Error(String(cause)) })),
+      unwritten.map((u) => ({ key: u.key, error: asError(cause) })),
       `close(): ${unwritten.length} change(s) could not be written; see \`unwritten\``,
     );
     this.unwritten = unwritten;

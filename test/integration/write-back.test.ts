@@ -16,7 +16,7 @@ import { Redis } from 'ioredis';
 import { afterEach, describe, expect, it, vi } from 'vitest';
 import { BackpressureError, FlushError } from '../../src/errors.js';
 import { PubSubRedisDict } from '../../src/pubsub-redis-dict.js';
-import { RedisDict } from '../../src/redis-dict.js';
+import { type OutcomeListener, RedisDict, type VersionedChange, type WriteOutcome } from '../../src/redis-dict.js';
 import { parseStamp } from '../../src/stamp.js';
 import type { RedisClient } from '../../src/topology.js';
 import type { Conflict, ConflictResolver } from '../../src/write-back/conflict.js';
@@ -344,6 +344,53 @@ describe.each(topologies())('WriteBackCacheManager (%s)', (topology, factory) =>
       expect(sorted(next.written)).toEqual([k1, k2]);
       expect(next.conflicts).toEqual([]);
       expect(await reader.getMany([k1, k2])).toEqual(['v2', undefined]);
+      expect(m.dirtyCount).toBe(0);
+    });
+
+    it('a key settled early in a large flush and changed while later chunks are in flight is dirty again, then written', async () => {
+      const ns = uniqueNamespace('wb-i7-chunks');
+      const reader = raw<string>(ns);
+      // A store that tells the test when the manager has settled each key of the flush.
+      const settledKeys = new Set<number>();
+      let afterSettle: (index: number) => void = () => {};
+      class Observed extends PubSubRedisDict<string> {
+        override writeVersioned(changes: readonly VersionedChange<string>[], onOutcome?: OutcomeListener<string>): Promise<WriteOutcome<string>[]> {
+          return super.writeVersioned(changes, (index, outcome) => {
+            onOutcome?.(index, outcome);
+            settledKeys.add(index);
+            afterSettle(index);
+          });
+        }
+      }
+      const m = new WriteBackCacheManager<string>(new Observed(connect(), ns), { flushIntervalMs: 0, conflictPolicy: policy });
+      managers.add(m);
+      await m.ready();
+      // 1,200 keys of one slot: three script calls of 500, sent and answered chunk by chunk.
+      const keys = Array.from({ length: 1200 }, (_, i) => `{i7c}k${i}`);
+      await m.setMany(keys.map((k) => [k, 'v1']));
+      const [first, last] = [keys[0]!, keys[1199]!];
+      let lastPendingWhenFirstSettled: boolean | undefined;
+      afterSettle = (index) => {
+        if (index !== 0) return;
+        lastPendingWhenFirstSettled = !settledKeys.has(1199);
+        // The first key is clean again; the last one is still in flight (the classic I7 case).
+        expect(m.isDirty(first)).toBe(false);
+        void m.set(first, 'v2');
+        void m.set(last, 'v2');
+      };
+      const report = await m.flush();
+      afterSettle = () => {};
+      expect(lastPendingWhenFirstSettled).toBe(true);
+      expect(report.written).toHaveLength(1200);
+      expect(report.conflicts).toEqual([]);
+      expect(await reader.getMany([first, last])).toEqual(['v1', 'v1']);
+      expect(sorted(m.dirtyKeys())).toEqual(sorted([first, last]));
+      expect(await m.getMany([first, last])).toEqual(['v2', 'v2']);
+
+      const next = await m.flush();
+      expect(sorted(next.written)).toEqual(sorted([first, last]));
+      expect(next.conflicts).toEqual([]);
+      expect(await reader.getMany([first, last, keys[600]!])).toEqual(['v2', 'v2', 'v1']);
       expect(m.dirtyCount).toBe(0);
     });
   });
