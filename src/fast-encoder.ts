@@ -9,7 +9,12 @@
  * native `Buffer#write`. A value holding anything else (a `Date`, binary data, a class instance) is
  * left to the general encoder: {@link FastEncoder.encode} returns `undefined` for it.
  *
- * Values must have passed the codec's validation (no cycles, no lone surrogates, bounded depth).
+ * It also validates, in the same pass: it declines (returns `undefined`) every value the codec's
+ * validation (`assertSerializable`) would refuse — a lone surrogate in a string or a property name,
+ * an own `__proto__` key, symbol-keyed properties, an array hole or `undefined` element, nesting
+ * beyond its depth limit (which also stops a cycle), anything not a plain value. So a value it
+ * encodes never needs the separate validation walk; a declined one gets the general path, which
+ * validates (and throws the precise error) before encoding.
  *
  * @module
  */
@@ -36,7 +41,10 @@ export class FastEncoder {
     this.buf = Buffer.allocUnsafe(initialBytes);
   }
 
-  /** The encoded bytes (a fresh Buffer), or `undefined` when the value needs the general encoder. */
+  /**
+   * The encoded bytes (a fresh Buffer), or `undefined` when the value needs the general encoder
+   * (it holds something this encoder does not write, or something the validation would refuse).
+   */
   encode(value: unknown): Buffer | undefined {
     this.pos = 0;
     if (!this.write(value, 0)) return undefined;
@@ -55,8 +63,7 @@ export class FastEncoder {
   private write(v: unknown, depth: number): boolean {
     switch (typeof v) {
       case 'string':
-        this.string(v);
-        return true;
+        return this.string(v);
       case 'number':
         this.number(v);
         return true;
@@ -82,6 +89,8 @@ export class FastEncoder {
     }
     const proto: unknown = Object.getPrototypeOf(v);
     if (proto !== objectProto && proto !== null) return false;
+    // Symbol-keyed properties would be lost: the validation refuses them.
+    if (Object.getOwnPropertySymbols(v).length > 0) return false;
     // Each property is read once (a getter could answer differently the second time): the body is
     // written after a header sized for every key, and moved when fewer are written.
     const record = v as Record<string, unknown>;
@@ -94,8 +103,14 @@ export class FastEncoder {
     for (let i = 0; i < keys.length; i++) {
       const key = keys[i]!;
       const item = record[key];
-      if (item === undefined) continue;
-      this.string(key);
+      // An own `__proto__` key (as JSON.parse makes) would come back as the prototype: refused,
+      // like a name with a lone surrogate, even when its value is undefined (left out).
+      if (key === '__proto__') return false;
+      if (item === undefined) {
+        if (!key.isWellFormed()) return false;
+        continue;
+      }
+      if (!this.string(key)) return false;
       if (!this.write(item, depth + 1)) return false;
       size++;
     }
@@ -114,14 +129,16 @@ export class FastEncoder {
     this.pos = putHeader(this.buf, this.pos, size, fix, wide);
   }
 
-  private string(s: string): void {
+  /** Writes a string; false (nothing written) for one with a lone surrogate, which the validation refuses. */
+  private string(s: string): boolean {
     // Reserve the header for the smallest possible byte length (the character count), write the
     // UTF-8 bytes after it, and move them if the real length needs a longer header.
     const chars = s.length;
     this.ensure(5 + 3 * chars);
     const guess = headerBytes(chars);
     const start = this.pos + guess;
-    const bytes = chars <= SHORT_STRING ? this.writeShort(s, start) : this.buf.write(s, start, 'utf8');
+    const bytes = chars <= SHORT_STRING ? this.writeShort(s, start) : s.isWellFormed() ? this.buf.write(s, start, 'utf8') : -1;
+    if (bytes < 0) return false;
     const need = headerBytes(bytes);
     if (need !== guess) this.buf.copy(this.buf, this.pos + need, start, start + bytes);
     const { buf, pos } = this;
@@ -138,15 +155,19 @@ export class FastEncoder {
       buf.writeUInt32BE(bytes, pos + 1);
     }
     this.pos += need + bytes;
+    return true;
   }
 
-  /** Writes a short string in JavaScript (a native call costs more); returns its UTF-8 length. */
+  /**
+   * Writes a short string in JavaScript (a native call costs more); returns its UTF-8 length, or
+   * -1 for a string with a lone surrogate (an ASCII string never has one).
+   */
   private writeShort(s: string, at: number): number {
     const { buf } = this;
     for (let i = 0; i < s.length; i++) {
       const c = s.charCodeAt(i);
       // Not ASCII: let Node encode the whole string.
-      if (c >= 0x80) return buf.write(s, at, 'utf8');
+      if (c >= 0x80) return s.isWellFormed() ? buf.write(s, at, 'utf8') : -1;
       buf[at + i] = c;
     }
     return s.length;

@@ -12,6 +12,7 @@ import { type DictKey, checkNamespace, normalizeKey, normalizeKeys } from './key
 import { encodeHeader, entryLength, type MessageType, writeEntry } from './messages.js';
 import { checkOptions, describe, functionOption, integerOption, invalidOption } from './options.js';
 import { RECORD_HEADER_LENGTH, splitRecord, type VersionedValue, writeChange } from './record.js';
+import { type FrameArg, FramedCommand, argLength, bulkLength, frameLength, writeArg, writeBulkHeader, writeCrlf, writeFrameStart } from './resp.js';
 import { APPLY_LUA, APPLY_SHA, STAMPS_LUA, STAMPS_SHA } from './scripts/apply.js';
 import { HybridClock, type Stamp } from './stamp.js';
 import type { ChainableCommander } from 'ioredis';
@@ -127,6 +128,8 @@ export class RedisDict<V = unknown> implements AsyncIterable<[string, V]> {
   /** True when {@link RedisDict.redis} is a Cluster. */
   readonly isCluster: boolean;
   private readonly prefix: string;
+  /** The client's `keyPrefix` option ('' when none): script calls are framed here, so it is added here. */
+  private readonly keyPrefix: string;
 
   /**
    * @param redis - an ioredis `Redis` or `Cluster`; the dictionary never closes it.
@@ -143,6 +146,8 @@ export class RedisDict<V = unknown> implements AsyncIterable<[string, V]> {
     }
     this.redis = redis;
     this.isCluster = isCluster(redis);
+    const keyPrefix = (redis as { options?: { keyPrefix?: unknown } }).options?.keyPrefix;
+    this.keyPrefix = typeof keyPrefix === 'string' ? keyPrefix : '';
     this.prefix = `${this.namespace}/`;
     const codec = opts['codec'];
     if (codec !== undefined && (codec === null || typeof codec !== 'object' || typeof (codec as Codec<V>).encode !== 'function' || typeof (codec as Codec<V>).decode !== 'function')) {
@@ -366,7 +371,7 @@ export class RedisDict<V = unknown> implements AsyncIterable<[string, V]> {
     const indexed = prepared.map((p, index) => ({ p, index }));
     const units = [...groupBySlot(this.isCluster, indexed, (i) => i.p.redisKey)].flatMap(([slot, items]) => {
       const target = this.publishTarget(slot);
-      return this.splitBatch(items).map((part) => new ApplyUnit(slot, part, target, this.tombstoneTtlMs, this.clock.nodeId));
+      return this.splitBatch(items).map((part) => new ApplyUnit(slot, part, target, this.tombstoneTtlMs, this.clock.nodeId, this.keyPrefix));
     });
     // The listener hears each outcome once, as soon as it is known; its first error is rethrown
     // once every outcome is settled.
@@ -408,9 +413,7 @@ export class RedisDict<V = unknown> implements AsyncIterable<[string, V]> {
         const unit = units[u]!;
         let [err, reply] = replies[u]!;
         try {
-          const args = unit.args().slice();
-          args[0] = APPLY_LUA;
-          reply = await this.redis.callBuffer('EVAL', args);
+          reply = await this.redis.sendCommand(unit.command('eval', APPLY_LUA));
           err = null;
         } catch (error) {
           err = asError(error);
@@ -529,13 +532,14 @@ const WRITTEN_OVER_VALUE = { status: 'written', existed: true } as const;
 const WRITTEN_NEW = { status: 'written', existed: false } as const;
 
 /**
- * One call of the apply script: a batch of one slot. Its arguments are built on first use, right
- * before it is sent, so that message sequence numbers are taken in the order the calls are sent
- * and a large flush is encoded while the server executes the batches already sent.
+ * One call of the apply script: a batch of one slot. It is built on first use, right before it is
+ * sent, so that message sequence numbers are taken in the order the calls are sent and a large
+ * flush is encoded while the server executes the batches already sent. The call is framed here,
+ * in one buffer (see resp.ts), and sent as a {@link FramedCommand}.
  */
 class ApplyUnit<V> {
   readonly weight: number;
-  private built: (string | Buffer | number)[] | undefined;
+  private built: BuiltBatch | undefined;
 
   constructor(
     readonly slot: number,
@@ -543,39 +547,32 @@ class ApplyUnit<V> {
     private readonly target: PublishTarget | undefined,
     private readonly tombstoneTtlMs: number,
     private readonly origin: string,
+    /** The client's own `keyPrefix` (ioredis adds it to the keys of the commands it frames; so do we). */
+    private readonly keyPrefix: string,
   ) {
     this.weight = part.length;
   }
 
   queue(client: Commands): unknown {
-    return client.callBuffer('EVALSHA', this.args());
+    return (client as { sendCommand(command: FramedCommand): unknown }).sendCommand(this.command('evalsha', APPLY_SHA));
   }
 
-  /** `[sha, numkeys, ...keys, ...args]` of EVALSHA (see {@link APPLY_LUA}); built once. */
-  args(): (string | Buffer | number)[] {
-    if (this.built) return this.built;
+  /** The call with the script's sha (`evalsha`) or its source (`eval`, after NOSCRIPT). */
+  command(name: 'evalsha' | 'eval', script: string): FramedCommand {
+    const built = (this.built ??= this.build());
+    // ioredis routes the command by its first key; every key of the batch is in the same slot.
+    return new FramedCommand(name, [script, 1, this.keyPrefix + this.part[0]!.p.redisKey], this.frame(name, script, built));
+  }
+
+  /** Everything but the keys and changes: the script's fixed arguments (see {@link APPLY_LUA}). */
+  private build(): BuiltBatch {
     const { part, target, slot } = this;
     const n = part.length;
-    const out: (string | Buffer | number)[] = [APPLY_SHA, n];
     let guarded = false;
     let valuesOnly = true;
-    let changeBytes = 0;
     for (const { p } of part) {
-      out.push(p.redisKey);
       if (p.change.guard !== undefined && p.change.guard !== p.change.stamp) guarded = true;
       if (p.payload === undefined) valuesOnly = false;
-      changeBytes += RECORD_HEADER_LENGTH + (p.payload?.length ?? 0);
-    }
-    // Every change of the batch in one string, with its length per key: one argument for the
-    // batch, not one per key (each argument costs both sides a string and a framing).
-    const changes = Buffer.allocUnsafe(changeBytes);
-    const changeLengths = Buffer.allocUnsafe(4 * n);
-    let at = 0;
-    for (let j = 0; j < n; j++) {
-      const { change, payload } = part[j]!.p;
-      const next = writeChange(changes, at, change.stamp, payload);
-      changeLengths.writeUInt32BE(next - at, 4 * j);
-      at = next;
     }
     let updateHeader: Buffer = EMPTY;
     let deleteHeader: Buffer = EMPTY;
@@ -612,7 +609,7 @@ class ApplyUnit<V> {
       if (updateBytes > 0) updateHeader = encodeHeader('u' satisfies MessageType, this.origin, target.nextSeq(slot), slot);
       if (deleteBytes > 0) deleteHeader = encodeHeader('d' satisfies MessageType, this.origin, target.nextSeq(slot), slot);
     }
-    out.push(
+    const fixed: FrameArg[] = [
       this.tombstoneTtlMs,
       target?.command ?? '',
       target?.updateChannel ?? '',
@@ -624,15 +621,56 @@ class ApplyUnit<V> {
       lengths,
       guarded ? '1' : '',
       valuesOnly ? '1' : '',
-      changes,
-      changeLengths,
-    );
-    if (guarded) {
-      for (const { p } of part) out.push(p.change.guard === undefined || p.change.guard === p.change.stamp ? '' : p.change.guard);
+    ];
+    return { fixed, guarded };
+  }
+
+  /**
+   * `<name> <script> <n> <keys…> <fixed arguments…> <changes…> [<guards…>]` in RESP, in one buffer:
+   * each change is the record to store (`v`, stamp, payload) or `t` and the stamp of a tombstone,
+   * written straight into the frame.
+   */
+  private frame(name: string, script: string, { fixed, guarded }: BuiltBatch): Buffer {
+    const { part, keyPrefix } = this;
+    const n = part.length;
+    const guards = guarded ? part.map(({ p }) => (p.change.guard === undefined || p.change.guard === p.change.stamp ? '' : p.change.guard)) : [];
+    const head = [script, n];
+    const keyBytes = new Int32Array(n);
+    const prefixBytes = Buffer.byteLength(keyPrefix, 'utf8');
+    let size = frameLength(name, 1 + head.length + n + fixed.length + n + guards.length);
+    for (const arg of head) size += argLength(arg);
+    for (let j = 0; j < n; j++) {
+      const bytes = Buffer.byteLength(part[j]!.p.redisKey, 'utf8') + prefixBytes;
+      keyBytes[j] = bytes;
+      size += bulkLength(bytes);
     }
-    this.built = out;
+    for (const arg of fixed) size += argLength(arg);
+    for (const { p } of part) size += bulkLength(RECORD_HEADER_LENGTH + (p.payload?.length ?? 0));
+    for (const guard of guards) size += argLength(guard);
+    const out = Buffer.allocUnsafe(size);
+    let at = writeFrameStart(out, name, 1 + head.length + n + fixed.length + n + guards.length);
+    for (const arg of head) at = writeArg(out, at, arg);
+    for (let j = 0; j < n; j++) {
+      at = writeBulkHeader(out, at, keyBytes[j]!);
+      if (prefixBytes > 0) at += out.write(keyPrefix, at, 'utf8');
+      at += out.write(part[j]!.p.redisKey, at, 'utf8');
+      at = writeCrlf(out, at);
+    }
+    for (const arg of fixed) at = writeArg(out, at, arg);
+    for (const { p } of part) {
+      const { change, payload } = p;
+      at = writeBulkHeader(out, at, RECORD_HEADER_LENGTH + (payload?.length ?? 0));
+      at = writeCrlf(out, writeChange(out, at, change.stamp, payload));
+    }
+    for (const guard of guards) at = writeArg(out, at, guard);
     return out;
   }
+}
+
+/** What {@link ApplyUnit} builds once per call, NOSCRIPT retry included. */
+interface BuiltBatch {
+  readonly fixed: FrameArg[];
+  readonly guarded: boolean;
 }
 
 function throwFailure(outcomes: readonly WriteOutcome<unknown>[]): void {

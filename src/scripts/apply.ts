@@ -9,15 +9,14 @@
  * update message entries of the batch, concatenated in key order; ARGV[8] the delete message
  * entries; ARGV[9] the byte length of each key's entry, 4 bytes big-endian per key ('' when nothing
  * is published); ARGV[10] '1' when every key has a guard argument, '' when none has; ARGV[11] '1'
- * when every change writes a value (no tombstone), else ''; ARGV[12] every key's change,
- * concatenated in key order: the record to store (`v` + stamp + payload) or `t` + stamp for a
- * tombstone; ARGV[13] the byte length of each change, 4 bytes big-endian per key. Then, only when
- * ARGV[10] is '1', per key its guard ('' = the change's own stamp).
+ * when every change writes a value (no tombstone), else ''. Then per key, in key order, its change
+ * (ARGV[11 + i]): the record to store (`v` + stamp + payload) or `t` + stamp for a tombstone. Then,
+ * only when ARGV[10] is '1', per key its guard (ARGV[11 + n + i]; '' = the change's own stamp).
  *
- * A fixed number of arguments per batch, not one per key: each argument costs the client a
- * framing and the server a string on both sides of the Lua boundary. The changes are cut out of
- * their string here; the message entries are published as they are when every change was applied
- * (the common case) and cut out too otherwise.
+ * Each change is its own argument: the client frames the whole call in one buffer (resp.ts), so an
+ * argument costs it a header only, and Redis makes each one a Lua string in C, which is cheaper
+ * than cutting a concatenation apart in Lua. The message entries are published as they are when
+ * every change was applied (the common case) and cut out otherwise.
  *
  * An entry is written when the stored stamp (a record's, a tombstone's, or none for no data,
  * foreign data or a malformed stamp) is lower than its guard; the guard is the new stamp under
@@ -44,15 +43,9 @@ local function len4(s, i)
   local b1, b2, b3, b4 = string.byte(s, i * 4 - 3, i * 4)
   return ((b1 * 256 + b2) * 256 + b3) * 256 + b4
 end
+-- The change of key i is ARGV[11 + i]; its guard, when guarded, ARGV[11 + n + i].
 local changes = {}
-do
-  local blob, lens, off = ARGV[12], ARGV[13], 1
-  for i = 1, n do
-    local len = len4(lens, i)
-    changes[i] = string.sub(blob, off, off + len - 1)
-    off = off + len
-  end
-end
+for i = 1, n do changes[i] = ARGV[11 + i] end
 local function arr(c)
   if c < 16 then return string.char(144 + c) end
   if c < 65536 then return string.char(220, math.floor(c / 256), c % 256) end
@@ -101,7 +94,7 @@ for i = 1, n do
   local cur = stored[i]
   local ok = cur == nil
   if not ok then
-    local guard = guarded and ARGV[13 + i] or ''
+    local guard = guarded and ARGV[11 + n + i] or ''
     if guard == '' then guard = string.sub(change, 2, 35) end
     ok = cur < guard
   end

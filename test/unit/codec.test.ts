@@ -249,8 +249,12 @@ describe('msgpackCodec: round trips', () => {
   });
 
   it('round-trips arbitrary JSON values', () => {
-    // -0 is normalized away: msgpack stores it as the integer 0.
-    const json = fc.jsonValue().map((v) => JSON.parse(JSON.stringify(v), (_k, x: unknown) => (Object.is(x, -0) ? 0 : x)) as unknown);
+    // -0 is normalized away: msgpack stores it as the integer 0. An own `__proto__` key (which
+    // JSON.parse makes) is refused by design (see the refused values above): left out here.
+    const json = fc
+      .jsonValue()
+      .map((v) => JSON.parse(JSON.stringify(v), (_k, x: unknown) => (Object.is(x, -0) ? 0 : x)) as unknown)
+      .filter((v) => !JSON.stringify(v).includes('"__proto__":'));
     fc.assert(
       fc.property(json, (value) => {
         expect(roundTrip(value)).toEqual(value);

@@ -5,7 +5,7 @@
 import { Encoder } from '@msgpack/msgpack';
 import fc from 'fast-check';
 import { describe, expect, it } from 'vitest';
-import { MAX_DEPTH, msgpackCodec } from '../../src/codec.js';
+import { MAX_DEPTH, assertSerializable, msgpackCodec } from '../../src/codec.js';
 import { FastEncoder } from '../../src/fast-encoder.js';
 
 const general = new Encoder({ ignoreUndefined: true, maxDepth: MAX_DEPTH + 1 });
@@ -85,6 +85,62 @@ describe('FastEncoder', () => {
     }
     expect(fast.encode(undefined)).toBeUndefined();
     expect(fast.encode(() => 1)).toBeUndefined();
+  });
+
+  it('declines every value the validation refuses (it validates in the same pass)', () => {
+    const strict = new FastEncoder(MAX_DEPTH);
+    const refused = (value: unknown): boolean => {
+      try {
+        assertSerializable(value);
+        return false;
+      } catch {
+        return true;
+      }
+    };
+    const lone = ['\ud800', 'a\udc00b', `${'x'.repeat(40)}\ud83d`];
+    const circular: Record<string, unknown> = { a: 1 };
+    circular['self'] = { back: circular };
+    const protoKey: unknown = JSON.parse('{"__proto__": {"x": 1}}');
+    const handmade = [
+      ...lone,
+      ...lone.map((s) => ({ [s]: 1 })),
+      ...lone.map((s) => ({ ok: [s] })),
+      protoKey,
+      { nested: [protoKey] },
+      { [Symbol('k')]: 1 },
+      [1, , 3],
+      [undefined],
+      circular,
+      [circular],
+      () => 1,
+      { f: Symbol('s') },
+      { b: 1n },
+    ];
+    for (const value of handmade) {
+      expect(refused(value)).toBe(true);
+      expect(strict.encode(value)).toBeUndefined();
+    }
+    // Random values with refused pieces mixed in: whatever the fast encoder accepts, the validation accepts.
+    const hostile = fc.letrec((tie) => ({
+      value: fc.oneof(
+        { depthSize: 'small' },
+        plainValue,
+        fc.constantFrom<unknown>(...lone, undefined, Symbol('x'), 2n, () => 1, new Date(0), new Map(), protoKey),
+        fc.array(tie('value'), { maxLength: 6 }),
+        fc.dictionary(fc.oneof(fc.string({ maxLength: 6 }), fc.constantFrom(...lone, '__proto__')), tie('value'), { maxKeys: 6 }),
+      ),
+    })).value;
+    fc.assert(
+      fc.property(hostile, (value) => {
+        if (strict.encode(value) !== undefined) expect(refused(value)).toBe(false);
+      }),
+      { numRuns: 3000 },
+    );
+    let deep: unknown = 1;
+    for (let i = 0; i < MAX_DEPTH; i++) deep = [deep];
+    expect(strict.encode(deep)).toBeDefined();
+    expect(strict.encode([deep])).toBeUndefined();
+    expect(refused([deep])).toBe(true);
   });
 
   it('declines values nested deeper than its limit', () => {
