@@ -635,9 +635,10 @@ class ApplyUnit<V> {
     const n = part.length;
     const guards = guarded ? part.map(({ p }) => (p.change.guard === undefined || p.change.guard === p.change.stamp ? '' : p.change.guard)) : [];
     const head = [script, n];
+    const count = head.length + n + fixed.length + n + guards.length;
     const keyBytes = new Int32Array(n);
     const prefixBytes = Buffer.byteLength(keyPrefix, 'utf8');
-    let size = frameLength(name, 1 + head.length + n + fixed.length + n + guards.length);
+    let size = frameLength(name, count);
     for (const arg of head) size += argLength(arg);
     for (let j = 0; j < n; j++) {
       const bytes = Buffer.byteLength(part[j]!.p.redisKey, 'utf8') + prefixBytes;
@@ -648,7 +649,7 @@ class ApplyUnit<V> {
     for (const { p } of part) size += bulkLength(RECORD_HEADER_LENGTH + (p.payload?.length ?? 0));
     for (const guard of guards) size += argLength(guard);
     const out = Buffer.allocUnsafe(size);
-    let at = writeFrameStart(out, name, 1 + head.length + n + fixed.length + n + guards.length);
+    let at = writeFrameStart(out, name, count);
     for (const arg of head) at = writeArg(out, at, arg);
     for (let j = 0; j < n; j++) {
       at = writeBulkHeader(out, at, keyBytes[j]!);
@@ -663,6 +664,7 @@ class ApplyUnit<V> {
       at = writeCrlf(out, writeChange(out, at, change.stamp, payload));
     }
     for (const guard of guards) at = writeArg(out, at, guard);
+    if (at !== size) throw new Error(`apply frame: wrote ${at} bytes of ${size}`);
     return out;
   }
 }
