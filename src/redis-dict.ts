@@ -94,6 +94,8 @@ export interface PublishTarget {
 }
 
 interface PreparedChange<V> {
+  /** Position of the change in the call's list (outcomes are aligned with it). */
+  readonly index: number;
   readonly change: VersionedChange<V>;
   readonly redisKey: string;
   /** The encoded value; `undefined` for a delete. The record is built when its batch is sent. */
@@ -358,18 +360,17 @@ export class RedisDict<V = unknown> implements AsyncIterable<[string, V]> {
 
   /** Validates and encodes; throws before anything is written. */
   protected prepare(changes: readonly VersionedChange<V>[]): PreparedChange<V>[] {
-    return changes.map((change) => {
+    return changes.map((change, index) => {
       const redisKey = this.redisKey(change.key);
-      if (change.deleted) return { change, redisKey, payload: undefined };
-      return { change, redisKey, payload: change.payload ?? this.encodeValue(change.key, change.value as V) };
+      if (change.deleted) return { index, change, redisKey, payload: undefined };
+      return { index, change, redisKey, payload: change.payload ?? this.encodeValue(change.key, change.value as V) };
     });
   }
 
   private async applyPrepared(prepared: readonly PreparedChange<V>[], onOutcome?: OutcomeListener<V>): Promise<WriteOutcome<V>[]> {
     const outcomes: WriteOutcome<V>[] = new Array(prepared.length);
     if (prepared.length === 0) return outcomes;
-    const indexed = prepared.map((p, index) => ({ p, index }));
-    const units = [...groupBySlot(this.isCluster, indexed, (i) => i.p.redisKey)].flatMap(([slot, items]) => {
+    const units = [...groupBySlot(this.isCluster, prepared, (p) => p.redisKey)].flatMap(([slot, items]) => {
       const target = this.publishTarget(slot);
       return this.splitBatch(items).map((part) => new ApplyUnit(slot, part, target, this.tombstoneTtlMs, this.clock.nodeId, this.keyPrefix));
     });
@@ -379,7 +380,8 @@ export class RedisDict<V = unknown> implements AsyncIterable<[string, V]> {
     const settle = (unit: ApplyUnit<V>, err: Error | null, reply: unknown): void => {
       // The single integer 2: every key was new and written (the script's fast path).
       const list = reply === 2 ? undefined : (reply as unknown[]);
-      unit.part.forEach(({ p, index }, j) => {
+      unit.part.forEach((p, j) => {
+        const { index } = p;
         const outcome: WriteOutcome<V> = err ? { status: 'failed', error: err } : list === undefined ? WRITTEN_NEW : this.outcomeOf(p.change.key, list[j]);
         outcomes[index] = outcome;
         if (onOutcome === undefined) return;
@@ -426,12 +428,12 @@ export class RedisDict<V = unknown> implements AsyncIterable<[string, V]> {
   }
 
   /** Splits a slot group into script calls of at most `batchSize` keys and about 1 MiB of changes. */
-  private splitBatch<T extends { p: PreparedChange<V> }>(items: T[]): T[][] {
-    const parts: T[][] = [];
-    let current: T[] = [];
+  private splitBatch(items: PreparedChange<V>[]): PreparedChange<V>[][] {
+    const parts: PreparedChange<V>[][] = [];
+    let current: PreparedChange<V>[] = [];
     let bytes = 0;
     for (const item of items) {
-      const size = (item.p.payload?.length ?? 0) + RECORD_HEADER_LENGTH + item.p.change.key.length;
+      const size = (item.payload?.length ?? 0) + RECORD_HEADER_LENGTH + item.change.key.length;
       if (current.length >= this.batchSize || (current.length > 0 && bytes + size > MAX_BATCH_BYTES)) {
         parts.push(current);
         current = [];
@@ -543,7 +545,7 @@ class ApplyUnit<V> {
 
   constructor(
     readonly slot: number,
-    readonly part: readonly { p: PreparedChange<V>; index: number }[],
+    readonly part: readonly PreparedChange<V>[],
     private readonly target: PublishTarget | undefined,
     private readonly tombstoneTtlMs: number,
     private readonly origin: string,
@@ -561,7 +563,7 @@ class ApplyUnit<V> {
   command(name: 'evalsha' | 'eval', script: string): FramedCommand {
     const built = (this.built ??= this.build());
     // ioredis routes the command by its first key; every key of the batch is in the same slot.
-    return new FramedCommand(name, [script, 1, this.keyPrefix + this.part[0]!.p.redisKey], this.frame(name, script, built));
+    return new FramedCommand(name, [script, 1, this.keyPrefix + this.part[0]!.redisKey], this.frame(name, script, built));
   }
 
   /** Everything but the keys and changes: the script's fixed arguments (see {@link APPLY_LUA}). */
@@ -570,7 +572,7 @@ class ApplyUnit<V> {
     const n = part.length;
     let guarded = false;
     let valuesOnly = true;
-    for (const { p } of part) {
+    for (const p of part) {
       if (p.change.guard !== undefined && p.change.guard !== p.change.stamp) guarded = true;
       if (p.payload === undefined) valuesOnly = false;
     }
@@ -587,7 +589,7 @@ class ApplyUnit<V> {
       let deleteBytes = 0;
       lengths = Buffer.allocUnsafe(4 * n);
       for (let j = 0; j < n; j++) {
-        const { change, payload } = part[j]!.p;
+        const { change, payload } = part[j]!;
         const withValue = target.withValues && payload !== undefined && payload.length <= target.maxPublishedValueBytes;
         keyBytes[j] = Buffer.byteLength(change.key, 'utf8');
         published[j] = withValue ? payload : undefined;
@@ -601,7 +603,7 @@ class ApplyUnit<V> {
       let u = 0;
       let d = 0;
       for (let j = 0; j < n; j++) {
-        const { change } = part[j]!.p;
+        const { change } = part[j]!;
         if (change.deleted) d = writeEntry(deletes, d, change.key, keyBytes[j]!, change.stamp, published[j]);
         else u = writeEntry(updates, u, change.key, keyBytes[j]!, change.stamp, published[j]);
       }
@@ -633,7 +635,7 @@ class ApplyUnit<V> {
   private frame(name: string, script: string, { fixed, guarded }: BuiltBatch): Buffer {
     const { part, keyPrefix } = this;
     const n = part.length;
-    const guards = guarded ? part.map(({ p }) => (p.change.guard === undefined || p.change.guard === p.change.stamp ? '' : p.change.guard)) : [];
+    const guards = guarded ? part.map((p) => (p.change.guard === undefined || p.change.guard === p.change.stamp ? '' : p.change.guard)) : [];
     const head = [script, n];
     const count = head.length + n + fixed.length + n + guards.length;
     const keyBytes = new Int32Array(n);
@@ -641,12 +643,12 @@ class ApplyUnit<V> {
     let size = frameLength(name, count);
     for (const arg of head) size += argLength(arg);
     for (let j = 0; j < n; j++) {
-      const bytes = Buffer.byteLength(part[j]!.p.redisKey, 'utf8') + prefixBytes;
+      const bytes = Buffer.byteLength(part[j]!.redisKey, 'utf8') + prefixBytes;
       keyBytes[j] = bytes;
       size += bulkLength(bytes);
     }
     for (const arg of fixed) size += argLength(arg);
-    for (const { p } of part) size += bulkLength(RECORD_HEADER_LENGTH + (p.payload?.length ?? 0));
+    for (const p of part) size += bulkLength(RECORD_HEADER_LENGTH + (p.payload?.length ?? 0));
     for (const guard of guards) size += argLength(guard);
     const out = Buffer.allocUnsafe(size);
     let at = writeFrameStart(out, name, count);
@@ -654,11 +656,11 @@ class ApplyUnit<V> {
     for (let j = 0; j < n; j++) {
       at = writeBulkHeader(out, at, keyBytes[j]!);
       if (prefixBytes > 0) at += out.write(keyPrefix, at, 'utf8');
-      at += out.write(part[j]!.p.redisKey, at, 'utf8');
+      at += out.write(part[j]!.redisKey, at, 'utf8');
       at = writeCrlf(out, at);
     }
     for (const arg of fixed) at = writeArg(out, at, arg);
-    for (const { p } of part) {
+    for (const p of part) {
       const { change, payload } = p;
       at = writeBulkHeader(out, at, RECORD_HEADER_LENGTH + (payload?.length ?? 0));
       at = writeCrlf(out, writeChange(out, at, change.stamp, payload));

@@ -70,9 +70,14 @@ export interface FlushReport<V> {
 /** The answer of a local change recorded at once. */
 const DONE: Promise<void> = Promise.resolve();
 
-/** A local change not written yet. */
+/**
+ * A local change not written yet. Under last-writer-wins it is also the {@link VersionedChange}
+ * its flush sends (no guard), so a flush does not copy each change.
+ */
 interface DirtyEntry<V> extends CacheEntry<V> {
+  readonly key: string;
   readonly stamp: Stamp;
+  readonly deleted: boolean;
   readonly payload: Uint8Array | undefined;
   /** Remote writes above this count as concurrent (the moment the key became dirty, or our own last write). */
   since: string;
@@ -139,8 +144,8 @@ export class WriteBackCacheManager<V = unknown> extends PubSubCacheManager<V> {
   private queuedFlush: Promise<FlushReport<V>> | undefined;
   private inFlight = 0;
   private pendingConflicts: Conflict<V>[] = [];
-  /** Keys of the flush round in flight, with the newest stamp announced for each meanwhile. */
-  private flushingNewest = new Map<string, Stamp | ''>();
+  /** While a flush round is in flight: per key, the newest write announced since it started. */
+  private flushNotes: Map<string, Stamp> | undefined;
   /** Report of the flush in flight: conflicts found by messages meanwhile go into it. */
   private currentReport: FlushReport<V> | undefined;
   private flushWaiters: (() => void)[] = [];
@@ -323,7 +328,8 @@ export class WriteBackCacheManager<V = unknown> extends PubSubCacheManager<V> {
   private markDirty(k: string, value: V | undefined, payload: Uint8Array | undefined): void {
     const stamp = this.store.clock.now();
     const previous = this.dirty.get(k);
-    this.dirty.set(k, { value, stamp, present: payload !== undefined, expiresAt: Infinity, payload, since: previous?.since ?? stamp });
+    const present = payload !== undefined;
+    this.dirty.set(k, { key: k, value, stamp, present, deleted: !present, expiresAt: Infinity, payload, since: previous?.since ?? stamp });
     this.storage.delete(k);
     this.noteWrite(k, stamp);
     if (this.dirty.size >= this.maxDirty && this.inFlight === 0 && this.retryTimer === undefined) this.autoFlush();
@@ -429,27 +435,20 @@ export class WriteBackCacheManager<V = unknown> extends PubSubCacheManager<V> {
   /** Records, per key of the flush in flight, the newest write announced meanwhile (see {@link written}). */
   protected override noteWrite(k: string, stamp: Stamp): void {
     super.noteWrite(k, stamp);
-    const seen = this.flushingNewest.get(k);
-    if (seen !== undefined && seen < stamp) this.flushingNewest.set(k, stamp);
+    const notes = this.flushNotes;
+    if (notes === undefined) return;
+    const seen = notes.get(k);
+    if (seen === undefined || seen < stamp) notes.set(k, stamp);
   }
 
   /** One pass over the dirty entries; true when a conflict produced a new change to write. */
   private async flushRound(report: FlushReport<V>): Promise<boolean> {
-    const snapshot: [string, DirtyEntry<V>][] = [];
-    const changes: VersionedChange<V>[] = [];
+    const snapshot: DirtyEntry<V>[] = [];
     const guarded = this.policy !== 'last-writer-wins';
-    for (const [key, entry] of this.dirty) {
-      snapshot.push([key, entry]);
-      this.flushingNewest.set(key, '');
-      changes.push({
-        key,
-        stamp: entry.stamp,
-        guard: guarded ? entry.since : undefined,
-        deleted: !entry.present,
-        payload: entry.payload,
-        value: entry.value,
-      });
-    }
+    for (const entry of this.dirty.values()) snapshot.push(entry);
+    // Under last-writer-wins each entry is its own change; the other policies add the guard.
+    const changes: readonly VersionedChange<V>[] = guarded ? snapshot.map((entry) => ({ ...entry, guard: entry.since })) : snapshot;
+    this.flushNotes = new Map();
     let again = false;
     // Each key is settled as soon as its batch replies (later batches may still be executing), with
     // the newest write announced for it until then.
@@ -457,8 +456,9 @@ export class WriteBackCacheManager<V = unknown> extends PubSubCacheManager<V> {
     const settle = (i: number, outcome: WriteOutcome<V>): void => {
       if (settled[i] === 1) return;
       settled[i] = 1;
-      const [key, entry] = snapshot[i]!;
-      const newest = this.flushingNewest.get(key) ?? '';
+      const entry = snapshot[i]!;
+      const { key } = entry;
+      const newest = this.flushNotes?.get(key) ?? '';
       if (outcome.status === 'failed') {
         report.failed.push({ key, error: outcome.error });
         return;
@@ -477,7 +477,7 @@ export class WriteBackCacheManager<V = unknown> extends PubSubCacheManager<V> {
       // A store that does not report outcomes as they come (a wrapper, say): settle them now.
       outcomes.forEach((outcome, i) => settle(i, outcome));
     } finally {
-      this.flushingNewest = new Map();
+      this.flushNotes = undefined;
     }
     return again;
   }
@@ -561,10 +561,13 @@ export class WriteBackCacheManager<V = unknown> extends PubSubCacheManager<V> {
         stamp = this.store.clock.now();
         const merged = typeof decision === 'object' ? decision : undefined;
         outcome = merged ? 'merged' : 'local';
+        const present = merged ? true : local.present;
         this.dirty.set(key, {
+          key,
           value: merged ? merged.value : local.value,
           stamp,
-          present: merged ? true : local.present,
+          present,
+          deleted: !present,
           expiresAt: Infinity,
           payload: merged ? payload : local.payload,
           since: `${remote.stamp}g`,

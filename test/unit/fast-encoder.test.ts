@@ -108,6 +108,7 @@ describe('FastEncoder', () => {
       protoKey,
       { nested: [protoKey] },
       { [Symbol('k')]: 1 },
+      // eslint-disable-next-line no-sparse-arrays -- a hole is what is tested
       [1, , 3],
       [undefined],
       circular,

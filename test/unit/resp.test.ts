@@ -45,6 +45,6 @@ describe('FramedCommand', () => {
     const command = new FramedCommand('evalsha', ['f'.repeat(40), 1, '{t}a'], frame);
     expect(command.toWritable()).toBe(frame);
     expect(command.getSlot()).toBe(new Command('evalsha', ['f'.repeat(40), 3, '{t}a', '{t}b', '{t}c']).getSlot());
-    expect(command.replyEncoding).toBeNull();
+    expect((command as unknown as { replyEncoding: unknown }).replyEncoding).toBeNull();
   });
 });
