@@ -130,7 +130,11 @@ export class RedisDict<V = unknown> implements AsyncIterable<[string, V]> {
   /** True when {@link RedisDict.redis} is a Cluster. */
   readonly isCluster: boolean;
   private readonly prefix: string;
-  /** The client's `keyPrefix` option ('' when none): script calls are framed here, so it is added here. */
+  /**
+   * The client's `keyPrefix` option ('' when none). ioredis adds it to the keys of the commands it
+   * frames; the library adds it where ioredis does not: to the script calls it frames itself, to
+   * the keys it computes hash slots of, and to SCAN patterns.
+   */
   private readonly keyPrefix: string;
 
   /**
@@ -321,7 +325,7 @@ export class RedisDict<V = unknown> implements AsyncIterable<[string, V]> {
     const out: ({ stamp: Stamp; payload: Buffer } | undefined)[] = new Array(keys.length).fill(undefined);
     if (keys.length === 0) return out;
     const indexed = keys.map((key, index) => ({ key, index, redisKey: this.redisKey(key) }));
-    const units = [...groupBySlot(this.isCluster, indexed, (i) => i.redisKey)].flatMap(([slot, items]) =>
+    const units = [...groupBySlot(this.isCluster, indexed, (i) => this.keyPrefix + i.redisKey)].flatMap(([slot, items]) =>
       chunk(items, this.batchSize).map((part) => ({
         slot,
         part,
@@ -370,7 +374,7 @@ export class RedisDict<V = unknown> implements AsyncIterable<[string, V]> {
   private async applyPrepared(prepared: readonly PreparedChange<V>[], onOutcome?: OutcomeListener<V>): Promise<WriteOutcome<V>[]> {
     const outcomes: WriteOutcome<V>[] = new Array(prepared.length);
     if (prepared.length === 0) return outcomes;
-    const units = [...groupBySlot(this.isCluster, prepared, (p) => p.redisKey)].flatMap(([slot, items]) => {
+    const units = [...groupBySlot(this.isCluster, prepared, (p) => this.keyPrefix + p.redisKey)].flatMap(([slot, items]) => {
       const target = this.publishTarget(slot);
       return this.splitBatch(items).map((part) => new ApplyUnit(slot, part, target, this.tombstoneTtlMs, this.clock.nodeId, this.keyPrefix));
     });
@@ -473,7 +477,7 @@ export class RedisDict<V = unknown> implements AsyncIterable<[string, V]> {
     const out: (Stamp | '' | undefined)[] = new Array(keys.length).fill('');
     if (keys.length === 0) return out;
     const indexed = keys.map((key, index) => ({ key, index }));
-    const units = [...groupBySlot(this.isCluster, indexed, (i) => this.redisKey(i.key))].flatMap(([slot, items]) =>
+    const units = [...groupBySlot(this.isCluster, indexed, (i) => this.keyPrefix + this.redisKey(i.key))].flatMap(([slot, items]) =>
       chunk(items, this.batchSize).map((part) => {
         const redisKeys = part.map((i) => this.redisKey(i.key));
         return {
@@ -507,8 +511,10 @@ export class RedisDict<V = unknown> implements AsyncIterable<[string, V]> {
   protected async *scanBatches(): AsyncGenerator<string[], void, undefined> {
     if (isCluster(this.redis) && this.redis.status !== 'ready') await clusterReady(this.redis);
     const seen = new Set<string>();
-    const pattern = `${this.prefix}*`;
-    const cut = this.prefix.length;
+    // ioredis adds a client keyPrefix to the keys of commands, not to SCAN patterns nor to the
+    // names SCAN returns: both are handled here (the prefix's glob characters escaped).
+    const pattern = `${this.keyPrefix.replace(/[*?[\]\\]/g, '\\$&')}${this.prefix}*`;
+    const cut = this.keyPrefix.length + this.prefix.length;
     for (const node of scanTargets(this.redis)) {
       let cursor = '0';
       do {

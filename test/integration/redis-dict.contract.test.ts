@@ -148,6 +148,34 @@ describe.each(topologies())('RedisDict contract (%s)', (topology, factory) => {
       expect(await namespaceKeys(raw, namespace)).toEqual([`${namespace}/a/b`]);
     });
 
+    it("adds a client's keyPrefix to every key (as ioredis does), SCAN and hash slots included", async () => {
+      const namespace = ns();
+      const raw = connect();
+      const prefix = `pfx-${namespace}:`;
+      const dict = dictOf<string>(namespace, undefined, clients.track(factory({ keyPrefix: prefix })));
+      await dict.set('a', 'one');
+      await dict.setMany([
+        ['b', 'two'],
+        ['ключ', 'three'],
+      ]);
+      expect(await dict.getMany(['a', 'b', 'ключ'])).toEqual(['one', 'two', 'three']);
+      expect(await dict.delete('b')).toBe(true);
+      expect(await dict.get('b')).toBeUndefined();
+      // What Redis holds: the prefixed keys only (b as a tombstone hash).
+      expect((await raw.getBuffer(`${prefix}${namespace}/a`))?.subarray(35).toString()).toContain('one');
+      expect((await raw.getBuffer(`${prefix}${namespace}/ключ`))?.subarray(35).toString()).toContain('three');
+      expect(await raw.type(`${prefix}${namespace}/b`)).toBe('hash');
+      for (const key of ['a', 'b', 'ключ']) expect(await raw.exists(`${namespace}/${key}`)).toBe(0);
+      // SCAN-based calls find the prefixed keys too.
+      expect(await dict.size()).toBe(2);
+      const seen: string[] = [];
+      for await (const [key] of dict.entries()) seen.push(key);
+      expect(seen.sort()).toEqual(['a', 'ключ']);
+      await dict.clear();
+      expect(await dict.size()).toBe(0);
+      expect(await dict.get('a')).toBeUndefined();
+    });
+
     it('treats number keys as their String() form', async () => {
       const namespace = ns();
       const raw = connect();
