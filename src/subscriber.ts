@@ -87,6 +87,8 @@ export class Subscriber {
   private readyWaiters: { resolve: () => void; reject: (error: Error) => void }[] = [];
   /** When the subscription of the current connection started (0 when not subscribing). */
   private subscribingSince = 0;
+  /** When a subscription call of the current connection last answered (or the subscription started). */
+  private subscribeProgressAt = 0;
   private retryTimer: NodeJS.Timeout | undefined;
   private retryDelay = 0;
   private readonly onTopology = (): void => {
@@ -208,12 +210,16 @@ export class Subscriber {
   private async subscribe(conn: Redis | Cluster): Promise<void> {
     const { namespace } = this.settings;
     this.subscribingSince = Date.now();
+    this.subscribeProgressAt = this.subscribingSince;
+    const progress = (): void => {
+      if (this.conn === conn) this.subscribeProgressAt = Date.now();
+    };
     try {
       if (this.settings.sharded) {
         const pending: Promise<unknown>[] = [];
         for (let slot = 0; slot < 16384; slot++) {
           const channels = shardedChannelsOf(namespace, slot);
-          pending.push(conn.ssubscribe(channels.update, channels.delete));
+          pending.push(conn.ssubscribe(channels.update, channels.delete).then(progress));
         }
         await Promise.all(pending);
       } else {
@@ -279,10 +285,12 @@ export class Subscriber {
     const now = Date.now();
     const timeout = this.settings.heartbeatTimeoutMs;
     if (!this.live) {
-      // Stuck connecting (e.g. a partition swallowing the handshake): start over. Subscribing
-      // (2 x 16384 channels with sharded pub/sub) gets a longer deadline of its own.
-      const since = this.subscribingSince !== 0 ? this.subscribingSince : this.notReadySince;
-      const deadline = this.subscribingSince !== 0 ? Math.max(120_000, 10 * timeout) : timeout;
+      // Stuck connecting (e.g. a partition swallowing the handshake): start over. A subscription
+      // is started over only when none of its calls has answered for a while: one that progresses
+      // (2 x 16384 channels with sharded pub/sub, on a loaded machine) is never cut, one that lost
+      // a reply is not left waiting for minutes.
+      const since = this.subscribingSince !== 0 ? this.subscribeProgressAt : this.notReadySince;
+      const deadline = this.subscribingSince !== 0 ? Math.max(30_000, 10 * timeout) : timeout;
       const waiting = this.retryTimer !== undefined;
       if (since !== 0 && !waiting && now - since > deadline && conn.status !== 'reconnecting') {
         this.notReadySince = now;
