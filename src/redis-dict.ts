@@ -136,6 +136,8 @@ export class RedisDict<V = unknown> implements AsyncIterable<[string, V]> {
    * the keys it computes hash slots of, and to SCAN patterns.
    */
   private readonly keyPrefix: string;
+  /** `keyPrefix` + `<namespace>/` as bytes: what the framed script calls write before each key. */
+  private readonly wirePrefix: Buffer;
 
   /**
    * @param redis - an ioredis `Redis` or `Cluster`; the dictionary never closes it.
@@ -155,6 +157,7 @@ export class RedisDict<V = unknown> implements AsyncIterable<[string, V]> {
     const keyPrefix = (redis as { options?: { keyPrefix?: unknown } }).options?.keyPrefix;
     this.keyPrefix = typeof keyPrefix === 'string' ? keyPrefix : '';
     this.prefix = `${this.namespace}/`;
+    this.wirePrefix = Buffer.from(this.keyPrefix + this.prefix, 'utf8');
     const codec = opts['codec'];
     if (codec !== undefined && (codec === null || typeof codec !== 'object' || typeof (codec as Codec<V>).encode !== 'function' || typeof (codec as Codec<V>).decode !== 'function')) {
       invalidOption(where, 'codec', 'an object with encode() and decode()', codec);
@@ -174,6 +177,11 @@ export class RedisDict<V = unknown> implements AsyncIterable<[string, V]> {
   /** Publishing of this dictionary's changes; none for a plain RedisDict. */
   protected publishTarget(_slot?: number): PublishTarget | undefined {
     return undefined;
+  }
+
+  /** Items grouped by the hash slot of their key as sent, the client's keyPrefix included. */
+  private bySlot<T>(items: readonly T[], redisKeyOf: (item: T) => string): Map<number, T[]> {
+    return groupBySlot(this.isCluster, items, (item) => this.keyPrefix + redisKeyOf(item));
   }
 
   /** The Redis key of a dictionary key. */
@@ -325,7 +333,7 @@ export class RedisDict<V = unknown> implements AsyncIterable<[string, V]> {
     const out: ({ stamp: Stamp; payload: Buffer } | undefined)[] = new Array(keys.length).fill(undefined);
     if (keys.length === 0) return out;
     const indexed = keys.map((key, index) => ({ key, index, redisKey: this.redisKey(key) }));
-    const units = [...groupBySlot(this.isCluster, indexed, (i) => this.keyPrefix + i.redisKey)].flatMap(([slot, items]) =>
+    const units = [...this.bySlot(indexed, (i) => i.redisKey)].flatMap(([slot, items]) =>
       chunk(items, this.batchSize).map((part) => ({
         slot,
         part,
@@ -374,9 +382,9 @@ export class RedisDict<V = unknown> implements AsyncIterable<[string, V]> {
   private async applyPrepared(prepared: readonly PreparedChange<V>[], onOutcome?: OutcomeListener<V>): Promise<WriteOutcome<V>[]> {
     const outcomes: WriteOutcome<V>[] = new Array(prepared.length);
     if (prepared.length === 0) return outcomes;
-    const units = [...groupBySlot(this.isCluster, prepared, (p) => this.keyPrefix + p.redisKey)].flatMap(([slot, items]) => {
+    const units = [...this.bySlot(prepared, (p) => p.redisKey)].flatMap(([slot, items]) => {
       const target = this.publishTarget(slot);
-      return this.splitBatch(items).map((part) => new ApplyUnit(slot, part, target, this.tombstoneTtlMs, this.clock.nodeId, this.keyPrefix));
+      return this.splitBatch(items).map((part) => new ApplyUnit(slot, part, target, this.tombstoneTtlMs, this.clock.nodeId, this.keyPrefix, this.wirePrefix));
     });
     // The listener hears each outcome once, as soon as it is known; its first error is rethrown
     // once every outcome is settled.
@@ -477,7 +485,7 @@ export class RedisDict<V = unknown> implements AsyncIterable<[string, V]> {
     const out: (Stamp | '' | undefined)[] = new Array(keys.length).fill('');
     if (keys.length === 0) return out;
     const indexed = keys.map((key, index) => ({ key, index }));
-    const units = [...groupBySlot(this.isCluster, indexed, (i) => this.keyPrefix + this.redisKey(i.key))].flatMap(([slot, items]) =>
+    const units = [...this.bySlot(indexed, (i) => this.redisKey(i.key))].flatMap(([slot, items]) =>
       chunk(items, this.batchSize).map((part) => {
         const redisKeys = part.map((i) => this.redisKey(i.key));
         return {
@@ -557,6 +565,8 @@ class ApplyUnit<V> {
     private readonly origin: string,
     /** The client's own `keyPrefix` (ioredis adds it to the keys of the commands it frames; so do we). */
     private readonly keyPrefix: string,
+    /** `keyPrefix` + `<namespace>/` as bytes, written before each key. */
+    private readonly wirePrefix: Buffer,
   ) {
     this.weight = part.length;
   }
@@ -578,9 +588,13 @@ class ApplyUnit<V> {
     const n = part.length;
     let guarded = false;
     let valuesOnly = true;
-    for (const p of part) {
+    // UTF-8 length of each key, measured once: for the message entries and for the frame.
+    const keyBytes = new Int32Array(n);
+    for (let j = 0; j < n; j++) {
+      const p = part[j]!;
       if (p.change.guard !== undefined && p.change.guard !== p.change.stamp) guarded = true;
       if (p.payload === undefined) valuesOnly = false;
+      keyBytes[j] = Buffer.byteLength(p.change.key, 'utf8');
     }
     let updateHeader: Buffer = EMPTY;
     let deleteHeader: Buffer = EMPTY;
@@ -589,7 +603,6 @@ class ApplyUnit<V> {
     let lengths: Buffer = EMPTY;
     if (target) {
       // Sizes first, then each kind's entries written into one buffer.
-      const keyBytes = new Array<number>(n);
       const published = new Array<Uint8Array | undefined>(n);
       let updateBytes = 0;
       let deleteBytes = 0;
@@ -597,7 +610,6 @@ class ApplyUnit<V> {
       for (let j = 0; j < n; j++) {
         const { change, payload } = part[j]!;
         const withValue = target.withValues && payload !== undefined && payload.length <= target.maxPublishedValueBytes;
-        keyBytes[j] = Buffer.byteLength(change.key, 'utf8');
         published[j] = withValue ? payload : undefined;
         const size = entryLength(keyBytes[j]!, change.stamp, published[j]);
         lengths.writeUInt32BE(size, 4 * j);
@@ -630,7 +642,7 @@ class ApplyUnit<V> {
       guarded ? '1' : '',
       valuesOnly ? '1' : '',
     ];
-    return { fixed, guarded };
+    return { fixed, guarded, keyBytes };
   }
 
   /**
@@ -638,21 +650,16 @@ class ApplyUnit<V> {
    * each change is the record to store (`v`, stamp, payload) or `t` and the stamp of a tombstone,
    * written straight into the frame.
    */
-  private frame(name: string, script: string, { fixed, guarded }: BuiltBatch): Buffer {
-    const { part, keyPrefix } = this;
+  private frame(name: string, script: string, { fixed, guarded, keyBytes }: BuiltBatch): Buffer {
+    const { part, wirePrefix } = this;
     const n = part.length;
     const guards = guarded ? part.map((p) => (p.change.guard === undefined || p.change.guard === p.change.stamp ? '' : p.change.guard)) : [];
     const head = [script, n];
     const count = head.length + n + fixed.length + n + guards.length;
-    const keyBytes = new Int32Array(n);
-    const prefixBytes = Buffer.byteLength(keyPrefix, 'utf8');
+    const prefixBytes = wirePrefix.length;
     let size = frameLength(name, count);
     for (const arg of head) size += argLength(arg);
-    for (let j = 0; j < n; j++) {
-      const bytes = Buffer.byteLength(part[j]!.redisKey, 'utf8') + prefixBytes;
-      keyBytes[j] = bytes;
-      size += bulkLength(bytes);
-    }
+    for (let j = 0; j < n; j++) size += bulkLength(prefixBytes + keyBytes[j]!);
     for (const arg of fixed) size += argLength(arg);
     for (const p of part) size += bulkLength(RECORD_HEADER_LENGTH + (p.payload?.length ?? 0));
     for (const guard of guards) size += argLength(guard);
@@ -660,9 +667,10 @@ class ApplyUnit<V> {
     let at = writeFrameStart(out, name, count);
     for (const arg of head) at = writeArg(out, at, arg);
     for (let j = 0; j < n; j++) {
-      at = writeBulkHeader(out, at, keyBytes[j]!);
-      if (prefixBytes > 0) at += out.write(keyPrefix, at, 'utf8');
-      at += out.write(part[j]!.redisKey, at, 'utf8');
+      at = writeBulkHeader(out, at, prefixBytes + keyBytes[j]!);
+      out.set(wirePrefix, at);
+      at += prefixBytes;
+      at += out.write(part[j]!.change.key, at, keyBytes[j]!, 'utf8');
       at = writeCrlf(out, at);
     }
     for (const arg of fixed) at = writeArg(out, at, arg);
@@ -681,6 +689,8 @@ class ApplyUnit<V> {
 interface BuiltBatch {
   readonly fixed: FrameArg[];
   readonly guarded: boolean;
+  /** UTF-8 length of each key of the batch (without any prefix). */
+  readonly keyBytes: Int32Array;
 }
 
 function throwFailure(outcomes: readonly WriteOutcome<unknown>[]): void {

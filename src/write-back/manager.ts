@@ -83,6 +83,12 @@ interface DirtyEntry<V> extends CacheEntry<V> {
   since: string;
 }
 
+/** A dirty entry: a value write when `payload` is given, a delete otherwise. */
+function dirtyEntry<V>(key: string, value: V | undefined, stamp: Stamp, payload: Uint8Array | undefined, since: string): DirtyEntry<V> {
+  const present = payload !== undefined;
+  return { key, value, stamp, present, deleted: !present, expiresAt: Infinity, payload, since };
+}
+
 /** A change that could not be written before `close()` finished. */
 export interface UnwrittenChange<V> {
   readonly key: string;
@@ -328,8 +334,7 @@ export class WriteBackCacheManager<V = unknown> extends PubSubCacheManager<V> {
   private markDirty(k: string, value: V | undefined, payload: Uint8Array | undefined): void {
     const stamp = this.store.clock.now();
     const previous = this.dirty.get(k);
-    const present = payload !== undefined;
-    this.dirty.set(k, { key: k, value, stamp, present, deleted: !present, expiresAt: Infinity, payload, since: previous?.since ?? stamp });
+    this.dirty.set(k, dirtyEntry(k, value, stamp, payload, previous?.since ?? stamp));
     this.storage.delete(k);
     this.noteWrite(k, stamp);
     if (this.dirty.size >= this.maxDirty && this.inFlight === 0 && this.retryTimer === undefined) this.autoFlush();
@@ -561,17 +566,7 @@ export class WriteBackCacheManager<V = unknown> extends PubSubCacheManager<V> {
         stamp = this.store.clock.now();
         const merged = typeof decision === 'object' ? decision : undefined;
         outcome = merged ? 'merged' : 'local';
-        const present = merged ? true : local.present;
-        this.dirty.set(key, {
-          key,
-          value: merged ? merged.value : local.value,
-          stamp,
-          present,
-          deleted: !present,
-          expiresAt: Infinity,
-          payload: merged ? payload : local.payload,
-          since: `${remote.stamp}g`,
-        });
+        this.dirty.set(key, merged ? dirtyEntry(key, merged.value, stamp, payload, `${remote.stamp}g`) : dirtyEntry(key, local.value, stamp, local.payload, `${remote.stamp}g`));
         this.noteWrite(key, stamp);
       }
     }
