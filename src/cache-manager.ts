@@ -164,7 +164,12 @@ function mapStorage<V>(): Storage<V> {
   return Object.assign(map, { peek: (key: string) => map.get(key) }) as unknown as Storage<V>;
 }
 
-/** A read-only view of what a cache manager holds. */
+/**
+ * A read-only view of what a cache manager holds. For a `WriteBackCacheManager` it holds the
+ * clean entries (what was last read from or written to Redis): a local change not flushed yet is
+ * not in it, though reads see it (`dirtyKeys()` lists those keys), and the key's clean entry, if
+ * any, stays until the flush replaces it.
+ */
 export class CacheView<V> {
   /** @internal */
   constructor(private readonly storage: Storage<V>) {}
@@ -435,6 +440,15 @@ export class PubSubCacheManager<V = unknown> extends EventEmitter<CacheManagerEv
     if (current !== undefined && current.stamp >= entry.stamp) return false;
     this.storage.set(k, this.ttlMs > 0 ? { ...entry, expiresAt: this.now() + this.ttlMs } : entry);
     return true;
+  }
+
+  /**
+   * Caches `entry` for `k` without comparing it with the cached entry: for a caller that knows it
+   * is the newest (the write-back manager, for a change its flush has just written).
+   */
+  protected replace(k: string, entry: CacheEntry<V>): void {
+    if (!this.serving || this.closed) return;
+    this.storage.set(k, this.ttlMs > 0 ? { ...entry, expiresAt: this.now() + this.ttlMs } : entry);
   }
 
   /** Records that a write with `stamp` happened to `k`, so that a read in flight does not cache an older value. */

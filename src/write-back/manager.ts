@@ -334,8 +334,10 @@ export class WriteBackCacheManager<V = unknown> extends PubSubCacheManager<V> {
   private markDirty(k: string, value: V | undefined, payload: Uint8Array | undefined): void {
     const stamp = this.store.clock.now();
     const previous = this.dirty.get(k);
+    // The key's clean entry, if cached, stays under the change: lookups read the dirty map first,
+    // install() refuses a dirty key, and the flush replaces (or drops) it. Not touching the LRU here
+    // saves a lookup in a large map per change.
     this.dirty.set(k, dirtyEntry(k, value, stamp, payload, previous?.since ?? stamp));
-    this.storage.delete(k);
     this.noteWrite(k, stamp);
     if (this.dirty.size >= this.maxDirty && this.inFlight === 0 && this.retryTimer === undefined) this.autoFlush();
   }
@@ -492,9 +494,11 @@ export class WriteBackCacheManager<V = unknown> extends PubSubCacheManager<V> {
     const current = this.dirty.get(key);
     if (current === entry) {
       this.dirty.delete(key);
-      // A newer write announced while this one was in flight (one the policy left undecided, e.g.
-      // a resolver without the remote value) has overwritten it in Redis: do not cache ours.
-      if (newestNoted <= entry.stamp) super.install(key, { value: entry.value, stamp: entry.stamp, present: entry.present, expiresAt: Infinity });
+      // Ours is in Redis: it replaces the clean entry the key had before it became dirty. Unless a
+      // newer write announced while it was in flight (one the policy left undecided, e.g. a
+      // resolver without the remote value) has overwritten it in Redis: then neither is current.
+      if (newestNoted <= entry.stamp) this.replace(key, { value: entry.value, stamp: entry.stamp, present: entry.present, expiresAt: Infinity });
+      else this.storage.delete(key);
     } else if (current !== undefined) {
       // Our own write is in Redis now; only writes above it are concurrent with the newer change.
       const floor = `${entry.stamp}g`;

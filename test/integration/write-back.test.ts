@@ -189,6 +189,37 @@ describe.each(topologies())('WriteBackCacheManager (%s)', (topology, factory) =>
       expect(m.stats().misses).toBe(misses);
     });
 
+    it('its cache view holds clean entries: a dirty key keeps its clean entry until the flush replaces it', async () => {
+      const ns = uniqueNamespace('wb-view');
+      const reader = raw<string>(ns);
+      await reader.setMany([
+        ['k', 'from-redis'],
+        ['gone', 'from-redis'],
+      ]);
+      const m = await wb<string>(ns);
+      expect(await m.getMany(['k', 'gone'])).toEqual(['from-redis', 'from-redis']);
+      const clean = m.cache.peek('k');
+      expect(clean).toMatchObject({ value: 'from-redis', present: true });
+
+      await m.set('k', 'local');
+      await m.delete('gone');
+      await m.set('new', 'local-new');
+      // Reads see the local changes; the view still shows what Redis holds.
+      expect(await m.getMany(['k', 'gone', 'new'])).toEqual(['local', undefined, 'local-new']);
+      expect(m.cache.peek('k')).toEqual(clean);
+      expect(m.cache.peek('gone')?.value).toBe('from-redis');
+      expect(m.cache.has('new')).toBe(false);
+
+      await m.flush();
+      expect(m.cache.peek('k')).toMatchObject({ value: 'local', present: true });
+      expect(m.cache.peek('k')!.stamp > clean!.stamp).toBe(true);
+      expect(m.cache.peek('gone')).toMatchObject({ value: undefined, present: false });
+      expect(m.cache.peek('new')).toMatchObject({ value: 'local-new', present: true });
+      const { misses } = m.stats();
+      expect(await m.getMany(['k', 'gone', 'new'])).toEqual(['local', undefined, 'local-new']);
+      expect(m.stats().misses).toBe(misses);
+    });
+
     it('writes deletes as stamped tombstones with a TTL that an older write cannot overwrite', async () => {
       const ns = uniqueNamespace('wb-tomb');
       const redis = connect();
