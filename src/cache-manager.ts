@@ -433,9 +433,18 @@ export class PubSubCacheManager<V = unknown> extends EventEmitter<CacheManagerEv
     return pending.promise;
   }
 
-  /** Installs an entry if the cache is serving and the entry is newer than the cached one. */
+  /**
+   * Installs an entry if it is newer than the cached one. While the cache is not serving (down or
+   * resyncing) nothing is installed and the key's cached entry is dropped instead: the caller knows
+   * of a state at least as new, and a resync in flight may already have checked that entry against
+   * a stamp read before it.
+   */
   protected install(k: string, entry: CacheEntry<V>): boolean {
-    if (!this.serving || this.closed) return false;
+    if (this.closed) return false;
+    if (!this.serving) {
+      this.storage.delete(k);
+      return false;
+    }
     const current = this.storage.peek(k);
     if (current !== undefined && current.stamp >= entry.stamp) return false;
     this.storage.set(k, this.ttlMs > 0 ? { ...entry, expiresAt: this.now() + this.ttlMs } : entry);
@@ -444,10 +453,15 @@ export class PubSubCacheManager<V = unknown> extends EventEmitter<CacheManagerEv
 
   /**
    * Caches `entry` for `k` without comparing it with the cached entry: for a caller that knows it
-   * is the newest (the write-back manager, for a change its flush has just written).
+   * is the newest (the write-back manager, for a change its flush has just written). While the
+   * cache is not serving, drops the key's entry instead, as {@link install} does.
    */
   protected replace(k: string, entry: CacheEntry<V>): void {
-    if (!this.serving || this.closed) return;
+    if (this.closed) return;
+    if (!this.serving) {
+      this.storage.delete(k);
+      return;
+    }
     this.storage.set(k, this.ttlMs > 0 ? { ...entry, expiresAt: this.now() + this.ttlMs } : entry);
   }
 
