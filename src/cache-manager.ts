@@ -435,34 +435,31 @@ export class PubSubCacheManager<V = unknown> extends EventEmitter<CacheManagerEv
 
   /**
    * Installs an entry if it is newer than the cached one. While the cache is not serving (down or
-   * resyncing) nothing is installed and the key's cached entry is dropped instead: the caller knows
-   * of a state at least as new, and a resync in flight may already have checked that entry against
-   * a stamp read before it.
+   * resyncing) nothing is installed and the key's cached entry is dropped instead (see
+   * {@link replace}).
    */
   protected install(k: string, entry: CacheEntry<V>): boolean {
+    if (this.serving) {
+      const current = this.storage.peek(k);
+      if (current !== undefined && current.stamp >= entry.stamp) return false;
+    }
+    return this.replace(k, entry);
+  }
+
+  /**
+   * Caches `entry` for `k` without comparing it with the cached entry, for a caller that knows it
+   * is the newest; true when cached. While the cache is not serving the key's entry is dropped
+   * instead: the caller knows of a state at least as new, and a resync in flight may already have
+   * checked that entry against a stamp read before it.
+   */
+  protected replace(k: string, entry: CacheEntry<V>): boolean {
     if (this.closed) return false;
     if (!this.serving) {
       this.storage.delete(k);
       return false;
     }
-    const current = this.storage.peek(k);
-    if (current !== undefined && current.stamp >= entry.stamp) return false;
     this.storage.set(k, this.ttlMs > 0 ? { ...entry, expiresAt: this.now() + this.ttlMs } : entry);
     return true;
-  }
-
-  /**
-   * Caches `entry` for `k` without comparing it with the cached entry: for a caller that knows it
-   * is the newest (the write-back manager, for a change its flush has just written). While the
-   * cache is not serving, drops the key's entry instead, as {@link install} does.
-   */
-  protected replace(k: string, entry: CacheEntry<V>): void {
-    if (this.closed) return;
-    if (!this.serving) {
-      this.storage.delete(k);
-      return;
-    }
-    this.storage.set(k, this.ttlMs > 0 ? { ...entry, expiresAt: this.now() + this.ttlMs } : entry);
   }
 
   /** Records that a write with `stamp` happened to `k`, so that a read in flight does not cache an older value. */
@@ -626,7 +623,7 @@ export class PubSubCacheManager<V = unknown> extends EventEmitter<CacheManagerEv
     if (current.present && !deleted && this.sync === 'update' && entry.payload !== undefined && this.serving) {
       const value = this.decodeRemote(entry);
       if (value !== undefined) {
-        this.storage.set(entry.key, { value: value.value, stamp: entry.stamp, present: true, expiresAt: this.ttlMs > 0 ? this.now() + this.ttlMs : Infinity });
+        this.replace(entry.key, { value: value.value, stamp: entry.stamp, present: true, expiresAt: Infinity });
         this.emit('update', entry.key, value.value, entry.stamp);
         return true;
       }

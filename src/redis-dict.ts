@@ -592,7 +592,7 @@ class ApplyUnit<V> {
     const keyBytes = new Int32Array(n);
     for (let j = 0; j < n; j++) {
       const p = part[j]!;
-      if (p.change.guard !== undefined && p.change.guard !== p.change.stamp) guarded = true;
+      if (guardArg(p.change) !== '') guarded = true;
       if (p.payload === undefined) valuesOnly = false;
       keyBytes[j] = Buffer.byteLength(p.change.key, 'utf8');
     }
@@ -653,7 +653,7 @@ class ApplyUnit<V> {
   private frame(name: string, script: string, { fixed, guarded, keyBytes }: BuiltBatch): Buffer {
     const { part, wirePrefix } = this;
     const n = part.length;
-    const guards = guarded ? part.map((p) => (p.change.guard === undefined || p.change.guard === p.change.stamp ? '' : p.change.guard)) : [];
+    const guards = guarded ? part.map((p) => guardArg(p.change)) : [];
     const head = [script, n];
     const count = head.length + n + fixed.length + n + guards.length;
     const prefixBytes = wirePrefix.length;
@@ -683,6 +683,11 @@ class ApplyUnit<V> {
     if (at !== size) throw new Error(`apply frame: wrote ${at} bytes of ${size}`);
     return out;
   }
+}
+
+/** The guard argument of a change for the apply script: '' when it is the change's own stamp. */
+function guardArg(change: VersionedChange<unknown>): string {
+  return change.guard === undefined || change.guard === change.stamp ? '' : change.guard;
 }
 
 /** What {@link ApplyUnit} builds once per call, NOSCRIPT retry included. */

@@ -85,9 +85,7 @@ export class Subscriber {
   private probes = new Map<string, number>();
   private nodeIndex = 0;
   private readyWaiters: { resolve: () => void; reject: (error: Error) => void }[] = [];
-  /** When the subscription of the current connection started (0 when not subscribing). */
-  private subscribingSince = 0;
-  /** When a subscription call of the current connection last answered (or the subscription started). */
+  /** When a subscription call of the current connection last answered, or the subscription started; 0 when not subscribing. */
   private subscribeProgressAt = 0;
   private retryTimer: NodeJS.Timeout | undefined;
   private retryDelay = 0;
@@ -209,10 +207,9 @@ export class Subscriber {
 
   private async subscribe(conn: Redis | Cluster): Promise<void> {
     const { namespace } = this.settings;
-    this.subscribingSince = Date.now();
-    this.subscribeProgressAt = this.subscribingSince;
+    this.subscribeProgressAt = Date.now();
     const progress = (): void => {
-      if (this.conn === conn) this.subscribeProgressAt = Date.now();
+      if (this.conn === conn && this.subscribeProgressAt !== 0) this.subscribeProgressAt = Date.now();
     };
     try {
       if (this.settings.sharded) {
@@ -233,12 +230,12 @@ export class Subscriber {
         if (runId !== undefined) this.runId = runId;
       }
       if (this.conn !== conn || this.closed) return;
-      this.subscribingSince = 0;
+      this.subscribeProgressAt = 0;
       this.retryDelay = 0;
       this.markUp(reason);
     } catch (cause) {
       if (this.conn !== conn || this.closed) return;
-      this.subscribingSince = 0;
+      this.subscribeProgressAt = 0;
       const error = asError(cause);
       this.listener.onError(error);
       // Refused for good (ACL, authentication): tell whoever waits for ready(), and keep trying
@@ -289,12 +286,13 @@ export class Subscriber {
       // is started over only when none of its calls has answered for a while: one that progresses
       // (2 x 16384 channels with sharded pub/sub, on a loaded machine) is never cut, one that lost
       // a reply is not left waiting for minutes.
-      const since = this.subscribingSince !== 0 ? this.subscribeProgressAt : this.notReadySince;
-      const deadline = this.subscribingSince !== 0 ? Math.max(30_000, 10 * timeout) : timeout;
+      const subscribing = this.subscribeProgressAt !== 0;
+      const since = subscribing ? this.subscribeProgressAt : this.notReadySince;
+      const deadline = subscribing ? Math.max(30_000, 10 * timeout) : timeout;
       const waiting = this.retryTimer !== undefined;
       if (since !== 0 && !waiting && now - since > deadline && conn.status !== 'reconnecting') {
         this.notReadySince = now;
-        this.subscribingSince = 0;
+        this.subscribeProgressAt = 0;
         conn.disconnect(true);
       }
       return;

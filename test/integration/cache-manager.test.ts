@@ -22,6 +22,7 @@ import { RedisDict } from '../../src/redis-dict.js';
 import { formatStamp, parseStamp, type Stamp } from '../../src/stamp.js';
 import { isCluster, slotOf, type RedisClient } from '../../src/topology.js';
 import { pollUntil, redisEndpoints, topologies, uniqueNamespace, withClients, type ClientFactory } from '../helpers/connections.js';
+import { forceResync, onceAfterStampsRead } from '../helpers/resync.js';
 import { startTcpProxy, type TcpProxy } from '../helpers/tcp-proxy.js';
 
 type Variant = [name: 'standalone' | 'cluster' | 'cluster+sharded', factory: ClientFactory, sharded: boolean];
@@ -640,44 +641,14 @@ describe.each(variants)('PubSubCacheManager (%s)', (name, factory, sharded) => {
   });
 
   it('a write that completes while a resync revalidates does not leave the older entry cached', async () => {
-    // On a cluster the stamps of a resync come from several nodes: a write on one node can reply
-    // after that node's stamps were read and before the others' were. The same order is made here,
-    // on any topology, by writing from inside readStamps, after the stamps were read.
     const ns = uniqueNamespace('cm-resync-write');
     const [b] = await peers<string>(ns, 1);
-    const raw = connect();
     const key = '{rw}k';
     await b!.set(key, 'v1');
     expect(b!.cache.peek(key)?.value).toBe('v1');
-    const store = b!.store as PubSubRedisDict<string>;
-    const readStamps = store.readStamps.bind(store);
-    let wrote = false;
-    let servingDuringWrite: boolean | undefined;
-    store.readStamps = async (keys) => {
-      const stamps = await readStamps(keys);
-      if (!wrote && keys.includes(key)) {
-        wrote = true;
-        servingDuringWrite = b!.isServing;
-        await b!.set(key, 'v2');
-      }
-      return stamps;
-    };
-    const resyncs: ResyncInfo[] = [];
-    b!.on('resync', (info) => resyncs.push(info));
-    // A sequence gap from another origin (1, then 3) starts a resync. The second is published once
-    // the first has arrived: on a cluster two PUBLISHes may travel by different nodes.
-    const fake = fakeOrigin();
-    const group = groupOf(store as PubSubRedisDict<unknown>, key);
-    const other = shiftedStamp(b!.cache.peek(key)!.stamp as Stamp, -1_000, fake);
-    const { eventsReceived } = b!.stats();
-    await publishRaw(raw, store as PubSubRedisDict<unknown>, key, 'u', forge('u', fake, 1, group, [['{rw}other', other]]));
-    await pollUntil(() => b!.stats().eventsReceived > eventsReceived, { timeoutMs: 5_000, message: 'the first forged message did not arrive' });
-    await publishRaw(raw, store as PubSubRedisDict<unknown>, key, 'u', forge('u', fake, 3, group, [['{rw}other', other]]));
-    await pollUntil(() => resyncs.length > 0 && b!.isServing, { timeoutMs: 10_000, message: 'b did not resync' });
-    expect(resyncs[0]).toMatchObject({ reason: 'sequence-gap' });
-    expect(wrote).toBe(true);
-    expect(servingDuringWrite).toBe(false);
-    expect(b!.isServing).toBe(true);
+    const during = onceAfterStampsRead(b!.store as PubSubRedisDict<unknown>, key, () => b!.isServing, () => b!.set(key, 'v2'));
+    expect(await forceResync(b!, connect(), key)).toMatchObject({ reason: 'sequence-gap' });
+    expect(during.observed()).toBe(false); // the write replied while the cache was not serving
     expect(b!.cache.peek(key)?.value).not.toBe('v1');
     expect(await b!.get(key)).toBe('v2');
   });

@@ -11,22 +11,20 @@
  * really holds (a plain `RedisDict` publishes nothing, which is how a "remote write whose message
  * was not delivered" is made).
  */
-import { randomBytes } from 'node:crypto';
 import { setImmediate as nextMacrotask } from 'node:timers/promises';
 import { Redis } from 'ioredis';
 import { afterEach, describe, expect, it, vi } from 'vitest';
 import { BackpressureError, FlushError } from '../../src/errors.js';
 import { PubSubRedisDict } from '../../src/pubsub-redis-dict.js';
 import { type OutcomeListener, RedisDict, type VersionedChange, type WriteOutcome } from '../../src/redis-dict.js';
-import type { ResyncInfo } from '../../src/cache-manager.js';
-import { encodeEntry, encodeHeader } from '../../src/messages.js';
-import { formatStamp, parseStamp } from '../../src/stamp.js';
-import { type RedisClient, slotOf } from '../../src/topology.js';
+import { parseStamp } from '../../src/stamp.js';
+import type { RedisClient } from '../../src/topology.js';
 import type { Conflict, ConflictResolver } from '../../src/write-back/conflict.js';
 import { CloseFlushError, type FlushReport, WriteBackCacheManager, type WriteBackCacheManagerOptions } from '../../src/write-back/manager.js';
 import { closeClient, pollUntil, topologies, uniqueNamespace, withClients } from '../helpers/connections.js';
 import { rejection, sorted } from '../helpers/assertions.js';
 import { startServer } from '../helpers/harness.js';
+import { forceResync, onceAfterStampsRead } from '../helpers/resync.js';
 
 /** A wall clock stuck at `ms` (the hybrid clock still hands out strictly increasing stamps). */
 const at = (ms: number) => (): number => ms;
@@ -84,25 +82,6 @@ describe.each(topologies())('WriteBackCacheManager (%s)', (topology, factory) =>
 
   /** A plain (publish-less) dictionary on its own connection: what Redis really holds. */
   const raw = <V>(ns: string, clock?: () => number): RedisDict<V> => new RedisDict<V>(connect(), ns, clock ? { clock } : undefined);
-
-  /**
-   * Makes `m` resync: two messages from an origin nobody uses, in the group of `key`, with a gap in
-   * their sequence numbers (1, then 3; the second sent once the first has arrived, as on a
-   * cluster two PUBLISHes may travel by different nodes). They are about another key of its slot.
-   */
-  async function forceResync<V>(m: WriteBackCacheManager<V>, key: string): Promise<void> {
-    const store = m.store as PubSubRedisDict<V>;
-    const publisher = connect();
-    const group = store.isCluster ? slotOf(store.redisKey(key)) : 0;
-    const origin = randomBytes(8).toString('hex');
-    const other = `${key}-other`;
-    const stamp = formatStamp(1, 0, origin);
-    const message = (seq: number): Buffer => Buffer.concat([encodeHeader('u', origin, seq, group), Buffer.from([0x91]), encodeEntry(other, stamp)]);
-    const { eventsReceived } = m.stats();
-    await publisher.publish(store.channels(group).update, message(1));
-    await pollUntil(() => m.stats().eventsReceived > eventsReceived, { timeoutMs: 5_000, message: 'the first forged message did not arrive' });
-    await publisher.publish(store.channels(group).update, message(3));
-  }
 
   /** Every conflict `m` reports, in order. */
   function conflictsOf<V>(m: WriteBackCacheManager<V>): Conflict<V>[] {
@@ -248,29 +227,12 @@ describe.each(topologies())('WriteBackCacheManager (%s)', (topology, factory) =>
       await raw<string>(ns).set(key, 'v1');
       const m = await wb<string>(ns);
       expect(await m.get(key)).toBe('v1');
-      await m.set(key, 'v2');
       // The clean entry stays under the change until the flush replaces it; here the flush replies
-      // after the resync read the stamps and before it compares them (see the same test of the
-      // near cache: on a cluster the stamps come from several nodes).
-      const store = m.store as PubSubRedisDict<string>;
-      const readStamps = store.readStamps.bind(store);
-      let flushed = false;
-      let servingDuringFlush: boolean | undefined;
-      store.readStamps = async (keys) => {
-        const stamps = await readStamps(keys);
-        if (!flushed && keys.includes(key)) {
-          flushed = true;
-          servingDuringFlush = m.isServing;
-          await m.flush();
-        }
-        return stamps;
-      };
-      const resyncs: ResyncInfo[] = [];
-      m.on('resync', (info) => resyncs.push(info));
-      await forceResync(m, key);
-      await pollUntil(() => resyncs.length > 0 && m.isServing, { timeoutMs: 10_000, message: 'the manager did not resync' });
-      expect(flushed).toBe(true);
-      expect(servingDuringFlush).toBe(false);
+      // after the resync read the stamps and before it compares them.
+      await m.set(key, 'v2');
+      const during = onceAfterStampsRead(m.store as PubSubRedisDict<unknown>, key, () => m.isServing, () => m.flush());
+      expect(await forceResync(m as WriteBackCacheManager<unknown>, connect(), key)).toMatchObject({ reason: 'sequence-gap' });
+      expect(during.observed()).toBe(false);
       expect(m.isDirty(key)).toBe(false);
       expect(m.cache.peek(key)?.value).not.toBe('v1');
       expect(await m.get(key)).toBe('v2');
