@@ -258,6 +258,10 @@ export class PubSubCacheManager<V = unknown> extends EventEmitter<CacheManagerEv
     this.serveStale = booleanOption(where, 'serveStaleWhileDisconnected', opts['serveStaleWhileDisconnected'], false);
     const heartbeatIntervalMs = integerOption(where, 'heartbeatIntervalMs', opts['heartbeatIntervalMs'], 1000, 10);
     const heartbeatTimeoutMs = integerOption(where, 'heartbeatTimeoutMs', opts['heartbeatTimeoutMs'], 2 * heartbeatIntervalMs, 10);
+    // A timeout within one period would declare every answered heartbeat late.
+    if (heartbeatTimeoutMs <= heartbeatIntervalMs) {
+      invalidOption(where, 'heartbeatTimeoutMs', `greater than \`heartbeatIntervalMs\` (${heartbeatIntervalMs})`, heartbeatTimeoutMs);
+    }
     const maxMessageBytes = integerOption(where, 'maxMessageBytes', opts['maxMessageBytes'], 8 << 20);
     this.now = functionOption(where, 'clock', opts['clock'], Date.now);
     store.claim(this);

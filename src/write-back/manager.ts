@@ -34,7 +34,12 @@ export interface WriteBackCacheManagerOptions<V> extends PubSubCacheManagerOptio
   conflictPolicy?: ConflictPolicy<V>;
   /** Flush automatically every this many ms; 0 = only explicit and size-triggered flushes. Default 1000. */
   flushIntervalMs?: number;
-  /** Flush automatically when this many keys are dirty. Default 10,000. */
+  /**
+   * Flush automatically when this many keys are dirty. With `flushIntervalMs: 0` it must not exceed
+   * `maxPending` (nothing else would flush before changes are refused).
+   *
+   * @defaultValue 10,000; with `flushIntervalMs: 0`, the smaller of 10,000 and `maxPending`
+   */
   maxDirty?: number;
   /** Most dirty keys held; beyond it a change of a clean key is refused (or waits). Default 100,000. */
   maxPending?: number;
@@ -180,8 +185,13 @@ export class WriteBackCacheManager<V = unknown> extends PubSubCacheManager<V> {
       invalidOption(where, 'conflictPolicy', "'last-writer-wins', 'discard-on-remote-update' or a function", policy);
     }
     const interval = integerOption(where, 'flushIntervalMs', flushIntervalMs, 1000, 0);
-    const dirtyLimit = integerOption(where, 'maxDirty', maxDirty, 10_000);
     const pendingLimit = integerOption(where, 'maxPending', maxPending, 100_000);
+    // Without a timer, only the size trigger flushes by itself: it must fire before `maxPending`
+    // refuses changes, or every change past `maxPending` would wait for a manual flush.
+    const dirtyLimit = integerOption(where, 'maxDirty', maxDirty, interval === 0 ? Math.min(10_000, pendingLimit) : 10_000);
+    if (interval === 0 && dirtyLimit > pendingLimit) {
+      invalidOption(where, 'maxDirty', `at most \`maxPending\` (${pendingLimit}) when \`flushIntervalMs\` is 0`, dirtyLimit);
+    }
     const backpressure = enumOption(where, 'onBackpressure', onBackpressure, ['reject', 'wait'] as const, 'reject');
     const closeTimeout = integerOption(where, 'closeTimeoutMs', closeTimeoutMs, 10_000, 0);
     const retry = integerOption(where, 'retryDelayMs', retryDelayMs, 100);

@@ -16,7 +16,7 @@ import { PubSubRedisDict } from '../../src/pubsub-redis-dict.js';
 import { RedisDict } from '../../src/redis-dict.js';
 import { CloseFlushError, WriteBackCacheManager, type WriteBackCacheManagerOptions } from '../../src/write-back/manager.js';
 import { pollUntil, uniqueNamespace, withClients } from '../helpers/connections.js';
-import { rejection, sorted } from '../helpers/assertions.js';
+import { NO_AUTO_FLUSH, rejection, sorted } from '../helpers/assertions.js';
 import { type RedisServerHandle, startServer } from '../helpers/harness.js';
 
 
@@ -241,7 +241,7 @@ describe('WriteBackCacheManager with Redis failing (private server)', () => {
     const redis = await connect();
     const ns = uniqueNamespace('wbf-close-hung');
     const closeTimeoutMs = 300;
-    const m = await manager<string>(redis, ns, { closeTimeoutMs, maxPending: 2, onBackpressure: 'wait' });
+    const m = await manager<string>(redis, ns, { closeTimeoutMs, maxPending: 2, onBackpressure: 'wait', ...NO_AUTO_FLUSH });
     m.on('error', () => {});
     await m.set('a', 'A');
     await m.set('b', 'B');
@@ -276,7 +276,7 @@ describe('WriteBackCacheManager with Redis failing (private server)', () => {
   it('bounds pending changes while Redis is down (E_BACKPRESSURE), and writes them after a restart', async () => {
     const redis = await connect();
     const ns = uniqueNamespace('wbf-bp');
-    const m = await manager<number>(redis, ns, { maxPending: 3, retryDelayMs: 20 });
+    const m = await manager<number>(redis, ns, { maxPending: 3, retryDelayMs: 20, ...NO_AUTO_FLUSH });
     m.on('error', () => {});
     await server.shutdownNoSave();
     await noticedDown(redis);

@@ -19,3 +19,10 @@ export async function rejection(promise: Promise<unknown>): Promise<RedisDictErr
 
 /** A sorted copy of `keys`, for comparing key sets whatever their order. */
 export const sorted = (keys: readonly string[]): string[] => [...keys].sort();
+
+/**
+ * Write-back options under which nothing flushes by itself during a test: a timer that never fires
+ * within one (with `flushIntervalMs: 0`, `maxDirty` may not exceed `maxPending`, so a test of the
+ * `maxPending` limit needs a timer that stays quiet instead).
+ */
+export const NO_AUTO_FLUSH = { flushIntervalMs: 3_600_000, maxDirty: 1_000_000 } as const;

@@ -552,6 +552,8 @@ describe.each(variants)('PubSubCacheManager (%s)', (name, factory, sharded) => {
       { serveStaleWhileDisconnected: 1 },
       { heartbeatIntervalMs: 0 },
       { heartbeatTimeoutMs: 1.5 },
+      { heartbeatTimeoutMs: 1000 }, // not above the default interval
+      { heartbeatIntervalMs: 500, heartbeatTimeoutMs: 400 },
       { maxMessageBytes: 0 },
       { clock: 5 },
       'options',

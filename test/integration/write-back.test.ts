@@ -22,7 +22,7 @@ import type { RedisClient } from '../../src/topology.js';
 import type { Conflict, ConflictResolver } from '../../src/write-back/conflict.js';
 import { CloseFlushError, type FlushReport, WriteBackCacheManager, type WriteBackCacheManagerOptions } from '../../src/write-back/manager.js';
 import { closeClient, pollUntil, topologies, uniqueNamespace, withClients } from '../helpers/connections.js';
-import { rejection, sorted } from '../helpers/assertions.js';
+import { NO_AUTO_FLUSH, rejection, sorted } from '../helpers/assertions.js';
 import { startServer } from '../helpers/harness.js';
 import { forceResync, onceAfterStampsRead } from '../helpers/resync.js';
 
@@ -483,7 +483,7 @@ describe.each(topologies())('WriteBackCacheManager (%s)', (topology, factory) =>
       const ns = uniqueNamespace('wb-bp');
       const reader = raw<number>(ns);
       await reader.set('g', -7);
-      const m = await wb<number>(ns, { maxPending: 5 });
+      const m = await wb<number>(ns, { maxPending: 5, ...NO_AUTO_FLUSH });
       for (const [i, k] of ['a', 'b', 'c', 'd', 'e'].entries()) await m.set(k, i);
 
       const error = await rejection(m.set('f', 6));
@@ -515,7 +515,7 @@ describe.each(topologies())('WriteBackCacheManager (%s)', (topology, factory) =>
     it("makes a change of a new key wait for a flush at maxPending ('wait')", async () => {
       const ns = uniqueNamespace('wb-bp-wait');
       const reader = raw<number>(ns);
-      const m = await wb<number>(ns, { maxPending: 5, onBackpressure: 'wait' });
+      const m = await wb<number>(ns, { maxPending: 5, onBackpressure: 'wait', ...NO_AUTO_FLUSH });
       for (const [i, k] of ['a', 'b', 'c', 'd', 'e'].entries()) await m.set(k, i);
 
       let done = false;
@@ -533,9 +533,53 @@ describe.each(topologies())('WriteBackCacheManager (%s)', (topology, factory) =>
       expect(m.dirtyCount).toBe(1);
     });
 
+    it('without a timer, flushes by size before maxPending refuses changes (maxDirty defaults to at most maxPending)', async () => {
+      const ns = uniqueNamespace('wb-bp-notimer');
+      const reader = raw<number>(ns);
+      const m = await wb<number>(ns, { maxPending: 3, flushIntervalMs: 0 });
+      for (const [i, k] of ['a', 'b', 'c'].entries()) await m.set(k, i);
+      await m.onIdle(); // the size trigger fired at the third key
+      expect(await reader.getMany(['a', 'b', 'c'])).toEqual([0, 1, 2]);
+      await m.set('d', 3); // used to be refused until a manual flush
+      expect(m.dirtyKeys()).toEqual(['d']);
+    });
+
+    it('refuses invalid options and inconsistent limits with E_INVALID_OPTION', async () => {
+      const ns = uniqueNamespace('wb-options');
+      const bad: unknown[] = [
+        { bogus: 1 },
+        { conflictPolicy: 'newest' },
+        { flushIntervalMs: -1 },
+        { maxDirty: 0 },
+        { maxPending: 1.5 },
+        { onBackpressure: 'drop' },
+        { retryDelayMs: 0 },
+        { maxPending: 3, maxDirty: 4, flushIntervalMs: 0 }, // nothing would flush before changes are refused
+        { heartbeatIntervalMs: 500, heartbeatTimeoutMs: 500 },
+      ];
+      const store = new PubSubRedisDict<number>(connect(), ns);
+      for (const options of bad) {
+        let error: unknown;
+        try {
+          managers.add(new WriteBackCacheManager<number>(store, options as WriteBackCacheManagerOptions<number>));
+        } catch (e) {
+          error = e;
+        }
+        expect(error, JSON.stringify(options)).toMatchObject({ code: 'E_INVALID_OPTION' });
+      }
+      expect(String((() => {
+        try {
+          new WriteBackCacheManager<number>(store, { maxPending: 3, maxDirty: 4, flushIntervalMs: 0 });
+        } catch (e) {
+          return (e as Error).message;
+        }
+        return '';
+      })())).toMatch(/maxDirty.*at most `maxPending` \(3\)/);
+    });
+
     it("refuses at once a batch with more new keys than maxPending, even with 'wait'", async () => {
       const ns = uniqueNamespace('wb-bp-big');
-      const m = await wb<number>(ns, { maxPending: 5, onBackpressure: 'wait' });
+      const m = await wb<number>(ns, { maxPending: 5, onBackpressure: 'wait', ...NO_AUTO_FLUSH });
       await m.set('a', 0);
       const batch = Array.from({ length: 6 }, (_, i) => [`k${i}`, i] as const);
       // Waiting could never make room for 6 new keys (it used to loop on empty flushes and starve the event loop).
@@ -550,7 +594,7 @@ describe.each(topologies())('WriteBackCacheManager (%s)', (topology, factory) =>
     it("never holds more than maxPending dirty keys when many changes wait at once ('wait')", async () => {
       const ns = uniqueNamespace('wb-bp-many');
       const reader = raw<number>(ns);
-      const m = await wb<number>(ns, { maxPending: 5, onBackpressure: 'wait' });
+      const m = await wb<number>(ns, { maxPending: 5, onBackpressure: 'wait', ...NO_AUTO_FLUSH });
       let highWater = 0;
       const markDirty = (): void => {
         highWater = Math.max(highWater, m.dirtyCount);
