@@ -476,6 +476,14 @@ export class WriteBackCacheManager<V = unknown> extends PubSubCacheManager<V> {
         return;
       }
       const { stored } = outcome;
+      if (stored.stamp < entry.stamp && stored.stamp.endsWith(this.store.clock.nodeId)) {
+        // Our own earlier write is in Redis: an attempt whose reply was lost (a timeout, a cut
+        // connection) and that Redis applied after all. It is not a conflict: it precedes this
+        // change, which is written over it in the next round.
+        this.ownWriteFound(key, stored.stamp as Stamp);
+        again = true;
+        return;
+      }
       const conflict = this.decide(key, { stamp: stored.stamp as Stamp, deleted: stored.deleted, value: stored.value, known: true }, 'flush', report, newest);
       if (conflict !== undefined && conflict.outcome !== 'remote') again = true;
     };
@@ -504,6 +512,16 @@ export class WriteBackCacheManager<V = unknown> extends PubSubCacheManager<V> {
       const floor = `${entry.stamp}g`;
       if (current.since < floor) current.since = floor;
     }
+  }
+
+  /**
+   * Redis holds `stamp`, a write of this instance older than the key's local change: only writes
+   * above it are concurrent with the change (the same floor as after a successful flush).
+   */
+  private ownWriteFound(key: string, stamp: Stamp): void {
+    const current = this.dirty.get(key);
+    const floor = `${stamp}g`;
+    if (current !== undefined && current.since < floor) current.since = floor;
   }
 
   private scheduleRetry(): void {
