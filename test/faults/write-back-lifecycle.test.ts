@@ -11,16 +11,17 @@
  *   and `set()` waiting for room reject with the flush's coded error when Redis refuses writes
  *   (READONLY replica, OOM under `noeviction`); `ready()` is bounded by a timeout or a signal.
  */
-import { Redis } from 'ioredis';
+import { Redis, type RedisOptions } from 'ioredis';
 import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
-import { FlushError, RedisDictError } from '../../src/errors.js';
+import { PubSubCacheManager } from '../../src/cache-manager.js';
+import type { DictWarning } from '../../src/errors.js';
 import { PubSubRedisDict } from '../../src/pubsub-redis-dict.js';
 import { RedisDict } from '../../src/redis-dict.js';
 import type { Conflict, ConflictPolicy } from '../../src/write-back/conflict.js';
 import { CloseFlushError, WriteBackCacheManager, type WriteBackCacheManagerOptions } from '../../src/write-back/manager.js';
 import { pollUntil, uniqueNamespace, withClients } from '../helpers/connections.js';
 import { rejection } from '../helpers/assertions.js';
-import { type RedisServerHandle, startServer } from '../helpers/harness.js';
+import { findFreePort, type RedisServerHandle, startServer } from '../helpers/harness.js';
 
 /** Settles with the outcome of `promise`, or rejects after `ms` (so that a hang fails the test instead of timing it out). */
 async function within<T>(promise: Promise<T>, ms: number, what: string): Promise<T> {
@@ -61,7 +62,7 @@ describe('WriteBackCacheManager lifecycle faults (private servers)', () => {
     await clients.closeAll();
   });
 
-  function client(target: RedisServerHandle, options: ConstructorParameters<typeof Redis>[1] = {}): Redis {
+  function client(target: RedisServerHandle, options: RedisOptions = {}): Redis {
     const redis = clients.track(new Redis(target.url, options));
     redis.on('error', () => {});
     return redis;
@@ -153,6 +154,161 @@ describe('WriteBackCacheManager lifecycle faults (private servers)', () => {
       } else {
         expect(stored).toBe('remote');
         expect(conflicts.map((c) => [c.local.value, c.outcome])).toEqual([['b', 'remote']]);
+      }
+    });
+  });
+  /** Collects the rejection of every step of an async iteration's first `next()`. */
+  async function firstStep(iterable: AsyncIterable<unknown>): Promise<unknown> {
+    return iterable[Symbol.asyncIterator]().next();
+  }
+
+  describe('every public promise settles', () => {
+    it('ready() against an unreachable Redis rejects with E_TIMEOUT, E_ABORTED, and E_CLOSED after close()', async () => {
+      const port = await findFreePort();
+      // Nothing listens there: the subscription can never start.
+      const redis = clients.track(new Redis({ host: '127.0.0.1', port, retryStrategy: () => 100, maxRetriesPerRequest: 1 }));
+      redis.on('error', () => {});
+      const m = new PubSubCacheManager<string>(new PubSubRedisDict<string>(redis, uniqueNamespace('wbl-ready')));
+      m.on('error', () => {});
+      managers.add(m);
+
+      expect((await rejection(m.ready({ timeoutMs: 200 }))).code).toBe('E_TIMEOUT');
+      const controller = new AbortController();
+      const aborted = m.ready({ signal: controller.signal, timeoutMs: 0 });
+      controller.abort(new Error('caller gave up'));
+      expect((await rejection(aborted)).code).toBe('E_ABORTED');
+      expect((await rejection(m.ready({ signal: AbortSignal.abort() }))).code).toBe('E_ABORTED');
+      expect((await rejection(m.ready({ timeoutMs: -1 }))).code).toBe('E_INVALID_ARGUMENT');
+
+      // Waiting when close() is called, and called after close(): E_CLOSED.
+      const waiting = m.ready({ timeoutMs: 0 });
+      await m.close();
+      expect((await rejection(waiting)).code).toBe('E_CLOSED');
+      expect((await rejection(m.ready())).code).toBe('E_CLOSED');
+    });
+
+    it('ready() rejects with E_CLOSED after close() also when the subscription was live', async () => {
+      const m = await manager<string>(client(server), uniqueNamespace('wbl-ready-closed'));
+      await m.ready();
+      await m.close();
+      expect((await rejection(m.ready())).code).toBe('E_CLOSED');
+    });
+
+    /** The reads that flush first, and a change waiting for room, against a server that refuses writes. */
+    async function refusedWrites(redis: Redis, reason: RegExp): Promise<void> {
+      const ns = uniqueNamespace('wbl-refused');
+      const m = await manager<number>(redis, ns, { maxPending: 1, onBackpressure: 'wait', retryDelayMs: 20 });
+      m.on('error', () => {});
+      await m.set('k1', 1);
+
+      for (const [what, call] of [
+        ['size()', () => m.size()],
+        ['keys()', () => firstStep(m.keys())],
+        ['values()', () => firstStep(m.values())],
+        ['entries()', () => firstStep(m.entries())],
+        ['set() waiting for room', () => m.set('k2', 2)],
+      ] as const) {
+        const error = await within(rejection(call()), 10_000, what);
+        expect(error.code, what).toBe('E_FLUSH');
+        expect(String((error as Error & { cause?: unknown }).cause), what).toMatch(reason);
+      }
+      // Nothing was dropped: the change is still dirty, the refused one was not recorded.
+      expect(m.dirtyKeys()).toEqual(['k1']);
+    }
+
+    it('on a read-only replica, size()/keys()/values()/entries() and set() waiting for room reject with E_FLUSH (READONLY)', async () => {
+      const replica = await startServer({ args: ['--replicaof', '127.0.0.1', String(server.port)] });
+      try {
+        await refusedWrites(client(replica), /READONLY/);
+      } finally {
+        await Promise.all([...managers].map((m) => m.close().catch(() => undefined)));
+        managers.clear();
+        await replica.stop();
+      }
+    });
+
+    it('under OOM (maxmemory + noeviction), size()/keys()/values()/entries() and set() waiting for room reject with E_FLUSH (OOM)', async () => {
+      const full = await startServer({ args: ['--maxmemory-policy', 'noeviction'] });
+      try {
+        const admin = client(full);
+        const redis = client(full);
+        // Any write is over the limit: Redis answers OOM.
+        await admin.call('CONFIG', 'SET', 'maxmemory', '1');
+        await refusedWrites(redis, /OOM/);
+      } finally {
+        await Promise.all([...managers].map((m) => m.close().catch(() => undefined)));
+        managers.clear();
+        await full.stop();
+      }
+    });
+
+    it('onIdle() is bounded by timeoutMs and a signal while Redis refuses writes', async () => {
+      const replica = await startServer({ args: ['--replicaof', '127.0.0.1', String(server.port)] });
+      try {
+        const m = await manager<number>(client(replica), uniqueNamespace('wbl-idle'), { retryDelayMs: 20 });
+        m.on('error', () => {});
+        await m.set('k', 1);
+        expect((await rejection(m.onIdle({ timeoutMs: 200 }))).code).toBe('E_TIMEOUT');
+        const controller = new AbortController();
+        const idle = m.onIdle({ signal: controller.signal });
+        controller.abort();
+        expect((await rejection(idle)).code).toBe('E_ABORTED');
+        expect(m.isDirty('k')).toBe(true);
+      } finally {
+        await Promise.all([...managers].map((m) => m.close().catch(() => undefined)));
+        managers.clear();
+        await replica.stop();
+      }
+    });
+  });
+
+  describe('eviction policy warning', () => {
+    async function warningsAtReady(redis: Redis): Promise<DictWarning[]> {
+      const m = new WriteBackCacheManager<number>(new PubSubRedisDict<number>(redis, uniqueNamespace('wbl-evict')), { flushIntervalMs: 0 });
+      managers.add(m);
+      const warnings: DictWarning[] = [];
+      m.on('warning', (w) => warnings.push(w));
+      await m.ready();
+      return warnings;
+    }
+
+    it('a write-back manager warns (E_EVICTION_POLICY) at ready() when maxmemory-policy may evict its keys', async () => {
+      const lru = await startServer({ args: ['--maxmemory-policy', 'allkeys-lru'] });
+      try {
+        const warnings = await warningsAtReady(client(lru));
+        expect(warnings).toHaveLength(1);
+        expect(warnings[0]).toMatchObject({ code: 'E_EVICTION_POLICY', policy: 'allkeys-lru', node: `127.0.0.1:${lru.port}` });
+        expect(warnings[0]!.message).toMatch(/noeviction/);
+
+        // A near cache alone does not care: only the write-back manager checks.
+        const near = new PubSubCacheManager<number>(new PubSubRedisDict<number>(client(lru), uniqueNamespace('wbl-evict-near')));
+        managers.add(near);
+        const nearWarnings: DictWarning[] = [];
+        near.on('warning', (w) => nearWarnings.push(w));
+        await near.ready();
+        expect(nearWarnings).toEqual([]);
+      } finally {
+        await Promise.all([...managers].map((m) => m.close().catch(() => undefined)));
+        managers.clear();
+        await lru.stop();
+      }
+    });
+
+    it('no warning under noeviction, and none (silently) when the ACL user may not run CONFIG', async () => {
+      expect(await warningsAtReady(client(server))).toEqual([]);
+      const lru = await startServer({ args: ['--maxmemory-policy', 'volatile-lru'] });
+      try {
+        const admin = client(lru);
+        await admin.call('ACL', 'SETUSER', 'noconfig', 'on', '>secret', '~*', '&*', '+@all', '-config');
+        const user = client(lru, { username: 'noconfig', password: 'secret' });
+        await expect(user.call('CONFIG', 'GET', 'maxmemory-policy')).rejects.toThrow(/NOPERM/);
+        expect(await warningsAtReady(user)).toEqual([]);
+        // The same server, with CONFIG allowed, does warn: the silence above is the ACL's.
+        expect((await warningsAtReady(admin)).map((w) => w.policy)).toEqual(['volatile-lru']);
+      } finally {
+        await Promise.all([...managers].map((m) => m.close().catch(() => undefined)));
+        managers.clear();
+        await lru.stop();
       }
     });
   });
