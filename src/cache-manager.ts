@@ -108,6 +108,8 @@ export interface CacheStats {
   resyncs: number;
   /** Entries cached now. */
   size: number;
+  /** Writer origins (per slot group) whose message sequence numbers are tracked now; bounded, idle ones age out. */
+  trackedOrigins: number;
 }
 
 /** Details of a resync. */
@@ -633,7 +635,12 @@ export class PubSubCacheManager<V = unknown> extends EventEmitter<CacheManagerEv
   /** Counters since creation. */
   stats(): CacheStats {
     const { hits, misses } = this.counters;
-    return { ...this.counters, hitRatio: hits + misses === 0 ? 0 : hits / (hits + misses), size: this.storage.size };
+    return {
+      ...this.counters,
+      hitRatio: hits + misses === 0 ? 0 : hits / (hits + misses),
+      size: this.storage.size,
+      trackedOrigins: this.subscriber.trackedOrigins,
+    };
   }
 
   // ---------------------------------------------------------------- events and resync
