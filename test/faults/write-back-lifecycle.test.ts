@@ -19,9 +19,9 @@ import { PubSubRedisDict } from '../../src/pubsub-redis-dict.js';
 import { RedisDict } from '../../src/redis-dict.js';
 import type { Conflict, ConflictPolicy } from '../../src/write-back/conflict.js';
 import { CloseFlushError, WriteBackCacheManager, type WriteBackCacheManagerOptions } from '../../src/write-back/manager.js';
-import { pollUntil, uniqueNamespace, withClients } from '../helpers/connections.js';
 import { rejection } from '../helpers/assertions.js';
 import { findFreePort, type RedisServerHandle, startServer } from '../helpers/harness.js';
+import { clusterClient, hasCluster, pollUntil, uniqueNamespace, withClients } from '../helpers/connections.js';
 
 /** Settles with the outcome of `promise`, or rejects after `ms` (so that a hang fails the test instead of timing it out). */
 async function within<T>(promise: Promise<T>, ms: number, what: string): Promise<T> {
@@ -311,5 +311,31 @@ describe('WriteBackCacheManager lifecycle faults (private servers)', () => {
         await lru.stop();
       }
     });
+  });
+});
+
+describe.runIf(hasCluster())('eviction policy warning on a Cluster (shared cluster)', () => {
+  const clients = withClients({ closeAfter: 'each' });
+
+  it('every master is checked: one warning for the master whose policy may evict', async () => {
+    const cluster = clients.track(clusterClient());
+    await pollUntil(() => cluster.status === 'ready' && cluster.nodes('master').length === 3, { message: 'cluster not ready' });
+    const master = cluster.nodes('master')[1]!;
+    // Only the policy changes (maxmemory stays 0, so nothing is ever evicted); restored below.
+    const [, before] = (await master.call('CONFIG', 'GET', 'maxmemory-policy')) as [string, string];
+    await master.call('CONFIG', 'SET', 'maxmemory-policy', 'allkeys-lfu');
+    try {
+      const m = new WriteBackCacheManager<number>(new PubSubRedisDict<number>(cluster, uniqueNamespace('wbl-evict-cluster')), { flushIntervalMs: 0 });
+      try {
+        const warnings: DictWarning[] = [];
+        m.on('warning', (w) => warnings.push(w));
+        await m.ready();
+        expect(warnings.map((w) => [w.code, w.policy, w.node])).toEqual([['E_EVICTION_POLICY', 'allkeys-lfu', `${master.options.host}:${master.options.port}`]]);
+      } finally {
+        await m.close();
+      }
+    } finally {
+      await master.call('CONFIG', 'SET', 'maxmemory-policy', before);
+    }
   });
 });
