@@ -10,7 +10,10 @@ import { describe } from './options.js';
 
 /** How long a wait may last. */
 export interface WaitOptions {
-  /** Give up after this many ms with `E_TIMEOUT`; 0 = no time limit. */
+  /**
+   * Give up after this many ms with `E_TIMEOUT`; 0 = no time limit.
+   * @defaultValue 0 for `onIdle()` (no limit); 30000 for `ready()` (see `ReadyOptions`)
+   */
   timeoutMs?: number;
   /** Give up with `E_ABORTED` when this signal is aborted. */
   signal?: AbortSignal;

@@ -403,11 +403,12 @@ export class WriteBackCacheManager<V = unknown> extends PubSubCacheManager<V> {
 
   /**
    * Resolves when no key is dirty and no flush runs (flushing, and retrying failed flushes with
-   * back-off, as needed). Rejects with `E_TIMEOUT` after `timeoutMs` (default: no limit, it waits
-   * for Redis to accept the changes), with `E_ABORTED` when `signal` fires, and with `E_CLOSED`
-   * once the manager is closed.
+   * back-off, as needed). Rejects with `E_TIMEOUT` after `timeoutMs` (default 0: no limit, it
+   * waits for Redis to accept the changes) and with `E_ABORTED` when `signal` fires; the changes
+   * stay dirty either way. Resolves once `close()` has written or handed back (in its
+   * {@link CloseFlushError}) every change.
    *
-   * @param options - bounds of the wait.
+   * @param options - bounds of the wait: `timeoutMs` (default 0, no limit) and `signal`.
    */
   onIdle(options?: WaitOptions): Promise<void> {
     const where = `${this.constructor.name}.onIdle()`;
