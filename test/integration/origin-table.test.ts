@@ -11,7 +11,7 @@ import { PubSubCacheManager } from '../../src/cache-manager.js';
 import { encodeEntry, encodeHeader } from '../../src/messages.js';
 import { PubSubRedisDict } from '../../src/pubsub-redis-dict.js';
 import { formatStamp } from '../../src/stamp.js';
-import { channelsOf, ORIGIN_TABLE_LIMIT } from '../../src/subscriber.js';
+import { channelsOf, ORIGIN_TABLE_LIMIT, type ResyncReason, Subscriber } from '../../src/subscriber.js';
 import { pollUntil, standaloneClient, uniqueNamespace, withClients } from '../helpers/connections.js';
 
 describe('bounded per-origin sequence table', () => {
@@ -74,5 +74,53 @@ describe('bounded per-origin sequence table', () => {
     const resynced = new Promise<string>((resolve) => m.once('resync', (info) => resolve(info.reason)));
     await publisher.publish(channel, frame(originOf(origins - 1), 4, 'bulk'));
     expect(await resynced).toBe('sequence-gap');
+  });
+
+  it('an origin idle for the aging period is forgotten; its next number (not 1) is no gap', async () => {
+    const ns = uniqueNamespace('origins-idle');
+    const redis = clients.track(standaloneClient());
+    const publisher = clients.track(standaloneClient());
+    const ups: (ResyncReason | 'initial')[] = [];
+    let received = 0;
+    const subscriber = new Subscriber(
+      redis,
+      {
+        origin: '0123456789abcdef',
+        namespace: ns,
+        sharded: false,
+        heartbeatIntervalMs: 20,
+        heartbeatTimeoutMs: 10_000,
+        maxMessageBytes: 1 << 20,
+        maxValueBytes: 1 << 20,
+        maxEntries: 1000,
+        originIdleMs: 50,
+      },
+      {
+        onMessage: () => received++,
+        onMalformed: () => {},
+        onDown: () => {},
+        onUp: (reason) => ups.push(reason),
+        onError: () => {},
+      },
+    );
+    subscriber.start();
+    try {
+      await subscriber.whenLive();
+      const channel = channelsOf(ns).update;
+      await publisher.publish(channel, frame(originOf(1), 1, 'k'));
+      await pollUntil(() => received === 1 && subscriber.trackedOrigins === 1, { message: 'the frame did not arrive' });
+      // Two aging periods later the idle origin is gone.
+      await pollUntil(() => subscriber.trackedOrigins === 0, { message: 'the idle origin was never forgotten' });
+      await publisher.publish(channel, frame(originOf(1), 5, 'k'));
+      await publisher.publish(channel, frame(originOf(1), 6, 'k'));
+      await pollUntil(() => received === 3, { message: 'the frames did not arrive' });
+      expect(ups).toEqual(['initial']);
+      // Tracked again from 5: skipping 7 is a gap.
+      await publisher.publish(channel, frame(originOf(1), 8, 'k'));
+      await pollUntil(() => ups.length === 2, { message: 'the gap was not detected' });
+      expect(ups).toEqual(['initial', 'sequence-gap']);
+    } finally {
+      await subscriber.close();
+    }
   });
 });
