@@ -14,7 +14,8 @@
  */
 import { EventEmitter } from 'node:events';
 import { LRUCache } from 'lru-cache';
-import { ClosedError } from './errors.js';
+import { bounded, type WaitOptions, waitOptions } from './deadline.js';
+import { ClosedError, type DictWarning } from './errors.js';
 import { type DictKey, normalizeKey, normalizeKeys } from './keys.js';
 import { MalformedMessageError, type Message, type MessageEntry } from './messages.js';
 import { booleanOption, checkOptions, enumOption, functionOption, integerOption, invalidOption } from './options.js';
@@ -107,6 +108,8 @@ export interface CacheStats {
   resyncs: number;
   /** Entries cached now. */
   size: number;
+  /** Writer origins (per slot group) whose message sequence numbers are tracked now; bounded, idle ones age out. */
+  trackedOrigins: number;
 }
 
 /** Details of a resync. */
@@ -137,7 +140,27 @@ export interface CacheManagerEvents<V> {
   conflict: [conflict: Conflict<V>];
   /** Write-back only: a flush finished without failures. */
   flush: [report: FlushReport<V>];
+  /**
+   * A condition that threatens a guarantee without being an error, e.g. `E_EVICTION_POLICY`: a
+   * write-back manager on a server whose `maxmemory-policy` may evict the library's keys.
+   */
+  warning: [warning: DictWarning];
 }
+
+/** Options of {@link PubSubCacheManager.ready}. */
+export interface ReadyOptions extends WaitOptions {
+  /**
+   * Reject with `E_TIMEOUT` after this many ms (the subscription keeps trying in the background);
+   * 0 = no time limit.
+   * @defaultValue 30000
+   */
+  timeoutMs?: number;
+  /** Reject with `E_ABORTED` when this signal is aborted. */
+  signal?: AbortSignal;
+}
+
+/** Default bound of {@link PubSubCacheManager.ready}, in ms. */
+export const DEFAULT_READY_TIMEOUT_MS = 30_000;
 
 interface PendingRead<V> {
   promise: Promise<VersionedValue<V> | undefined>;
@@ -300,10 +323,30 @@ export class PubSubCacheManager<V = unknown> extends EventEmitter<CacheManagerEv
   /**
    * Resolves once the subscription is live; nothing is cached before that. Rejects when Redis
    * refuses the subscription (NOPERM: the ACL user lacks `&<namespace>/*`); the manager keeps
-   * retrying in the background and works uncached meanwhile.
+   * retrying in the background and works uncached meanwhile. Rejects with `E_TIMEOUT` after
+   * `timeoutMs` (default 30 s; an unreachable Redis, say), with `E_ABORTED` when `signal` fires,
+   * and with `E_CLOSED` once the manager is closed (also when it is closed while waiting).
+   *
+   * @param options - see {@link ReadyOptions}.
    */
-  ready(): Promise<void> {
-    return this.subscriber.whenLive();
+  ready(options?: ReadyOptions): Promise<void> {
+    const where = `${this.constructor.name}.ready()`;
+    let timeoutMs: number;
+    let signal: AbortSignal | undefined;
+    try {
+      ({ timeoutMs, signal } = waitOptions(where, options, DEFAULT_READY_TIMEOUT_MS));
+    } catch (error) {
+      return Promise.reject(error as Error);
+    }
+    if (this.closed) return Promise.reject(new ClosedError(this.constructor.name));
+    return bounded(this.whenReady(), where, timeoutMs, signal);
+  }
+
+  /** What {@link ready} waits for: the subscription (subclasses add their own checks). */
+  protected async whenReady(): Promise<void> {
+    await this.subscriber.whenLive();
+    // close() settles the subscriber's waiters: a closed manager is not ready.
+    if (this.closed) throw new ClosedError(this.constructor.name);
   }
 
   /** True while cached entries are served (subscribed, heartbeat answering, not resyncing). */
@@ -596,7 +639,12 @@ export class PubSubCacheManager<V = unknown> extends EventEmitter<CacheManagerEv
   /** Counters since creation. */
   stats(): CacheStats {
     const { hits, misses } = this.counters;
-    return { ...this.counters, hitRatio: hits + misses === 0 ? 0 : hits / (hits + misses), size: this.storage.size };
+    return {
+      ...this.counters,
+      hitRatio: hits + misses === 0 ? 0 : hits / (hits + misses),
+      size: this.storage.size,
+      trackedOrigins: this.subscriber.trackedOrigins,
+    };
   }
 
   // ---------------------------------------------------------------- events and resync

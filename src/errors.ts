@@ -17,7 +17,23 @@ export type ErrorCode =
   | 'E_CLOSED'
   | 'E_BACKPRESSURE'
   | 'E_FLUSH'
-  | 'E_TIMEOUT';
+  | 'E_TIMEOUT'
+  | 'E_ABORTED';
+
+/** Codes of the `warning` event of a cache manager. */
+export type WarningCode = 'E_EVICTION_POLICY';
+
+/** Payload of the `warning` event: a condition that threatens a guarantee without being an error. */
+export interface DictWarning {
+  /** Stable machine-readable code. */
+  readonly code: WarningCode;
+  /** Human-readable explanation. */
+  readonly message: string;
+  /** The node concerned (`host:port`), when the warning is about one server. */
+  readonly node?: string;
+  /** For `E_EVICTION_POLICY`: the server's `maxmemory-policy`. */
+  readonly policy?: string;
+}
 
 /** Base class of every error this library throws. */
 export class RedisDictError extends Error {
@@ -82,6 +98,13 @@ export class BackpressureError extends RedisDictError {
 export class TimeoutError extends RedisDictError {
   constructor(message: string) {
     super('E_TIMEOUT', message);
+  }
+}
+
+/** An operation was given up because its `AbortSignal` was aborted. */
+export class AbortedError extends RedisDictError {
+  constructor(message: string, options?: { cause?: unknown }) {
+    super('E_ABORTED', message, options);
   }
 }
 

@@ -15,7 +15,10 @@ export {
   type CacheStats,
   type CacheManagerEvents,
   type ResyncInfo,
+  type ReadyOptions,
+  DEFAULT_READY_TIMEOUT_MS,
 } from './cache-manager.js';
+export type { WaitOptions } from './deadline.js';
 export type { ResyncReason } from './subscriber.js';
 export {
   WriteBackCacheManager,
@@ -39,7 +42,10 @@ export {
   ClosedError,
   BackpressureError,
   TimeoutError,
+  AbortedError,
   FlushError,
   type ErrorCode,
+  type WarningCode,
+  type DictWarning,
 } from './errors.js';
 export { MalformedMessageError } from './messages.js';

@@ -51,7 +51,17 @@ export interface SubscriberSettings {
   readonly maxMessageBytes: number;
   readonly maxValueBytes: number;
   readonly maxEntries: number;
+  /** Most writer (origin, group) pairs whose sequence numbers one generation of the table holds. Default {@link ORIGIN_TABLE_LIMIT}. */
+  readonly maxOrigins?: number;
+  /** A writer silent for this long (up to twice as long) is forgotten, in ms. Default {@link ORIGIN_IDLE_MS}. */
+  readonly originIdleMs?: number;
 }
+
+/** Default {@link SubscriberSettings.maxOrigins}: at most twice this many entries are kept. */
+export const ORIGIN_TABLE_LIMIT = 10_000;
+
+/** Default {@link SubscriberSettings.originIdleMs}: 10 minutes. */
+export const ORIGIN_IDLE_MS = 600_000;
 
 /** Channel names of a namespace (classic pub/sub). */
 export function channelsOf(namespace: string): { update: string; delete: string } {
@@ -81,7 +91,19 @@ export class Subscriber {
   private pingSentAt = 0;
   private pingPending = false;
   private notReadySince = 0;
-  private readonly lastSeq = new Map<string, number>();
+  /**
+   * Last sequence number per writer origin and group, in two generations: entries seen since the
+   * last rotation, and those of the generation before. A rotation (every `originIdleMs`, or when
+   * the recent one is full) drops the older generation, so a writer idle for two periods (or
+   * crowded out by many newer ones) is forgotten and the table holds at most 2 x `maxOrigins`.
+   * A forgotten writer's next message is treated like a first-seen writer's: its number is taken
+   * as is (it is not 1, and that is no gap). That is as safe as after every resync, when the table
+   * is emptied: an entry is only forgotten while no gap is pending for it, and messages never
+   * depend on it to apply (stamps decide).
+   */
+  private recentSeq = new Map<string, number>();
+  private olderSeq = new Map<string, number>();
+  private seqRotatedAt = Date.now();
   private probes = new Map<string, number>();
   private nodeIndex = 0;
   private readyWaiters: { resolve: () => void; reject: (error: Error) => void }[] = [];
@@ -102,6 +124,26 @@ export class Subscriber {
       maxValueBytes: settings.maxValueBytes,
       maxEntries: settings.maxEntries,
     });
+  }
+
+  /** Number of writer (origin, group) pairs whose sequence numbers are tracked now (bounded). */
+  get trackedOrigins(): number {
+    return this.recentSeq.size + this.olderSeq.size;
+  }
+
+  private recordSeq(id: string, seq: number): void {
+    if (!this.recentSeq.has(id)) {
+      this.olderSeq.delete(id);
+      if (this.recentSeq.size >= (this.settings.maxOrigins ?? ORIGIN_TABLE_LIMIT)) this.rotateSeq(Date.now());
+    }
+    this.recentSeq.set(id, seq);
+  }
+
+  /** Starts a new generation of the sequence table; the one before the current is dropped. */
+  private rotateSeq(now: number): void {
+    this.olderSeq = this.recentSeq;
+    this.recentSeq = new Map();
+    this.seqRotatedAt = now;
   }
 
   /** True while the subscription is confirmed and the heartbeat answers. */
@@ -263,7 +305,10 @@ export class Subscriber {
     this.pingPending = false;
     this.probes.clear();
     // After any gap, sequence numbers restart from what arrives next.
-    if (reason !== 'initial') this.lastSeq.clear();
+    if (reason !== 'initial') {
+      this.recentSeq.clear();
+      this.olderSeq.clear();
+    }
     this.listener.onUp(reason);
     for (const waiter of this.readyWaiters) waiter.resolve();
     this.readyWaiters = [];
@@ -280,6 +325,7 @@ export class Subscriber {
     const conn = this.conn;
     if (!conn || this.closed) return;
     const now = Date.now();
+    if (now - this.seqRotatedAt >= (this.settings.originIdleMs ?? ORIGIN_IDLE_MS)) this.rotateSeq(now);
     const timeout = this.settings.heartbeatTimeoutMs;
     if (!this.live) {
       // Stuck connecting (e.g. a partition swallowing the handshake): start over. A subscription
@@ -368,8 +414,8 @@ export class Subscriber {
     }
     if (message.seq === PROBE_SEQ) return;
     const id = `${message.origin}:${message.group}`;
-    const last = this.lastSeq.get(id);
-    this.lastSeq.set(id, last === undefined ? message.seq : Math.max(last, message.seq));
+    const last = this.recentSeq.get(id) ?? this.olderSeq.get(id);
+    this.recordSeq(id, last === undefined ? message.seq : Math.max(last, message.seq));
     this.listener.onMessage(message, channel.toString('latin1', 0, 200));
     // A number past the next one means messages were lost; a repeated or older one (a duplicate)
     // loses nothing, and the stamps make applying it harmless.

@@ -19,6 +19,7 @@
  */
 import type { CacheEntry, PubSubCacheManagerOptions } from '../cache-manager.js';
 import { CACHE_MANAGER_OPTION_KEYS, PubSubCacheManager } from '../cache-manager.js';
+import { bounded, type WaitOptions, waitOptions } from '../deadline.js';
 import { BackpressureError, ClosedError, FlushError, TimeoutError, asError } from '../errors.js';
 import { type DictKey, normalizeKey, normalizeKeys } from '../keys.js';
 import type { MessageEntry } from '../messages.js';
@@ -26,6 +27,7 @@ import { checkOptions, enumOption, integerOption, invalidOption } from '../optio
 import type { PubSubRedisDict } from '../pubsub-redis-dict.js';
 import { collectEntries, type VersionedChange, type WriteOutcome } from '../redis-dict.js';
 import type { Stamp } from '../stamp.js';
+import { isCluster } from '../topology.js';
 import { type Conflict, type ConflictPolicy, type ConflictPolicyName, type ConflictSide, conflicts, policyName } from './conflict.js';
 
 /** Options of {@link WriteBackCacheManager}. */
@@ -159,7 +161,10 @@ export class WriteBackCacheManager<V = unknown> extends PubSubCacheManager<V> {
   private flushNotes: Map<string, Stamp> | undefined;
   /** Report of the flush in flight: conflicts found by messages meanwhile go into it. */
   private currentReport: FlushReport<V> | undefined;
-  private flushWaiters: (() => void)[] = [];
+  /** Woken after each flush, with its error when it failed. */
+  private flushWaiters: ((failure: Error | undefined) => void)[] = [];
+  /** The eviction policy check of ready(), once started. */
+  private policyCheck: Promise<void> | undefined;
   private readonly wb: Omit<WriteBackStats, 'dirty'> = { flushes: 0, flushedKeys: 0, conflicts: 0, flushErrors: 0 };
 
   /**
@@ -313,27 +318,37 @@ export class WriteBackCacheManager<V = unknown> extends PubSubCacheManager<V> {
     this.wake();
   }
 
-  /** Number of entries in Redis, after flushing local changes. */
+  /**
+   * Writes the local changes before a read of Redis as a whole. Rejects with the flush's
+   * {@link FlushError} when one fails (Redis down, READONLY, OOM, ...): a read that waited for
+   * the retries could wait forever.
+   */
+  private async flushBeforeRead(): Promise<void> {
+    this.assertOpen();
+    await this.flushAll();
+  }
+
+  /** Number of entries in Redis, after flushing local changes; rejects with `E_FLUSH` when they cannot be written. */
   override async size(): Promise<number> {
-    await this.onIdle();
+    await this.flushBeforeRead();
     return super.size();
   }
 
-  /** Keys in Redis, after flushing local changes. */
+  /** Keys in Redis, after flushing local changes; rejects with `E_FLUSH` when they cannot be written. */
   override async *keys(): AsyncGenerator<string, void, undefined> {
-    await this.onIdle();
+    await this.flushBeforeRead();
     yield* super.keys();
   }
 
-  /** Values in Redis, after flushing local changes. */
+  /** Values in Redis, after flushing local changes; rejects with `E_FLUSH` when they cannot be written. */
   override async *values(): AsyncGenerator<V, void, undefined> {
-    await this.onIdle();
+    await this.flushBeforeRead();
     yield* super.values();
   }
 
-  /** `[key, value]` pairs in Redis, after flushing local changes. */
+  /** `[key, value]` pairs in Redis, after flushing local changes; rejects with `E_FLUSH` when they cannot be written. */
   override async *entries(): AsyncGenerator<[string, V], void, undefined> {
-    await this.onIdle();
+    await this.flushBeforeRead();
     yield* super.entries();
   }
 
@@ -365,7 +380,13 @@ export class WriteBackCacheManager<V = unknown> extends PubSubCacheManager<V> {
     while (this.dirty.size + needed > this.maxPending) {
       this.assertOpen();
       if (this.inFlight === 0 && this.retryTimer === undefined) this.autoFlush();
-      await this.nextFlush();
+      const failure = await this.nextFlush();
+      // A flush that failed and made no room (Redis down, READONLY, OOM): waiting for its retries
+      // could last forever; the change is refused with the reason.
+      if (failure !== undefined && this.dirty.size + needed > this.maxPending) {
+        this.assertOpen();
+        throw failure;
+      }
     }
     // close() wakes the waiters after dropping what it could not write: refuse the change, do not record it.
     this.assertOpen();
@@ -390,8 +411,28 @@ export class WriteBackCacheManager<V = unknown> extends PubSubCacheManager<V> {
     return run;
   }
 
-  /** Resolves when no key is dirty and no flush runs (flushing, and retrying failed flushes, as needed). */
-  async onIdle(): Promise<void> {
+  /**
+   * Resolves when no key is dirty and no flush runs (flushing, and retrying failed flushes with
+   * back-off, as needed). Rejects with `E_TIMEOUT` after `timeoutMs` (default 0: no limit, it
+   * waits for Redis to accept the changes) and with `E_ABORTED` when `signal` fires; the changes
+   * stay dirty either way. Resolves once `close()` has written or handed back (in its
+   * {@link CloseFlushError}) every change.
+   *
+   * @param options - bounds of the wait: `timeoutMs` (default 0, no limit) and `signal`.
+   */
+  onIdle(options?: WaitOptions): Promise<void> {
+    const where = `${this.constructor.name}.onIdle()`;
+    let timeoutMs: number;
+    let signal: AbortSignal | undefined;
+    try {
+      ({ timeoutMs, signal } = waitOptions(where, options, 0));
+    } catch (error) {
+      return Promise.reject(error as Error);
+    }
+    return bounded(this.untilIdle(), where, timeoutMs, signal);
+  }
+
+  private async untilIdle(): Promise<void> {
     while (this.dirty.size > 0 || this.inFlight > 0) {
       if (this.closed) throw new ClosedError(this.constructor.name);
       if (this.retryTimer !== undefined) {
@@ -399,7 +440,10 @@ export class WriteBackCacheManager<V = unknown> extends PubSubCacheManager<V> {
         continue;
       }
       try {
-        await this.flush();
+        const report = await this.flush();
+        // A flush that left keys dirty without writing or reporting anything made no progress:
+        // wait for the back-off rather than flush again at once (never spin).
+        if (report.written.length === 0 && report.conflicts.length === 0 && this.dirty.size > 0) this.scheduleRetry();
       } catch {
         // A failed flush schedules a retry; wait for it.
       }
@@ -410,14 +454,15 @@ export class WriteBackCacheManager<V = unknown> extends PubSubCacheManager<V> {
     this.flush().catch((error: unknown) => this.reportError(error as Error));
   }
 
-  private nextFlush(): Promise<void> {
+  /** Resolves after the next flush (or close), with the flush's error when it failed. */
+  private nextFlush(): Promise<Error | undefined> {
     return new Promise((resolve) => this.flushWaiters.push(resolve));
   }
 
-  private wake(): void {
+  private wake(failure?: Error): void {
     const waiters = this.flushWaiters;
     this.flushWaiters = [];
-    for (const resolve of waiters) resolve();
+    for (const resolve of waiters) resolve(failure);
   }
 
   private async runFlush(): Promise<FlushReport<V>> {
@@ -440,8 +485,9 @@ export class WriteBackCacheManager<V = unknown> extends PubSubCacheManager<V> {
     if (report.failed.length > 0) {
       this.wb.flushErrors++;
       this.scheduleRetry();
-      this.wake();
-      throw Object.assign(new FlushError(report.failed), { report });
+      const error = Object.assign(new FlushError(report.failed), { report });
+      this.wake(error);
+      throw error;
     }
     this.retryDelay = 0;
     this.emit('flush', report);
@@ -486,6 +532,14 @@ export class WriteBackCacheManager<V = unknown> extends PubSubCacheManager<V> {
         return;
       }
       const { stored } = outcome;
+      if (stored.stamp < entry.stamp && stored.stamp.endsWith(this.store.clock.nodeId)) {
+        // Our own earlier write is in Redis: an attempt whose reply was lost (a timeout, a cut
+        // connection) and that Redis applied after all. It is not a conflict: it precedes this
+        // change, which is written over it in the next round.
+        this.ownWriteFound(key, stored.stamp as Stamp);
+        again = true;
+        return;
+      }
       const conflict = this.decide(key, { stamp: stored.stamp as Stamp, deleted: stored.deleted, value: stored.value, known: true }, 'flush', report, newest);
       if (conflict !== undefined && conflict.outcome !== 'remote') again = true;
     };
@@ -514,6 +568,16 @@ export class WriteBackCacheManager<V = unknown> extends PubSubCacheManager<V> {
       const floor = `${entry.stamp}g`;
       if (current.since < floor) current.since = floor;
     }
+  }
+
+  /**
+   * Redis holds `stamp`, a write of this instance older than the key's local change: only writes
+   * above it are concurrent with the change (the same floor as after a successful flush).
+   */
+  private ownWriteFound(key: string, stamp: Stamp): void {
+    const current = this.dirty.get(key);
+    const floor = `${stamp}g`;
+    if (current !== undefined && current.since < floor) current.since = floor;
   }
 
   private scheduleRetry(): void {
@@ -603,6 +667,47 @@ export class WriteBackCacheManager<V = unknown> extends PubSubCacheManager<V> {
   }
 
   // ---------------------------------------------------------------- lifecycle
+
+  /** The subscription, then (once) the eviction policy check: its `warning` comes before `ready()` resolves. */
+  protected override async whenReady(): Promise<void> {
+    await super.whenReady();
+    // Bounded on its own: a server that does not answer CONFIG must not hold every later ready().
+    this.policyCheck ??= bounded(this.checkEvictionPolicy(), 'the eviction policy check', 5_000, undefined).catch(() => undefined);
+    await this.policyCheck;
+  }
+
+  /**
+   * Emits a `warning` (`E_EVICTION_POLICY`) for each server (every master of a Cluster) whose
+   * `maxmemory-policy` is not `noeviction`: an evicted tombstone lets an older change come back
+   * without a conflict, an evicted record loses a written change. Best effort: a server that
+   * refuses CONFIG (ACL, managed services) is skipped silently.
+   */
+  private async checkEvictionPolicy(): Promise<void> {
+    const redis = this.store.redis;
+    const nodes = isCluster(redis) ? redis.nodes('master') : [redis];
+    await Promise.all(
+      nodes.map(async (node) => {
+        let policy: string;
+        try {
+          const reply = (await node.call('CONFIG', 'GET', 'maxmemory-policy')) as unknown;
+          if (!Array.isArray(reply) || reply.length < 2) return;
+          policy = String(reply[1]);
+        } catch {
+          return;
+        }
+        if (policy === 'noeviction' || this.closed) return;
+        const where = `${String(node.options.host ?? 'localhost')}:${String(node.options.port ?? 6379)}`;
+        this.emit('warning', {
+          code: 'E_EVICTION_POLICY',
+          message:
+            `maxmemory-policy is \`${policy}\` on ${where}: Redis may evict this library's records and tombstones, ` +
+            'losing written changes or letting older ones come back without a conflict; use `noeviction` with a write-back cache',
+          node: where,
+          policy,
+        });
+      }),
+    );
+  }
 
   /**
    * Flushes (waiting at most `closeTimeoutMs`), then unsubscribes and closes what the manager

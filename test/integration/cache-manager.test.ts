@@ -432,6 +432,7 @@ describe.each(variants)('PubSubCacheManager (%s)', (name, factory, sharded) => {
       malformed: 0,
       resyncs: 0,
       size: 0,
+      trackedOrigins: 0,
     });
     await a!.set('{s}k', 'v'); // not cached by b yet: ignored
     expect(await b!.get('{s}k')).toBe('v');
@@ -452,6 +453,7 @@ describe.each(variants)('PubSubCacheManager (%s)', (name, factory, sharded) => {
       malformed: 0,
       resyncs: 0,
       size: 0,
+      trackedOrigins: 1, // a, one slot group
     });
   });
 
