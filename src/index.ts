@@ -40,6 +40,8 @@ export {
   BackpressureError,
   TimeoutError,
   FlushError,
+  PermissionError,
+  ClockSkewError,
   type ErrorCode,
 } from './errors.js';
 export { MalformedMessageError } from './messages.js';

@@ -36,6 +36,7 @@ import { createHash } from 'node:crypto';
 
 export const APPLY_LUA = `
 local function valid(s) return #s == 34 and not string.find(s, '[^0-9a-f]') end
+local function refuse(why) return redis.error_reply('BADARGS apply script: ' .. why) end
 local n = #KEYS
 local ttl = tonumber(ARGV[1])
 local guarded = ARGV[10] ~= ''
@@ -43,22 +44,94 @@ local function len4(s, i)
   local b1, b2, b3, b4 = string.byte(s, i * 4 - 3, i * 4)
   return ((b1 * 256 + b2) * 256 + b3) * 256 + b4
 end
--- The change of key i is ARGV[11 + i]; its guard, when guarded, ARGV[11 + n + i].
+-- Every argument is checked before the first write: a malformed call changes nothing.
+if n < 1 then return refuse('no key') end
+if #ARGV ~= 12 + n + (guarded and n or 0) then return refuse('expected ' .. (12 + n) .. ' arguments (' .. (12 + 2 * n) .. ' with guards), got ' .. #ARGV) end
+if not ttl or ttl < 1 or ttl ~= math.floor(ttl) then return refuse('tombstone TTL is not a positive integer') end
+local maxDrift = tonumber(ARGV[12])
+if not maxDrift or maxDrift < 0 or maxDrift ~= math.floor(maxDrift) then return refuse('max drift is not a non-negative integer') end
+local cmd = ARGV[2]
+if cmd ~= '' and cmd ~= 'PUBLISH' and cmd ~= 'SPUBLISH' then return refuse('unknown publish command') end
+if (ARGV[10] ~= '' and ARGV[10] ~= '1') or (ARGV[11] ~= '' and ARGV[11] ~= '1') then return refuse('flags must be empty or 1') end
+-- The change of key i is ARGV[12 + i]; its guard, when guarded, ARGV[12 + n + i].
 local changes = {}
-for i = 1, n do changes[i] = ARGV[11 + i] end
+local nv, nt, lv, lt = 0, 0, 0, 0
+local publishing = cmd ~= ''
+local lens = ARGV[9]
+if publishing then
+  if #lens ~= 4 * n then return refuse('entry lengths must be 4 bytes per key') end
+else
+  for a = 3, 9 do if ARGV[a] ~= '' then return refuse('message argument ' .. a .. ' without a publish command') end end
+end
+for i = 1, n do
+  local c = ARGV[12 + i]
+  local kind = string.byte(c, 1)
+  if not ((kind == 118 and #c >= 35) or (kind == 116 and #c == 35)) or not valid(string.sub(c, 2, 35)) then
+    return refuse('change ' .. i .. ' is not a record or a tombstone with a valid stamp')
+  end
+  if guarded then
+    local g = ARGV[12 + n + i]
+    if g ~= '' and not ((#g == 34 or (#g == 35 and string.byte(g, 35) == 103)) and valid(string.sub(g, 1, 34))) then
+      return refuse('guard ' .. i .. ' is not a stamp')
+    end
+  end
+  local len = publishing and len4(lens, i) or 0
+  if publishing and len < 1 then return refuse('entry ' .. i .. ' is empty') end
+  if kind == 118 then nv, lv = nv + 1, lv + len else nt, lt = nt + 1, lt + len end
+  changes[i] = c
+end
+if ARGV[11] == '1' and nt > 0 then return refuse('a tombstone in a values-only batch') end
+if publishing then
+  if ARGV[3] == '' or (nt > 0 and ARGV[4] == '') then return refuse('a channel is missing') end
+  if (nv > 0) ~= (ARGV[5] ~= '') or (nt > 0) ~= (ARGV[6] ~= '') then return refuse('message headers do not match the changes') end
+  if lv ~= #ARGV[7] or lt ~= #ARGV[8] then return refuse('entry lengths do not add up to the message entries') end
+end
+-- Permissions, also checked before the first write: a change that cannot be published is not
+-- written. The keys themselves were checked by Redis against the caller's key patterns.
+local now = redis.pcall('TIME')
+if now.err then return redis.error_reply('NOPERM apply script: the user may not run TIME') end
+now = tonumber(now[1]) * 1000 + math.floor(tonumber(now[2]) / 1000)
+local k1 = KEYS[1]
+local need = { { 'MGET', k1 }, { 'EXISTS', k1 }, { 'HGET', k1, 's' } }
+if nv > 0 then need[#need + 1] = { 'MSET', k1, 'v' } end
+if ARGV[11] ~= '' then need[#need + 1] = { 'MSETNX', k1, 'v' } end
+if nt > 0 then
+  need[#need + 1] = { 'DEL', k1 }
+  need[#need + 1] = { 'HSET', k1, 's', 'v' }
+  need[#need + 1] = { 'PEXPIRE', k1, '1' }
+end
+for j = 1, #need do
+  if not redis.acl_check_cmd(unpack(need[j])) then return redis.error_reply('NOPERM apply script: the user may not run ' .. need[j][1] .. ' on key ' .. k1) end
+end
+if publishing then
+  if nv > 0 and not redis.acl_check_cmd(cmd, ARGV[3], 'm') then return redis.error_reply('NOPERM apply script: the user may not ' .. cmd .. ' to channel ' .. ARGV[3]) end
+  if nt > 0 and not redis.acl_check_cmd(cmd, ARGV[4], 'm') then return redis.error_reply('NOPERM apply script: the user may not ' .. cmd .. ' to channel ' .. ARGV[4]) end
+end
+-- A stamp more than maxDrift ms ahead of this server's clock: its change is refused (reply
+-- {3, server ms}), and a stored one does not win against any write (it counts as no stamp).
+local horizon = now + maxDrift
+local function ahead(s) return tonumber(string.sub(s, 1, 12), 16) > horizon end
+local skewed = {}
+local nskewed = 0
+for i = 1, n do
+  if ahead(string.sub(changes[i], 2, 13)) then
+    skewed[i] = true
+    nskewed = nskewed + 1
+  end
+end
 local function arr(c)
   if c < 16 then return string.char(144 + c) end
   if c < 65536 then return string.char(220, math.floor(c / 256), c % 256) end
   return string.char(221, math.floor(c / 16777216) % 256, math.floor(c / 65536) % 256, math.floor(c / 256) % 256, c % 256)
 end
-if ARGV[11] ~= '' then
+if ARGV[11] ~= '' and nskewed == 0 then
   local kv = {}
   for i = 1, n do
     kv[2 * i - 1] = KEYS[i]
     kv[2 * i] = changes[i]
   end
   if redis.call('MSETNX', unpack(kv)) == 1 then
-    if ARGV[2] ~= '' then redis.call(ARGV[2], ARGV[3], ARGV[5] .. arr(n) .. ARGV[7]) end
+    if publishing then redis.call(cmd, ARGV[3], ARGV[5] .. arr(n) .. ARGV[7]) end
     return 2
   end
 end
@@ -71,7 +144,7 @@ for i = 1, n do
   if v then
     if string.byte(v, 1) == 118 and #v >= 35 then
       local s = string.sub(v, 2, 35)
-      if valid(s) then stored[i] = s end
+      if valid(s) and not ahead(s) then stored[i] = s end
     end
   else
     missing[#missing + 1] = i
@@ -83,7 +156,7 @@ if #missing > 0 then
   if redis.call('EXISTS', unpack(names)) > 0 then
     for j = 1, #missing do
       local s = redis.pcall('HGET', KEYS[missing[j]], 's')
-      if type(s) == 'string' and valid(s) then stored[missing[j]] = s end
+      if type(s) == 'string' and valid(s) and not ahead(s) then stored[missing[j]] = s end
     end
   end
 end
@@ -94,11 +167,13 @@ for i = 1, n do
   local cur = stored[i]
   local ok = cur == nil
   if not ok then
-    local guard = guarded and ARGV[11 + n + i] or ''
+    local guard = guarded and ARGV[12 + n + i] or ''
     if guard == '' then guard = string.sub(change, 2, 35) end
     ok = cur < guard
   end
-  if ok then
+  if skewed[i] then
+    result[i] = { 3, now }
+  elseif ok then
     if string.byte(change, 1) == 116 then
       dels[#dels + 1] = i
     else

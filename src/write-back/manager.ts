@@ -19,7 +19,7 @@
  */
 import type { CacheEntry, PubSubCacheManagerOptions } from '../cache-manager.js';
 import { CACHE_MANAGER_OPTION_KEYS, PubSubCacheManager } from '../cache-manager.js';
-import { BackpressureError, ClosedError, FlushError, TimeoutError, asError } from '../errors.js';
+import { BackpressureError, ClockSkewError, ClosedError, FlushError, TimeoutError, asError } from '../errors.js';
 import { type DictKey, normalizeKey, normalizeKeys } from '../keys.js';
 import type { MessageEntry } from '../messages.js';
 import { checkOptions, enumOption, integerOption, invalidOption } from '../options.js';
@@ -468,6 +468,9 @@ export class WriteBackCacheManager<V = unknown> extends PubSubCacheManager<V> {
       const newest = this.flushNotes?.get(key) ?? '';
       if (outcome.status === 'failed') {
         report.failed.push({ key, error: outcome.error });
+        // Refused for clock skew: its stamp would be refused again on every retry (until this
+        // clock is fixed), so the change is dropped, reported once, instead of retried forever.
+        if (outcome.error instanceof ClockSkewError) this.dropSkewed(key, entry);
         return;
       }
       if (outcome.status === 'written' || outcome.stored.stamp === entry.stamp) {
@@ -487,6 +490,13 @@ export class WriteBackCacheManager<V = unknown> extends PubSubCacheManager<V> {
       this.flushNotes = undefined;
     }
     return again;
+  }
+
+  /** A change refused for clock skew is dropped: the key is clean and reads go to Redis. */
+  private dropSkewed(key: string, entry: DirtyEntry<V>): void {
+    if (this.dirty.get(key) !== entry) return;
+    this.dirty.delete(key);
+    this.storage.delete(key);
   }
 
   /** A flushed change is in Redis: the key is clean unless it changed meanwhile (I7). */
