@@ -9,9 +9,17 @@
  * update message entries of the batch, concatenated in key order; ARGV[8] the delete message
  * entries; ARGV[9] the byte length of each key's entry, 4 bytes big-endian per key ('' when nothing
  * is published); ARGV[10] '1' when every key has a guard argument, '' when none has; ARGV[11] '1'
- * when every change writes a value (no tombstone), else ''. Then per key, in key order, its change
- * (ARGV[11 + i]): the record to store (`v` + stamp + payload) or `t` + stamp for a tombstone. Then,
- * only when ARGV[10] is '1', per key its guard (ARGV[11 + n + i]; '' = the change's own stamp).
+ * when every change writes a value (no tombstone), else ''; ARGV[12] the dictionary's `maxDriftMs`.
+ * Then per key, in key order, its change (ARGV[12 + i]): the record to store (`v` + stamp +
+ * payload) or `t` + stamp for a tombstone. Then, only when ARGV[10] is '1', per key its guard
+ * (ARGV[12 + n + i]; '' = the change's own stamp).
+ *
+ * Before its first write the script validates every argument (a malformed call is refused with an
+ * error starting `BADARGS`), reads the server's clock (`TIME`) and checks with
+ * `redis.acl_check_cmd` every command it may run, publishing included (a refusal is an error
+ * starting `NOPERM`): a change that cannot be published is not written. A change stamped more than
+ * `maxDriftMs` ahead of the server's clock is refused (reply `{3, serverMs}` for its key); a stored
+ * stamp that far ahead counts as no stamp.
  *
  * Each change is its own argument: the client frames the whole call in one buffer (resp.ts), so an
  * argument costs it a header only, and Redis makes each one a Lua string in C, which is cheaper
@@ -22,7 +30,8 @@
  * foreign data or a malformed stamp) is lower than its guard; the guard is the new stamp under
  * last-writer-wins, or the stamp of the moment a key became dirty under discard-on-remote-update.
  * Reply per key: 1 (written, a live value was there), 2 (written, nothing live was there), or
- * `{storedStamp, storedRecord|nil}`; or the single integer 2 when every key was new (below). Each
+ * `{storedStamp, storedRecord|nil}`, or `{3, serverMs}` (stamped too far ahead); or the single
+ * integer 2 when every key was new (below). Each
  * message header present is published, with the applied entries (possibly none, so that
  * per-origin sequence numbers stay contiguous).
  *
