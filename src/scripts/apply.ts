@@ -62,9 +62,29 @@ if not maxDrift or maxDrift < 0 or maxDrift ~= math.floor(maxDrift) then return 
 local cmd = ARGV[2]
 if cmd ~= '' and cmd ~= 'PUBLISH' and cmd ~= 'SPUBLISH' then return refuse('unknown publish command') end
 if (ARGV[10] ~= '' and ARGV[10] ~= '1') or (ARGV[11] ~= '' and ARGV[11] ~= '1') then return refuse('flags must be empty or 1') end
--- The change of key i is ARGV[12 + i]; its guard, when guarded, ARGV[12 + n + i].
-local changes = {}
-local nv, nt, lv, lt = 0, 0, 0, 0
+-- The server's clock bounds the stamps: a change stamped more than maxDrift ms ahead of it is
+-- refused (reply {3, server ms}), and a stored stamp that far ahead counts as no stamp. A stamp is
+-- past the horizon when it is at or above the first stamp of the next millisecond, hz ('g', above
+-- every stamp, when that millisecond is beyond the 48-bit range).
+local now = redis.pcall('TIME')
+if now.err then return redis.error_reply('NOPERM apply script: the user may not run TIME') end
+now = tonumber(now[1]) * 1000 + math.floor(tonumber(now[2]) / 1000)
+local hz = 'g'
+if now + maxDrift + 1 < 281474976710656 then
+  local x, digits = now + maxDrift + 1, {}
+  for d = 12, 1, -1 do
+    local r = x % 16
+    digits[d] = string.sub('0123456789abcdef', r + 1, r + 1)
+    x = math.floor(x / 16)
+  end
+  hz = table.concat(digits) .. string.rep('0', 22)
+end
+local hzv, hzt = 'v' .. hz, 't' .. hz
+-- The change of key i is ARGV[12 + i]; its guard, when guarded, ARGV[12 + n + i]. Each is
+-- checked in place (one anchored pattern, no substring).
+local STAMP = '^' .. string.rep('[0-9a-f]', 34)
+local changes, skewed = {}, {}
+local nv, nt, lv, lt, nskewed = 0, 0, 0, 0, 0
 local publishing = cmd ~= ''
 local lens = ARGV[9]
 if publishing then
@@ -75,18 +95,27 @@ end
 for i = 1, n do
   local c = ARGV[12 + i]
   local kind = string.byte(c, 1)
-  if not ((kind == 118 and #c >= 35) or (kind == 116 and #c == 35)) or not valid(string.sub(c, 2, 35)) then
+  local far
+  if kind == 118 and #c >= 35 then far = c >= hzv elseif kind == 116 and #c == 35 then far = c >= hzt end
+  if far == nil or not string.find(c, STAMP, 2) then
     return refuse('change ' .. i .. ' is not a record or a tombstone with a valid stamp')
   end
   if guarded then
     local g = ARGV[12 + n + i]
-    if g ~= '' and not ((#g == 34 or (#g == 35 and string.byte(g, 35) == 103)) and valid(string.sub(g, 1, 34))) then
+    if g ~= '' and not ((#g == 34 or (#g == 35 and string.byte(g, 35) == 103)) and string.find(g, STAMP)) then
       return refuse('guard ' .. i .. ' is not a stamp')
     end
   end
-  local len = publishing and len4(lens, i) or 0
-  if publishing and len < 1 then return refuse('entry ' .. i .. ' is empty') end
+  local len = 0
+  if publishing then
+    len = len4(lens, i)
+    if len < 1 then return refuse('entry ' .. i .. ' is empty') end
+  end
   if kind == 118 then nv, lv = nv + 1, lv + len else nt, lt = nt + 1, lt + len end
+  if far then
+    skewed[i] = true
+    nskewed = nskewed + 1
+  end
   changes[i] = c
 end
 if ARGV[11] == '1' and nt > 0 then return refuse('a tombstone in a values-only batch') end
@@ -97,9 +126,6 @@ if publishing then
 end
 -- Permissions, also checked before the first write: a change that cannot be published is not
 -- written. The keys themselves were checked by Redis against the caller's key patterns.
-local now = redis.pcall('TIME')
-if now.err then return redis.error_reply('NOPERM apply script: the user may not run TIME') end
-now = tonumber(now[1]) * 1000 + math.floor(tonumber(now[2]) / 1000)
 local k1 = KEYS[1]
 local need = { { 'MGET', k1 }, { 'EXISTS', k1 }, { 'HGET', k1, 's' } }
 if nv > 0 then need[#need + 1] = { 'MSET', k1, 'v' } end
@@ -117,18 +143,6 @@ end
 if publishing then
   if nv > 0 and not allowed(cmd, ARGV[3], 'm') then return redis.error_reply('NOPERM apply script: the user may not ' .. cmd .. ' to channel ' .. ARGV[3]) end
   if nt > 0 and not allowed(cmd, ARGV[4], 'm') then return redis.error_reply('NOPERM apply script: the user may not ' .. cmd .. ' to channel ' .. ARGV[4]) end
-end
--- A stamp more than maxDrift ms ahead of this server's clock: its change is refused (reply
--- {3, server ms}), and a stored one does not win against any write (it counts as no stamp).
-local horizon = now + maxDrift
-local function ahead(s) return tonumber(string.sub(s, 1, 12), 16) > horizon end
-local skewed = {}
-local nskewed = 0
-for i = 1, n do
-  if ahead(string.sub(changes[i], 2, 13)) then
-    skewed[i] = true
-    nskewed = nskewed + 1
-  end
 end
 local function arr(c)
   if c < 16 then return string.char(144 + c) end
@@ -155,7 +169,7 @@ for i = 1, n do
   if v then
     if string.byte(v, 1) == 118 and #v >= 35 then
       local s = string.sub(v, 2, 35)
-      if valid(s) and not ahead(s) then stored[i] = s end
+      if valid(s) and s < hz then stored[i] = s end
     end
   else
     missing[#missing + 1] = i
@@ -167,7 +181,7 @@ if #missing > 0 then
   if redis.call('EXISTS', unpack(names)) > 0 then
     for j = 1, #missing do
       local s = redis.pcall('HGET', KEYS[missing[j]], 's')
-      if type(s) == 'string' and valid(s) and not ahead(s) then stored[missing[j]] = s end
+      if type(s) == 'string' and valid(s) and s < hz then stored[missing[j]] = s end
     end
   end
 end
