@@ -554,7 +554,9 @@ export class RedisDict<V = unknown> implements AsyncIterable<[string, V]> {
     for (const node of scanTargets(this.redis)) {
       let cursor = '0';
       do {
-        const [next, found] = await node.scan(cursor, 'MATCH', pattern, 'COUNT', 1000, 'TYPE', 'string');
+        const [next, found] = await node.scan(cursor, 'MATCH', pattern, 'COUNT', 1000, 'TYPE', 'string').catch((error: unknown) => {
+          throw redisError(asError(error), undefined, 'SCAN');
+        });
         cursor = next;
         const batch: string[] = [];
         for (const redisKey of found) {

@@ -139,6 +139,19 @@ describe.each(topologies())('apply script guards (%s)', (topology, factory) => {
     expect(await storedKeys(admin(), ns, ['x', 'y'])).toEqual([]);
   });
 
+  it('a user without SCAN: keys() and size() reject with E_NOPERM', async () => {
+    const ns = uniqueNamespace('acl-scan');
+    const tenant = new PubSubRedisDict<unknown>(await userClient([`~${ns}/*`, `&${ns}/*`, '+@all', '-scan']), ns);
+    await tenant.set('k', 1);
+    expect((await rejection(tenant.size())).code).toBe('E_NOPERM');
+    const keys = async (): Promise<string[]> => {
+      const out: string[] = [];
+      for await (const k of tenant.keys()) out.push(k);
+      return out;
+    };
+    expect((await rejection(keys())).code).toBe('E_NOPERM');
+  });
+
   // ------------------------------------------------------------------ B. clocks far ahead
 
   it('a writer 48 h ahead is refused with E_CLOCK_SKEW; Redis and a reader keep the previous value', async () => {
