@@ -143,6 +143,8 @@ export class WriteBackCacheManager<V = unknown> extends PubSubCacheManager<V> {
   private readonly closeTimeoutMs: number;
   private readonly retryDelayMs: number;
   private closing = false;
+  /** Changes dropped for clock skew by `close()`'s final flush: reported in its {@link CloseFlushError}. */
+  private droppedWhileClosing: UnwrittenChange<V>[] = [];
   private flushTimer: NodeJS.Timeout | undefined;
   private retryTimer: NodeJS.Timeout | undefined;
   private retryDelay = 0;
@@ -497,6 +499,7 @@ export class WriteBackCacheManager<V = unknown> extends PubSubCacheManager<V> {
     if (this.dirty.get(key) !== entry) return;
     this.dirty.delete(key);
     this.storage.delete(key);
+    if (this.closing) this.droppedWhileClosing.push({ key, value: entry.value, deleted: !entry.present, stamp: entry.stamp });
   }
 
   /** A flushed change is in Redis: the key is clean unless it changed meanwhile (I7). */
@@ -629,7 +632,9 @@ export class WriteBackCacheManager<V = unknown> extends PubSubCacheManager<V> {
         clearTimeout(timer);
       }
     }
-    const unwritten: UnwrittenChange<V>[] = [...this.dirty].map(([key, e]) => ({ key, value: e.value, deleted: !e.present, stamp: e.stamp }));
+    // Changes the final flush dropped for clock skew were not written either: close() reports them.
+    const unwritten: UnwrittenChange<V>[] = [...this.droppedWhileClosing, ...[...this.dirty].map(([key, e]) => ({ key, value: e.value, deleted: !e.present, stamp: e.stamp }))];
+    this.droppedWhileClosing = [];
     this.dirty.clear();
     await super.close();
     this.wake();

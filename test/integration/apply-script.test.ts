@@ -22,7 +22,7 @@ import { RedisDict } from '../../src/redis-dict.js';
 import { APPLY_LUA } from '../../src/scripts/apply.js';
 import { MAX_DRIFT_MS, formatStamp, parseStamp } from '../../src/stamp.js';
 import type { RedisClient } from '../../src/topology.js';
-import { WriteBackCacheManager } from '../../src/write-back/manager.js';
+import { CloseFlushError, WriteBackCacheManager } from '../../src/write-back/manager.js';
 import { rejection } from '../helpers/assertions.js';
 import { pollUntil, standaloneClient, topologies, uniqueNamespace, withClients } from '../helpers/connections.js';
 
@@ -261,6 +261,17 @@ describe.each(topologies())('apply script guards (%s)', (topology, factory) => {
     expect(await wb.get('k')).toBe('v1');
     expect(await wb.get('n')).toBeUndefined();
     expect(await honest.get('k')).toBe('v1');
+  });
+
+  it('write-back: close() reports the changes its final flush dropped for skew in CloseFlushError.unwritten', async () => {
+    const ns = uniqueNamespace('skew-close');
+    const wb = new WriteBackCacheManager<unknown>(new PubSubRedisDict<unknown>(admin(), ns, { clock: () => Date.now() + DAY2 }), { flushIntervalMs: 0 });
+    await wb.ready();
+    await wb.set('k', 'future');
+    const error = await rejection(wb.close());
+    expect(error).toBeInstanceOf(CloseFlushError);
+    expect((error as CloseFlushError<unknown>).unwritten.map((u) => [u.key, u.value])).toEqual([['k', 'future']]);
+    expect(await storedKeys(admin(), ns, ['k'])).toEqual([]);
   });
 
   it('maxDriftMs is validated like the other options', () => {
