@@ -466,7 +466,9 @@ export class PubSubCacheManager<V = unknown> extends EventEmitter<CacheManagerEv
         if (this.reads.get(k) === pending) this.reads.delete(k);
         const stamp = found?.stamp ?? '';
         // I5: an event or write newer than what was read arrived meanwhile: do not cache the read.
-        if (pending.generation === this.generation && pending.newest <= stamp && (found !== undefined || this.cacheMisses)) {
+        // A record stamped too far ahead is served but not cached: its stamp would hide later writes.
+        const cacheable = found === undefined ? this.cacheMisses : !this.store.clock.isTooFarAhead(stamp);
+        if (pending.generation === this.generation && pending.newest <= stamp && cacheable) {
           this.install(k, found === undefined ? missEntry : { value: found.value, stamp, present: true, expiresAt: Infinity });
         }
         return found;
@@ -653,9 +655,14 @@ export class PubSubCacheManager<V = unknown> extends EventEmitter<CacheManagerEv
     const deleted = message.type === 'd';
     for (const entry of message.entries) {
       if (this.store.clock.isTooFarAhead(entry.stamp)) {
-        // No writer's clock is a day ahead: a forged or broken stamp would pin the entry forever.
+        // Stamped more than maxDriftMs ahead of this clock: applying it (or following it) would pin
+        // the entry. It is not applied and the clock does not follow it; but the key did change
+        // (or someone says so): drop the cached entry, which is always safe, and keep a read in
+        // flight from caching what it finds.
         this.counters.malformed++;
-        this.emit('malformed', new MalformedMessageError(`stamp ${entry.stamp} of key is too far in the future`), channel);
+        this.emit('malformed', new MalformedMessageError(`stamp ${entry.stamp} of key is more than maxDriftMs (${this.store.clock.maxDriftMs} ms) ahead`), channel);
+        this.noteWrite(entry.key, entry.stamp);
+        if (this.storage.delete(entry.key)) this.emit('invalidate', entry.key, entry.stamp);
         continue;
       }
       this.counters.eventsReceived++;

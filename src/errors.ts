@@ -18,7 +18,9 @@ export type ErrorCode =
   | 'E_BACKPRESSURE'
   | 'E_FLUSH'
   | 'E_TIMEOUT'
-  | 'E_ABORTED';
+  | 'E_ABORTED'
+  | 'E_NOPERM'
+  | 'E_CLOCK_SKEW';
 
 /** Codes of the `warning` event of a cache manager. */
 export type WarningCode = 'E_EVICTION_POLICY';
@@ -49,8 +51,8 @@ export class RedisDictError extends Error {
 
 /** A key, namespace, option or argument is invalid. Nothing was written. */
 export class InvalidArgumentError extends RedisDictError {
-  constructor(code: 'E_INVALID_KEY' | 'E_INVALID_NAMESPACE' | 'E_INVALID_OPTION' | 'E_INVALID_ARGUMENT', message: string) {
-    super(code, message);
+  constructor(code: 'E_INVALID_KEY' | 'E_INVALID_NAMESPACE' | 'E_INVALID_OPTION' | 'E_INVALID_ARGUMENT', message: string, options?: { cause?: unknown }) {
+    super(code, message, options);
   }
 }
 
@@ -119,6 +121,65 @@ export class FlushError extends RedisDictError {
     super('E_FLUSH', message ?? `Could not write ${failed.length} key(s): ${keys}${more}; they stay dirty`, { cause: failed[0]?.error });
     this.failed = failed;
   }
+}
+
+/**
+ * Redis refused a command by ACL (NOPERM): the user lacks a command, a key pattern or a channel
+ * pattern. Nothing was written: the apply script checks every permission it needs, publishing
+ * included, before its first write. The Redis error is the `cause`.
+ */
+export class PermissionError extends RedisDictError {
+  /** The (first) dictionary key of the refused command. */
+  readonly key: string | undefined;
+  /** The channel refused, when the refusal named one. */
+  readonly channel: string | undefined;
+
+  constructor(message: string, options: { key?: string; channel?: string; cause?: unknown }) {
+    super('E_NOPERM', message, { cause: options.cause });
+    this.key = options.key;
+    this.channel = options.channel;
+  }
+}
+
+/**
+ * A change was refused because its version stamp is more than `maxDriftMs` ahead of the Redis
+ * server's clock: the writer's clock is ahead. Nothing was written for that key.
+ */
+export class ClockSkewError extends RedisDictError {
+  /** The dictionary key of the refused change. */
+  readonly key: string;
+  /** The stamp refused. */
+  readonly stamp: string;
+  /** The Redis server's clock (ms since the epoch) when it refused the change. */
+  readonly serverTimeMs: number;
+
+  constructor(key: string, stamp: string, stampMs: number, serverTimeMs: number, maxDriftMs: number) {
+    super(
+      'E_CLOCK_SKEW',
+      `The change of key \`${key}\` is stamped ${stampMs - serverTimeMs} ms ahead of the Redis server's clock, more than \`maxDriftMs\` (${maxDriftMs}): this writer's clock is ahead; the change was not written`,
+    );
+    this.key = key;
+    this.stamp = stamp;
+    this.serverTimeMs = serverTimeMs;
+  }
+}
+
+/**
+ * Maps an error of a Redis command to a coded error: an ACL refusal (`NOPERM`, or a command a
+ * script may not run) to {@link PermissionError}, a call the apply script refused as malformed
+ * (`BADARGS`) to `E_INVALID_ARGUMENT`; anything else is returned as it is. `key` is the (first)
+ * dictionary key of the command, for the message. @internal
+ */
+export function redisError(error: Error, key: string | undefined, what: string): Error {
+  if (error instanceof RedisDictError) return error;
+  const text = error.message;
+  const about = key === undefined ? '' : ` (key \`${key}\`)`;
+  if (text.startsWith('NOPERM') || /^ERR The user executing the script can't/.test(text)) {
+    const channel = /channel (\S+)$/.exec(text)?.[1];
+    return new PermissionError(`Redis refused ${what}${about} by ACL: ${text}`, { key, channel, cause: error });
+  }
+  if (text.startsWith('BADARGS')) return new InvalidArgumentError('E_INVALID_ARGUMENT', `Redis refused ${what}${about}: ${text}`, { cause: error });
+  return error;
 }
 
 /** `value` if it is an Error, else an Error with its text (for what a `catch` or a rejection gives). @internal */

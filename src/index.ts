@@ -44,6 +44,8 @@ export {
   TimeoutError,
   AbortedError,
   FlushError,
+  PermissionError,
+  ClockSkewError,
   type ErrorCode,
   type WarningCode,
   type DictWarning,

@@ -7,14 +7,14 @@
  * @module
  */
 import { type Codec, msgpackCodec } from './codec.js';
-import { CorruptDataError, InvalidArgumentError, SerializationError, asError } from './errors.js';
+import { ClockSkewError, CorruptDataError, InvalidArgumentError, SerializationError, asError, redisError } from './errors.js';
 import { type DictKey, checkNamespace, normalizeKey, normalizeKeys } from './keys.js';
 import { encodeHeader, entryLength, type MessageType, writeEntry } from './messages.js';
 import { checkOptions, describe, functionOption, integerOption, invalidOption } from './options.js';
 import { RECORD_HEADER_LENGTH, splitRecord, type VersionedValue, writeChange } from './record.js';
 import { type FrameArg, FramedCommand, argLength, bulkLength, frameLength, writeArg, writeBulkHeader, writeCrlf, writeFrameStart } from './resp.js';
 import { APPLY_LUA, APPLY_SHA, STAMPS_LUA, STAMPS_SHA } from './scripts/apply.js';
-import { HybridClock, type Stamp } from './stamp.js';
+import { HybridClock, MAX_DRIFT_MS, type Stamp, isStamp, parseStamp } from './stamp.js';
 import type { ChainableCommander } from 'ioredis';
 import { type RedisClient, chunk, clusterReady, groupBySlot, isCluster, runPerNode, scanTargets } from './topology.js';
 
@@ -37,10 +37,21 @@ export interface RedisDictOptions<V> {
   batchSize?: number;
   /** Wall clock in ms used for version stamps; injectable for tests. Default `Date.now`. */
   clock?: () => number;
+  /**
+   * How far ahead of the Redis server's clock a change's stamp may be, in ms. A change stamped
+   * further ahead (this writer's clock is ahead) is refused with `E_CLOCK_SKEW` and not written; a
+   * stored stamp further ahead (written before, or by a server whose clock was ahead) counts as
+   * older than any write. The hybrid clock also follows observed stamps only this far ahead of
+   * its wall clock, and a cache drops message entries stamped further ahead of it. Every instance
+   * sharing a namespace should use the same value. See `docs/consistency.md`.
+   *
+   * @defaultValue 60000 (one minute, {@link MAX_DRIFT_MS})
+   */
+  maxDriftMs?: number;
 }
 
 /** Keys of {@link RedisDictOptions}, for validation. */
-export const REDIS_DICT_OPTION_KEYS = ['codec', 'maxValueBytes', 'tombstoneTtlMs', 'batchSize', 'clock'] as const;
+export const REDIS_DICT_OPTION_KEYS = ['codec', 'maxValueBytes', 'tombstoneTtlMs', 'batchSize', 'clock', 'maxDriftMs'] as const;
 
 /** One change for {@link RedisDict.writeVersioned}. */
 export interface VersionedChange<V> {
@@ -127,6 +138,8 @@ export class RedisDict<V = unknown> implements AsyncIterable<[string, V]> {
   readonly tombstoneTtlMs: number;
   /** Most keys per script call or MGET. */
   readonly batchSize: number;
+  /** How far ahead of the Redis server's clock a stamp may be, in ms (see {@link RedisDictOptions.maxDriftMs}). */
+  readonly maxDriftMs: number;
   /** True when {@link RedisDict.redis} is a Cluster. */
   readonly isCluster: boolean;
   private readonly prefix: string;
@@ -166,7 +179,8 @@ export class RedisDict<V = unknown> implements AsyncIterable<[string, V]> {
     this.maxValueBytes = integerOption(where, 'maxValueBytes', opts['maxValueBytes'], 1 << 20);
     this.tombstoneTtlMs = integerOption(where, 'tombstoneTtlMs', opts['tombstoneTtlMs'], 86_400_000);
     this.batchSize = integerOption(where, 'batchSize', opts['batchSize'], 500);
-    this.clock = new HybridClock(undefined, functionOption(where, 'clock', opts['clock'], Date.now));
+    this.maxDriftMs = integerOption(where, 'maxDriftMs', opts['maxDriftMs'], MAX_DRIFT_MS, 0);
+    this.clock = new HybridClock(undefined, functionOption(where, 'clock', opts['clock'], Date.now), this.maxDriftMs);
   }
 
   /** Option names this class accepts; subclasses extend the list. */
@@ -344,7 +358,7 @@ export class RedisDict<V = unknown> implements AsyncIterable<[string, V]> {
     const replies = await runPerNode(this.redis, units);
     units.forEach((unit, u) => {
       const [err, values] = replies[u]!;
-      if (err) throw err;
+      if (err) throw redisError(err, unit.part[0]?.key, 'the read');
       (values as (Buffer | null)[]).forEach((raw, j) => {
         const { key, index } = unit.part[j]!;
         if (raw === null) return;
@@ -373,6 +387,9 @@ export class RedisDict<V = unknown> implements AsyncIterable<[string, V]> {
   /** Validates and encodes; throws before anything is written. */
   protected prepare(changes: readonly VersionedChange<V>[]): PreparedChange<V>[] {
     return changes.map((change, index) => {
+      if (!isStamp(change.stamp) || (change.guard !== undefined && !GUARD_PATTERN.test(change.guard))) {
+        throw new InvalidArgumentError('E_INVALID_ARGUMENT', `The change of key \`${change.key}\` has a malformed stamp or guard`);
+      }
       const redisKey = this.redisKey(change.key);
       if (change.deleted) return { index, change, redisKey, payload: undefined };
       return { index, change, redisKey, payload: change.payload ?? this.encodeValue(change.key, change.value as V) };
@@ -384,17 +401,19 @@ export class RedisDict<V = unknown> implements AsyncIterable<[string, V]> {
     if (prepared.length === 0) return outcomes;
     const units = [...this.bySlot(prepared, (p) => p.redisKey)].flatMap(([slot, items]) => {
       const target = this.publishTarget(slot);
-      return this.splitBatch(items).map((part) => new ApplyUnit(slot, part, target, this.tombstoneTtlMs, this.clock.nodeId, this.keyPrefix, this.wirePrefix));
+      return this.splitBatch(items).map((part) => new ApplyUnit(slot, part, target, this.tombstoneTtlMs, this.maxDriftMs, this.clock.nodeId, this.keyPrefix, this.wirePrefix));
     });
     // The listener hears each outcome once, as soon as it is known; its first error is rethrown
     // once every outcome is settled.
     let listenerError: { error: unknown } | undefined;
-    const settle = (unit: ApplyUnit<V>, err: Error | null, reply: unknown): void => {
+    const settle = (unit: ApplyUnit<V>, failure: Error | null, reply: unknown): void => {
+      // ACL refusals and refused calls become coded errors, naming the batch's first key.
+      const err = failure && redisError(failure, unit.part[0]?.change.key, 'the write');
       // The single integer 2: every key was new and written (the script's fast path).
       const list = reply === 2 ? undefined : (reply as unknown[]);
       unit.part.forEach((p, j) => {
         const { index } = p;
-        const outcome: WriteOutcome<V> = err ? { status: 'failed', error: err } : list === undefined ? WRITTEN_NEW : this.outcomeOf(p.change.key, list[j]);
+        const outcome: WriteOutcome<V> = err ? { status: 'failed', error: err } : list === undefined ? WRITTEN_NEW : this.outcomeOf(p.change, list[j]);
         outcomes[index] = outcome;
         if (onOutcome === undefined) return;
         try {
@@ -416,7 +435,7 @@ export class RedisDict<V = unknown> implements AsyncIterable<[string, V]> {
       });
     } catch (error) {
       // Nothing was sent (no cluster slot map, say): every change failed.
-      const failure = asError(error);
+      const failure = redisError(asError(error), prepared[0]?.change.key, 'the write');
       for (const unit of units) if (unit.part.some(({ index }) => outcomes[index] === undefined)) settle(unit, failure, undefined);
       if (listenerError) throw listenerError.error;
       return outcomes;
@@ -458,10 +477,15 @@ export class RedisDict<V = unknown> implements AsyncIterable<[string, V]> {
     return parts;
   }
 
-  private outcomeOf(key: string, reply: unknown): WriteOutcome<V> {
+  private outcomeOf(change: VersionedChange<V>, reply: unknown): WriteOutcome<V> {
+    const { key } = change;
     if (reply === 1) return WRITTEN_OVER_VALUE;
     if (reply === 2) return WRITTEN_NEW;
     if (!Array.isArray(reply)) return { status: 'failed', error: new Error(`Unexpected script reply for key \`${key}\``) };
+    if (reply[0] === 3 && typeof reply[1] === 'number') {
+      // Refused: the change's stamp is more than maxDriftMs ahead of the server's clock.
+      return { status: 'failed', error: new ClockSkewError(key, change.stamp, parseStamp(change.stamp).ms, reply[1], this.maxDriftMs) };
+    }
     const stampRaw: unknown = reply[0];
     const stamp = Buffer.isBuffer(stampRaw) ? stampRaw.toString('latin1') : String(stampRaw ?? '');
     if (stamp !== '') this.clock.observe(stamp);
@@ -502,10 +526,14 @@ export class RedisDict<V = unknown> implements AsyncIterable<[string, V]> {
       units.map(async (unit, u) => {
         let [err, reply] = replies[u]!;
         if (err && /NOSCRIPT/.test(err.message)) {
-          reply = await this.redis.call('EVAL', [STAMPS_LUA, unit.redisKeys.length, ...unit.redisKeys]);
-          err = null;
+          try {
+            reply = await this.redis.call('EVAL', [STAMPS_LUA, unit.redisKeys.length, ...unit.redisKeys]);
+            err = null;
+          } catch (error) {
+            err = asError(error);
+          }
         }
-        if (err) throw err;
+        if (err) throw redisError(err, unit.part[0]?.key, 'the read of stamps');
         (reply as string[]).forEach((stamp, j) => {
           const { index } = unit.part[j]!;
           out[index] = stamp === '?' ? undefined : stamp.startsWith('t') ? '' : stamp;
@@ -526,7 +554,9 @@ export class RedisDict<V = unknown> implements AsyncIterable<[string, V]> {
     for (const node of scanTargets(this.redis)) {
       let cursor = '0';
       do {
-        const [next, found] = await node.scan(cursor, 'MATCH', pattern, 'COUNT', 1000, 'TYPE', 'string');
+        const [next, found] = await node.scan(cursor, 'MATCH', pattern, 'COUNT', 1000, 'TYPE', 'string').catch((error: unknown) => {
+          throw redisError(asError(error), undefined, 'SCAN');
+        });
         cursor = next;
         const batch: string[] = [];
         for (const redisKey of found) {
@@ -562,6 +592,7 @@ class ApplyUnit<V> {
     readonly part: readonly PreparedChange<V>[],
     private readonly target: PublishTarget | undefined,
     private readonly tombstoneTtlMs: number,
+    private readonly maxDriftMs: number,
     private readonly origin: string,
     /** The client's own `keyPrefix` (ioredis adds it to the keys of the commands it frames; so do we). */
     private readonly keyPrefix: string,
@@ -641,6 +672,7 @@ class ApplyUnit<V> {
       lengths,
       guarded ? '1' : '',
       valuesOnly ? '1' : '',
+      this.maxDriftMs,
     ];
     return { fixed, guarded, keyBytes };
   }
@@ -684,6 +716,9 @@ class ApplyUnit<V> {
     return out;
   }
 }
+
+/** A guard: a stamp, possibly followed by `g` (just above that stamp: see the write-back manager). */
+const GUARD_PATTERN = /^[0-9a-f]{34}g?$/;
 
 /** The guard argument of a change for the apply script: '' when it is the change's own stamp. */
 function guardArg(change: VersionedChange<unknown>): string {

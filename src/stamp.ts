@@ -31,8 +31,13 @@ export const STAMP_LENGTH = 34;
 export const ZERO_STAMP: Stamp = '0'.repeat(STAMP_LENGTH);
 
 const MAX_MS = 2 ** 48 - 1;
-/** How far ahead of the local wall clock an observed stamp is followed: one day. */
-export const MAX_DRIFT_MS = 86_400_000;
+/**
+ * Default of the dictionaries' `maxDriftMs` option: how far ahead of a clock a stamp may be, one
+ * minute. The apply script refuses changes stamped further ahead of the Redis server's clock, a
+ * hybrid clock follows observed stamps only up to that far ahead of its wall clock, and a cache
+ * drops (does not apply) message entries stamped further ahead of its wall clock.
+ */
+export const MAX_DRIFT_MS = 60_000;
 const MAX_COUNTER = 0xffffff;
 const STAMP_PATTERN = /^[0-9a-f]{34}$/;
 const NODE_PATTERN = /^[0-9a-f]{16}$/;
@@ -85,6 +90,8 @@ export function newNodeId(): string {
 export class HybridClock {
   /** This writer's id, the last 16 characters of every stamp it makes. */
   readonly nodeId: string;
+  /** How far ahead of the wall clock an observed stamp is followed, in ms. */
+  readonly maxDriftMs: number;
   private readonly wallClock: () => number;
   private ms = 0;
   private counter = 0;
@@ -95,11 +102,15 @@ export class HybridClock {
   /**
    * @param nodeId - writer id (16 lowercase hex characters); random by default.
    * @param now - wall clock in milliseconds; injectable for tests. Default `Date.now`.
+   * @param maxDriftMs - how far ahead of the wall clock an observed stamp is followed (see
+   *   {@link HybridClock.observe}). Default {@link MAX_DRIFT_MS}.
    */
-  constructor(nodeId: string = newNodeId(), now: () => number = Date.now) {
+  constructor(nodeId: string = newNodeId(), now: () => number = Date.now, maxDriftMs: number = MAX_DRIFT_MS) {
     if (!NODE_PATTERN.test(nodeId)) throw new TypeError(`HybridClock: node id must be 16 lowercase hex characters, got ${nodeId}`);
+    if (!Number.isSafeInteger(maxDriftMs) || maxDriftMs < 0) throw new TypeError(`HybridClock: maxDriftMs must be a non-negative integer, got ${maxDriftMs}`);
     this.nodeId = nodeId;
     this.wallClock = now;
+    this.maxDriftMs = maxDriftMs;
   }
 
   /** The wall clock in whole milliseconds within the stamp range (a reading that is not a number counts as 0). */
@@ -108,9 +119,9 @@ export class HybridClock {
     return Number.isNaN(ms) ? 0 : Math.min(Math.max(0, ms), MAX_MS);
   }
 
-  /** True when `stamp` is more than {@link MAX_DRIFT_MS} ahead of this clock's wall clock. */
+  /** True when `stamp` is more than {@link HybridClock.maxDriftMs} ahead of this clock's wall clock. */
   isTooFarAhead(stamp: Stamp): boolean {
-    return Number.parseInt(stamp.slice(0, 12), 16) > Math.floor(this.wallClock()) + MAX_DRIFT_MS;
+    return Number.parseInt(stamp.slice(0, 12), 16) > this.wall() + this.maxDriftMs;
   }
 
   /** A new stamp, greater than every stamp this clock made or observed before. */
@@ -138,12 +149,12 @@ export class HybridClock {
 
   /**
    * Moves the clock past `stamp`, so that the next {@link now} is greater than it. A stamp more
-   * than {@link MAX_DRIFT_MS} ahead of the wall clock is only followed up to that bound, so that
+   * than {@link HybridClock.maxDriftMs} ahead of the wall clock is only followed up to that bound, so that
    * one bogus stamp (a writer with a broken clock, a forged message) cannot push this clock into
    * the far future.
    */
   observe(stamp: Stamp): void {
-    const bound = this.wall() + MAX_DRIFT_MS;
+    const bound = this.wall() + this.maxDriftMs;
     const ms = Number.parseInt(stamp.slice(0, 12), 16);
     if (ms > bound) {
       if (bound > this.ms) {

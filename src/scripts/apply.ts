@@ -9,9 +9,17 @@
  * update message entries of the batch, concatenated in key order; ARGV[8] the delete message
  * entries; ARGV[9] the byte length of each key's entry, 4 bytes big-endian per key ('' when nothing
  * is published); ARGV[10] '1' when every key has a guard argument, '' when none has; ARGV[11] '1'
- * when every change writes a value (no tombstone), else ''. Then per key, in key order, its change
- * (ARGV[11 + i]): the record to store (`v` + stamp + payload) or `t` + stamp for a tombstone. Then,
- * only when ARGV[10] is '1', per key its guard (ARGV[11 + n + i]; '' = the change's own stamp).
+ * when every change writes a value (no tombstone), else ''; ARGV[12] the dictionary's `maxDriftMs`.
+ * Then per key, in key order, its change (ARGV[12 + i]): the record to store (`v` + stamp +
+ * payload) or `t` + stamp for a tombstone. Then, only when ARGV[10] is '1', per key its guard
+ * (ARGV[12 + n + i]; '' = the change's own stamp).
+ *
+ * Before its first write the script validates every argument (a malformed call is refused with an
+ * error starting `BADARGS`), reads the server's clock (`TIME`) and checks with
+ * `redis.acl_check_cmd` every command it may run, publishing included (a refusal is an error
+ * starting `NOPERM`): a change that cannot be published is not written. A change stamped more than
+ * `maxDriftMs` ahead of the server's clock is refused (reply `{3, serverMs}` for its key); a stored
+ * stamp that far ahead counts as no stamp.
  *
  * Each change is its own argument: the client frames the whole call in one buffer (resp.ts), so an
  * argument costs it a header only, and Redis makes each one a Lua string in C, which is cheaper
@@ -22,7 +30,8 @@
  * foreign data or a malformed stamp) is lower than its guard; the guard is the new stamp under
  * last-writer-wins, or the stamp of the moment a key became dirty under discard-on-remote-update.
  * Reply per key: 1 (written, a live value was there), 2 (written, nothing live was there), or
- * `{storedStamp, storedRecord|nil}`; or the single integer 2 when every key was new (below). Each
+ * `{storedStamp, storedRecord|nil}`, or `{3, serverMs}` (stamped too far ahead); or the single
+ * integer 2 when every key was new (below). Each
  * message header present is published, with the applied entries (possibly none, so that
  * per-origin sequence numbers stay contiguous).
  *
@@ -36,6 +45,7 @@ import { createHash } from 'node:crypto';
 
 export const APPLY_LUA = `
 local function valid(s) return #s == 34 and not string.find(s, '[^0-9a-f]') end
+local function refuse(why) return redis.error_reply('BADARGS apply script: ' .. why) end
 local n = #KEYS
 local ttl = tonumber(ARGV[1])
 local guarded = ARGV[10] ~= ''
@@ -43,22 +53,110 @@ local function len4(s, i)
   local b1, b2, b3, b4 = string.byte(s, i * 4 - 3, i * 4)
   return ((b1 * 256 + b2) * 256 + b3) * 256 + b4
 end
--- The change of key i is ARGV[11 + i]; its guard, when guarded, ARGV[11 + n + i].
-local changes = {}
-for i = 1, n do changes[i] = ARGV[11 + i] end
+-- Every argument is checked before the first write: a malformed call changes nothing.
+if n < 1 then return refuse('no key') end
+if #ARGV ~= 12 + n + (guarded and n or 0) then return refuse('expected ' .. (12 + n) .. ' arguments (' .. (12 + 2 * n) .. ' with guards), got ' .. #ARGV) end
+if not ttl or ttl < 1 or ttl ~= math.floor(ttl) then return refuse('tombstone TTL is not a positive integer') end
+local maxDrift = tonumber(ARGV[12])
+if not maxDrift or maxDrift < 0 or maxDrift ~= math.floor(maxDrift) then return refuse('max drift is not a non-negative integer') end
+local cmd = ARGV[2]
+if cmd ~= '' and cmd ~= 'PUBLISH' and cmd ~= 'SPUBLISH' then return refuse('unknown publish command') end
+if (ARGV[10] ~= '' and ARGV[10] ~= '1') or (ARGV[11] ~= '' and ARGV[11] ~= '1') then return refuse('flags must be empty or 1') end
+-- The server's clock bounds the stamps: a change stamped more than maxDrift ms ahead of it is
+-- refused (reply {3, server ms}), and a stored stamp that far ahead counts as no stamp. A stamp is
+-- past the horizon when it is at or above the first stamp of the next millisecond, hz ('g', above
+-- every stamp, when that millisecond is beyond the 48-bit range).
+local now = redis.pcall('TIME')
+if now.err then return redis.error_reply('NOPERM apply script: the user may not run TIME') end
+now = tonumber(now[1]) * 1000 + math.floor(tonumber(now[2]) / 1000)
+local hz = 'g'
+if now + maxDrift + 1 < 281474976710656 then
+  local x, digits = now + maxDrift + 1, {}
+  for d = 12, 1, -1 do
+    local r = x % 16
+    digits[d] = string.sub('0123456789abcdef', r + 1, r + 1)
+    x = math.floor(x / 16)
+  end
+  hz = table.concat(digits) .. string.rep('0', 22)
+end
+local hzv, hzt = 'v' .. hz, 't' .. hz
+-- The change of key i is ARGV[12 + i]; its guard, when guarded, ARGV[12 + n + i]. Each is
+-- checked in place (one anchored pattern, no substring).
+local STAMP = '^' .. string.rep('[0-9a-f]', 34)
+local changes, skewed = {}, {}
+local nv, nt, lv, lt, nskewed = 0, 0, 0, 0, 0
+local publishing = cmd ~= ''
+local lens = ARGV[9]
+if publishing then
+  if #lens ~= 4 * n then return refuse('entry lengths must be 4 bytes per key') end
+else
+  for a = 3, 9 do if ARGV[a] ~= '' then return refuse('message argument ' .. a .. ' without a publish command') end end
+end
+for i = 1, n do
+  local c = ARGV[12 + i]
+  local kind = string.byte(c, 1)
+  local far
+  if kind == 118 and #c >= 35 then far = c >= hzv elseif kind == 116 and #c == 35 then far = c >= hzt end
+  if far == nil or not string.find(c, STAMP, 2) then
+    return refuse('change ' .. i .. ' is not a record or a tombstone with a valid stamp')
+  end
+  if guarded then
+    local g = ARGV[12 + n + i]
+    if g ~= '' and not ((#g == 34 or (#g == 35 and string.byte(g, 35) == 103)) and string.find(g, STAMP)) then
+      return refuse('guard ' .. i .. ' is not a stamp')
+    end
+  end
+  local len = 0
+  if publishing then
+    len = len4(lens, i)
+    if len < 1 then return refuse('entry ' .. i .. ' is empty') end
+  end
+  if kind == 118 then nv, lv = nv + 1, lv + len else nt, lt = nt + 1, lt + len end
+  if far then
+    skewed[i] = true
+    nskewed = nskewed + 1
+  end
+  changes[i] = c
+end
+if ARGV[11] == '1' and nt > 0 then return refuse('a tombstone in a values-only batch') end
+if publishing then
+  if ARGV[3] == '' or (nt > 0 and ARGV[4] == '') then return refuse('a channel is missing') end
+  if (nv > 0) ~= (ARGV[5] ~= '') or (nt > 0) ~= (ARGV[6] ~= '') then return refuse('message headers do not match the changes') end
+  if lv ~= #ARGV[7] or lt ~= #ARGV[8] then return refuse('entry lengths do not add up to the message entries') end
+end
+-- Permissions, also checked before the first write: a change that cannot be published is not
+-- written. The keys themselves were checked by Redis against the caller's key patterns.
+local k1 = KEYS[1]
+local need = { { 'MGET', k1 }, { 'EXISTS', k1 }, { 'HGET', k1, 's' } }
+if nv > 0 then need[#need + 1] = { 'MSET', k1, 'v' } end
+if ARGV[11] ~= '' then need[#need + 1] = { 'MSETNX', k1, 'v' } end
+if nt > 0 then
+  need[#need + 1] = { 'DEL', k1 }
+  need[#need + 1] = { 'HSET', k1, 's', 'v' }
+  need[#need + 1] = { 'PEXPIRE', k1, '1' }
+end
+-- redis.acl_check_cmd exists since Redis 7.0; without it, ACL refusals surface as they happen.
+local allowed = redis.acl_check_cmd or function() return true end
+for j = 1, #need do
+  if not allowed(unpack(need[j])) then return redis.error_reply('NOPERM apply script: the user may not run ' .. need[j][1] .. ' on key ' .. k1) end
+end
+if publishing then
+  if nv > 0 and not allowed(cmd, ARGV[3], 'm') then return redis.error_reply('NOPERM apply script: the user may not ' .. cmd .. ' to channel ' .. ARGV[3]) end
+  if nt > 0 and not allowed(cmd, ARGV[4], 'm') then return redis.error_reply('NOPERM apply script: the user may not ' .. cmd .. ' to channel ' .. ARGV[4]) end
+end
 local function arr(c)
   if c < 16 then return string.char(144 + c) end
   if c < 65536 then return string.char(220, math.floor(c / 256), c % 256) end
   return string.char(221, math.floor(c / 16777216) % 256, math.floor(c / 65536) % 256, math.floor(c / 256) % 256, c % 256)
 end
-if ARGV[11] ~= '' then
+if ARGV[11] ~= '' and nskewed == 0 then
   local kv = {}
   for i = 1, n do
     kv[2 * i - 1] = KEYS[i]
     kv[2 * i] = changes[i]
   end
   if redis.call('MSETNX', unpack(kv)) == 1 then
-    if ARGV[2] ~= '' then redis.call(ARGV[2], ARGV[3], ARGV[5] .. arr(n) .. ARGV[7]) end
+    if publishing then redis.call(cmd, ARGV[3], ARGV[5] .. arr(n) .. ARGV[7]) end
     return 2
   end
 end
@@ -71,7 +169,7 @@ for i = 1, n do
   if v then
     if string.byte(v, 1) == 118 and #v >= 35 then
       local s = string.sub(v, 2, 35)
-      if valid(s) then stored[i] = s end
+      if valid(s) and s < hz then stored[i] = s end
     end
   else
     missing[#missing + 1] = i
@@ -83,7 +181,7 @@ if #missing > 0 then
   if redis.call('EXISTS', unpack(names)) > 0 then
     for j = 1, #missing do
       local s = redis.pcall('HGET', KEYS[missing[j]], 's')
-      if type(s) == 'string' and valid(s) then stored[missing[j]] = s end
+      if type(s) == 'string' and valid(s) and s < hz then stored[missing[j]] = s end
     end
   end
 end
@@ -94,11 +192,13 @@ for i = 1, n do
   local cur = stored[i]
   local ok = cur == nil
   if not ok then
-    local guard = guarded and ARGV[11 + n + i] or ''
+    local guard = guarded and ARGV[12 + n + i] or ''
     if guard == '' then guard = string.sub(change, 2, 35) end
     ok = cur < guard
   end
-  if ok then
+  if skewed[i] then
+    result[i] = { 3, now }
+  elseif ok then
     if string.byte(change, 1) == 116 then
       dels[#dels + 1] = i
     else

@@ -20,7 +20,7 @@
 import type { CacheEntry, PubSubCacheManagerOptions } from '../cache-manager.js';
 import { CACHE_MANAGER_OPTION_KEYS, PubSubCacheManager } from '../cache-manager.js';
 import { bounded, type WaitOptions, waitOptions } from '../deadline.js';
-import { BackpressureError, ClosedError, FlushError, TimeoutError, asError } from '../errors.js';
+import { BackpressureError, ClockSkewError, ClosedError, FlushError, TimeoutError, asError } from '../errors.js';
 import { type DictKey, normalizeKey, normalizeKeys } from '../keys.js';
 import type { MessageEntry } from '../messages.js';
 import { checkOptions, enumOption, integerOption, invalidOption } from '../options.js';
@@ -150,6 +150,8 @@ export class WriteBackCacheManager<V = unknown> extends PubSubCacheManager<V> {
   private readonly closeTimeoutMs: number;
   private readonly retryDelayMs: number;
   private closing = false;
+  /** Changes dropped for clock skew by `close()`'s final flush: reported in its {@link CloseFlushError}. */
+  private droppedWhileClosing: UnwrittenChange<V>[] = [];
   private flushTimer: NodeJS.Timeout | undefined;
   private retryTimer: NodeJS.Timeout | undefined;
   private retryDelay = 0;
@@ -524,6 +526,9 @@ export class WriteBackCacheManager<V = unknown> extends PubSubCacheManager<V> {
       const newest = this.flushNotes?.get(key) ?? '';
       if (outcome.status === 'failed') {
         report.failed.push({ key, error: outcome.error });
+        // Refused for clock skew: its stamp would be refused again on every retry (until this
+        // clock is fixed), so the change is dropped, reported once, instead of retried forever.
+        if (outcome.error instanceof ClockSkewError) this.dropSkewed(key, entry);
         return;
       }
       if (outcome.status === 'written' || outcome.stored.stamp === entry.stamp) {
@@ -551,6 +556,14 @@ export class WriteBackCacheManager<V = unknown> extends PubSubCacheManager<V> {
       this.flushNotes = undefined;
     }
     return again;
+  }
+
+  /** A change refused for clock skew is dropped: the key is clean and reads go to Redis. */
+  private dropSkewed(key: string, entry: DirtyEntry<V>): void {
+    if (this.dirty.get(key) !== entry) return;
+    this.dirty.delete(key);
+    this.storage.delete(key);
+    if (this.closing) this.droppedWhileClosing.push({ key, value: entry.value, deleted: !entry.present, stamp: entry.stamp });
   }
 
   /** A flushed change is in Redis: the key is clean unless it changed meanwhile (I7). */
@@ -734,7 +747,9 @@ export class WriteBackCacheManager<V = unknown> extends PubSubCacheManager<V> {
         clearTimeout(timer);
       }
     }
-    const unwritten: UnwrittenChange<V>[] = [...this.dirty].map(([key, e]) => ({ key, value: e.value, deleted: !e.present, stamp: e.stamp }));
+    // Changes the final flush dropped for clock skew were not written either: close() reports them.
+    const unwritten: UnwrittenChange<V>[] = [...this.droppedWhileClosing, ...[...this.dirty].map(([key, e]) => ({ key, value: e.value, deleted: !e.present, stamp: e.stamp }))];
+    this.droppedWhileClosing = [];
     this.dirty.clear();
     await super.close();
     this.wake();

@@ -606,7 +606,7 @@ describe('near cache under faults (private redis-server)', () => {
       await raw.publish(`${ns}/update`, forge('u', fake, 1, 0, [['k', future, encode('forged')]]));
       await pollUntil(() => b.stats().eventsReceived + b.stats().malformed === before + 1, { timeoutMs: 5_000 });
 
-      // b's clock followed it at most MAX_DRIFT_MS (one day) ahead...
+      // b's clock followed it at most MAX_DRIFT_MS (the default maxDriftMs, one minute) ahead...
       expect(parseStamp(b.store.clock.now()).ms).toBeLessThanOrEqual(Date.now() + MAX_DRIFT_MS);
       // ...and a real write after the forged one reaches b.
       await a.set('k', 'real-2');

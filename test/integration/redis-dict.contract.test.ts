@@ -622,7 +622,8 @@ describe.each(topologies())('RedisDict contract (%s)', (topology, factory) => {
 
     it('a read moves the clock past the stamp it read, so the next write wins over a clock that runs ahead', async () => {
       const namespace = ns();
-      const ahead = dictOf<string>(namespace, { clock: () => Date.now() + 3_600_000 });
+      // 30 s ahead: within maxDriftMs (further ahead, its writes are refused: test/integration/apply-script.test.ts).
+      const ahead = dictOf<string>(namespace, { clock: () => Date.now() + 30_000 });
       const behind = dictOf<string>(namespace);
       await ahead.set('k', 'from the future');
       expect(await behind.get('k')).toBe('from the future');
@@ -875,7 +876,8 @@ describe.each(topologies())('RedisDict contract (%s)', (topology, factory) => {
       const namespace = ns();
       const raw = connect();
       const dict = dictOf<number>(namespace);
-      const future = formatStamp(Date.now() + 3_600_000, 0, 'ffffffffffffffff');
+      // Newer than the writes below, within maxDriftMs (a stamp beyond it would simply be overwritten).
+      const future = formatStamp(Date.now() + 30_000, 0, 'ffffffffffffffff');
       await raw.set(`${namespace}/bad`, Buffer.concat([Buffer.from(`v${future}`, 'latin1'), Buffer.from([0xc1])]));
       const outcomes = await dict.writeVersioned([
         { key: 'a', stamp: dict.clock.now(), deleted: false, value: 1 },

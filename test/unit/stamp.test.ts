@@ -201,6 +201,16 @@ describe('HybridClock', () => {
     );
   });
 
+  it('follows an observed stamp at most maxDriftMs ahead of the wall clock, when given', () => {
+    const clock = new HybridClock(NODE_A, () => 1_000, 10);
+    expect(clock.maxDriftMs).toBe(10);
+    clock.observe(formatStamp(5_000, 5, NODE_B));
+    expect(parseStamp(clock.now()).ms).toBe(1_010);
+    expect(clock.isTooFarAhead(formatStamp(1_010, 0, NODE_B))).toBe(false);
+    expect(clock.isTooFarAhead(formatStamp(1_011, 0, NODE_B))).toBe(true);
+    expect(() => new HybridClock(NODE_A, Date.now, -1)).toThrow(TypeError);
+  });
+
   it('follows an observed stamp at most MAX_DRIFT_MS ahead of the wall clock', () => {
     const clock = new HybridClock(NODE_A, () => 1_000_000);
     clock.observe(formatStamp(1_000_000 + MAX_DRIFT_MS * 10, 5, NODE_A));
@@ -257,7 +267,8 @@ describe('HybridClock', () => {
 
     it('moves past a stamp observed before the clock made any stamp', () => {
       const clock = new HybridClock(NODE_A, () => 1);
-      const remote = formatStamp(1_000_000, 3, NODE_B);
+      // Within MAX_DRIFT_MS of the wall clock (farther stamps are followed only up to it: below).
+      const remote = formatStamp(50_000, 3, NODE_B);
       clock.observe(remote);
       expect(clock.now() > remote).toBe(true);
     });
