@@ -17,9 +17,12 @@ import { forceResync } from '../helpers/resync.js';
 
 const clients = withClients({ closeAfter: 'each' });
 const managers: PubSubCacheManager<unknown>[] = [];
+/** Clients of ioredis 5 (not the suite's ioredis, so not for `clients.track`). */
+const foreignClients: Redis5[] = [];
 
 afterEach(async () => {
   await Promise.all(managers.splice(0).map((m) => m.close()));
+  await Promise.all(foreignClients.splice(0).map((c) => c.quit().catch(() => c.disconnect())));
 });
 
 function manager<V>(ns: string, opts: PubSubCacheManagerOptions = {}): PubSubCacheManager<V> {
@@ -31,7 +34,8 @@ function manager<V>(ns: string, opts: PubSubCacheManagerOptions = {}): PubSubCac
 describe('ioredis: a client of another copy of ioredis than the one the library imports', () => {
   it('an ioredis 5 client (the ioredis5 alias) works with the library and stays coherent with a peer on the suite ioredis', async () => {
     const ns = uniqueNamespace('interop-ioredis5');
-    const foreign = clients.track(new Redis5(redisEndpoints().standalone.url));
+    const foreign = new Redis5(redisEndpoints().standalone.url);
+    foreignClients.push(foreign);
     const a = new PubSubCacheManager<{ n: number }>(new PubSubRedisDict<{ n: number }>(foreign, ns));
     managers.push(a as PubSubCacheManager<unknown>);
     const b = manager<{ n: number }>(ns);
