@@ -93,7 +93,13 @@ const METER_METHODS = ['createObservableCounter', 'createObservableUpDownCounter
  */
 export function instrument<V>(manager: PubSubCacheManager<V>, options: InstrumentOptions): () => void {
   const where = 'instrument';
-  if (manager === null || typeof manager !== 'object' || typeof manager.stats !== 'function' || typeof manager.on !== 'function') {
+  if (
+    manager === null ||
+    typeof manager !== 'object' ||
+    typeof manager.stats !== 'function' ||
+    typeof manager.on !== 'function' ||
+    typeof (manager.store as { namespace?: unknown } | undefined)?.namespace !== 'string'
+  ) {
     throw new InvalidArgumentError('E_INVALID_OPTION', `${where}: manager must be a PubSubCacheManager or WriteBackCacheManager, got ${describe(manager)}`);
   }
   const meter = (options as Partial<InstrumentOptions> | undefined)?.meter;

@@ -133,6 +133,7 @@ describe('instrument() on a PubSubCacheManager', () => {
     const attempts: (() => unknown)[] = [
       () => instrument({} as never, { meter }),
       () => instrument(null as never, { meter }),
+      () => instrument({ stats: () => m.stats(), on: () => {} } as never, { meter }),
       () => instrument(m, {} as never),
       () => instrument(m, undefined as never),
       () => instrument(m, { meter: {} as never }),

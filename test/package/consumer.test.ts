@@ -126,7 +126,8 @@ const CJS_IMPORTS = `
 import { Redis } from 'ioredis';
 import { LRUCache } from 'lru-cache';
 import { PubSubCacheManager, PubSubRedisDict, RedisDictError, WriteBackCacheManager } from 'redis-pubsub-dict';
-import otel = require('redis-pubsub-dict/otel');
+// Untyped on purpose: the app has no @opentelemetry/api, which otel.d.ts names (install it to use this entry point).
+const otel = require('redis-pubsub-dict/otel') as { instrument: unknown };
 import { readFileSync } from 'node:fs';
 const versionOf = (name: string): string => (JSON.parse(readFileSync(\`node_modules/\${name}/package.json\`, 'utf8')) as { version: string }).version;
 const IOREDIS_VERSION = versionOf('ioredis');
@@ -139,7 +140,8 @@ describe('the packed package in a consumer app (ioredis 5, lru-cache 10, no @ope
 
   beforeAll(async () => {
     work = await mkdtemp(join(tmpdir(), 'rpd-consumer-'));
-    await run(npm, ['pack', '--pack-destination', work, '--silent'], { cwd: root, timeout: 110_000, maxBuffer: 16 << 20 });
+    // `npm pack` builds (prepack). Generous bounds: two tsc runs on a loaded 2-core machine take minutes.
+    await run(npm, ['pack', '--pack-destination', work, '--silent'], { cwd: root, timeout: 400_000, maxBuffer: 16 << 20 });
     const tarball = (await readdir(work)).find((f) => f.endsWith('.tgz'));
     if (!tarball) throw new Error(`npm pack wrote no tarball in ${work}`);
     app = join(work, 'app');
@@ -153,12 +155,12 @@ describe('the packed package in a consumer app (ioredis 5, lru-cache 10, no @ope
     ];
     await run(npm, ['install', '--prefer-offline', '--no-audit', '--no-fund', '--ignore-scripts', '--loglevel=error', ...deps], {
       cwd: app,
-      timeout: 110_000,
+      timeout: 300_000,
       maxBuffer: 16 << 20,
     });
     await writeFile(join(app, 'esm.mts'), APP.replace('IMPORTS', ESM_IMPORTS).replace('OTEL', ''));
     await writeFile(join(app, 'cjs.cts'), APP.replace('IMPORTS', CJS_IMPORTS).replace('OTEL', 'otel: typeof otel.instrument,'));
-  }, 240_000);
+  }, 900_000);
 
   afterAll(async () => {
     if (work) await rm(work, { recursive: true, force: true });
@@ -175,11 +177,19 @@ describe('the packed package in a consumer app (ioredis 5, lru-cache 10, no @ope
   it('compiles an ES module and a CommonJS module with tsc --strict, library checks included', async () => {
     const tsc = join(root, 'node_modules', 'typescript', 'bin', 'tsc');
     const args = ['--strict', '--module', 'nodenext', '--moduleResolution', 'nodenext', '--target', 'es2022', '--types', 'node', '--skipLibCheck', 'false'];
-    const result = await run(process.execPath, [tsc, ...args, 'esm.mts', 'cjs.cts'], { cwd: app, timeout: 110_000 }).catch((error: { stdout?: string }) => {
-      throw new Error(`tsc failed:\n${error.stdout ?? String(error)}`);
-    });
-    expect(result.stdout).toBe('');
-  }, 120_000);
+    const output = await run(process.execPath, [tsc, ...args, 'esm.mts', 'cjs.cts'], { cwd: app, timeout: 300_000 }).then(
+      (result) => result.stdout,
+      (error: { stdout?: string; code?: unknown }) => {
+        if (typeof error.stdout !== 'string' || typeof error.code !== 'number') throw error;
+        return error.stdout;
+      },
+    );
+    const errors = output.split('\n').filter((line) => /^\S+\(\d+,\d+\): error /.test(line));
+    // lru-cache 10's own declarations do not check under TypeScript 6 (its Map subclass's iterators,
+    // TS2416); that is lru-cache's, not ours. Everything else, our declarations included, must check.
+    const ours = errors.filter((line) => !/^node_modules\/lru-cache\/\S+\(\d+,\d+\): error TS2416:/.test(line));
+    expect(ours, output).toEqual([]);
+  }, 320_000);
 
   const expected = (report: AppReport): void => {
     expect(report.ioredis.split('.')[0]).toBe('5');
