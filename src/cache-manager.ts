@@ -39,13 +39,34 @@ export interface CacheEntry<V> {
   readonly expiresAt: number;
 }
 
-/** Where cached entries live: a max entry count (LRU), your own `LRUCache`, or `'unbounded'` (a `Map`). */
+/**
+ * Your own `LRUCache` as the cache's storage, seen through the calls the manager makes: an
+ * `LRUCache` of any version (10 and 11 are tested) or copy of lru-cache, checked by duck typing
+ * (`get`, `peek`, `set`, `delete`, `clear`, `has`, `keys`, `entries` and `size`).
+ */
 // eslint-disable-next-line @typescript-eslint/no-explicit-any
-export type CacheOption = number | 'unbounded' | LRUCache<string, any>;
+export interface LRUCacheLike<V = any> {
+  get(key: string): V | undefined;
+  peek(key: string): V | undefined;
+  set(key: string, value: V): unknown;
+  delete(key: string): boolean;
+  clear(): void;
+  has(key: string): boolean;
+  keys(): IterableIterator<string>;
+  entries(): IterableIterator<[string, V]>;
+  readonly size: number;
+}
+
+/** Where cached entries live: a max entry count (LRU), your own `LRUCache`, or `'unbounded'` (a `Map`). */
+export type CacheOption = number | 'unbounded' | LRUCacheLike;
 
 /** Options of {@link PubSubCacheManager}. */
 export interface PubSubCacheManagerOptions {
-  /** Cache storage: a max entry count (LRU), an `LRUCache` instance, or `'unbounded'`. Default 10,000 entries. */
+  /**
+   * Cache storage: a max entry count (LRU), your own `LRUCache` instance (any version or copy of
+   * lru-cache, see {@link LRUCacheLike}), or `'unbounded'`.
+   * @defaultValue 10,000 entries (LRU)
+   */
   cache?: CacheOption;
   /**
    * `'invalidate'`: events carry keys and stamps, peers drop their entry (default).
@@ -106,6 +127,11 @@ export interface CacheStats {
   malformed: number;
   /** Resynchronisations after a gap. */
   resyncs: number;
+  /**
+   * Entries the LRU dropped to stay within its `max` (not counted for your own `LRUCache` given
+   * as `cache`: count them with its `dispose` option).
+   */
+  evictions: number;
   /** Entries cached now. */
   size: number;
   /** Writer origins (per slot group) whose message sequence numbers are tracked now; bounded, idle ones age out. */
@@ -120,6 +146,8 @@ export interface ResyncInfo {
   readonly dropped: number;
   /** Entries kept because Redis holds the same version. */
   readonly kept: number;
+  /** How long the resync took, in ms (reading the stamps back included). */
+  readonly durationMs: number;
 }
 
 /** Events of a cache manager. */
@@ -260,7 +288,7 @@ export class PubSubCacheManager<V = unknown> extends EventEmitter<CacheManagerEv
   private serving = false;
   private resyncing = false;
   private resyncAgain: ResyncReason | undefined;
-  private readonly counters = { hits: 0, misses: 0, eventsReceived: 0, eventsApplied: 0, eventsIgnored: 0, malformed: 0, resyncs: 0 };
+  private readonly counters = { hits: 0, misses: 0, eventsReceived: 0, eventsApplied: 0, eventsIgnored: 0, malformed: 0, resyncs: 0, evictions: 0 };
 
   /**
    * @param store - a {@link PubSubRedisDict}; one cache manager per store.
@@ -272,7 +300,7 @@ export class PubSubCacheManager<V = unknown> extends EventEmitter<CacheManagerEv
     if (!(store instanceof PubSubRedisDict)) invalidOption(where, 'store', 'a PubSubRedisDict', store);
     const opts = checkOptions(where, options, this.optionKeys());
     this.store = store;
-    this.storage = makeStorage<V>(where, opts['cache']);
+    this.storage = makeStorage<V>(where, opts['cache'], () => this.counters.evictions++);
     this.cache = new CacheView(this.storage);
     this.sync = enumOption(where, 'sync', opts['sync'], ['invalidate', 'update'] as const, 'invalidate');
     this.ttlMs = integerOption(where, 'ttlMs', opts['ttlMs'], 0, 0);
@@ -738,6 +766,7 @@ export class PubSubCacheManager<V = unknown> extends EventEmitter<CacheManagerEv
 
   private async resyncOnce(reason: ResyncReason): Promise<void> {
     const generation = this.generation;
+    const started = performance.now();
     if (!this.serveStale) this.serving = false;
     this.counters.resyncs++;
     let dropped = 0;
@@ -770,7 +799,7 @@ export class PubSubCacheManager<V = unknown> extends EventEmitter<CacheManagerEv
     this.afterResync();
     if (generation !== this.generation || this.closed) return;
     if (this.subscriber.healthy) this.serving = true;
-    this.emit('resync', { reason, mode: this.onReconnect, dropped, kept });
+    this.emit('resync', { reason, mode: this.onReconnect, dropped, kept, durationMs: performance.now() - started });
   }
 
   /** Hook for subclasses, run after each resync. */
@@ -810,13 +839,31 @@ type Settled<V> = CacheEntry<V> & { [SETTLED]?: Promise<V | undefined> };
 
 const missEntry: CacheEntry<never> = Object.freeze({ value: undefined, stamp: '', present: false, expiresAt: Infinity });
 
-function makeStorage<V>(where: string, option: unknown): Storage<V> {
-  if (option === undefined) return new LRUCache<string, CacheEntry<V>>({ max: 10_000 }) as unknown as Storage<V>;
+/** The methods of a user's cache that the manager calls (see {@link LRUCacheLike}). */
+const LRU_METHODS = ['get', 'peek', 'set', 'delete', 'clear', 'has', 'keys', 'entries'] as const;
+
+/** True for an object with every method of {@link LRUCacheLike} and a numeric `size`. */
+function isLRUCacheLike(option: unknown): option is LRUCacheLike {
+  if (option === null || typeof option !== 'object') return false;
+  const candidate = option as Record<string, unknown>;
+  return LRU_METHODS.every((name) => typeof candidate[name] === 'function') && typeof candidate['size'] === 'number';
+}
+
+function makeStorage<V>(where: string, option: unknown, onEvict: () => void): Storage<V> {
+  const lru = (max: number): Storage<V> =>
+    new LRUCache<string, CacheEntry<V>>({
+      max,
+      dispose: (_entry, _key, reason) => {
+        if (reason === 'evict') onEvict();
+      },
+    }) as unknown as Storage<V>;
+  if (option === undefined) return lru(10_000);
   if (option === 'unbounded') return mapStorage<V>();
   if (typeof option === 'number') {
     if (!Number.isSafeInteger(option) || option < 1) invalidOption(where, 'cache', "a positive integer, an LRUCache or 'unbounded'", option);
-    return new LRUCache<string, CacheEntry<V>>({ max: option }) as unknown as Storage<V>;
+    return lru(option);
   }
-  if (option instanceof LRUCache) return option as unknown as Storage<V>;
+  // Duck typing, not instanceof: an LRUCache of another version or copy of lru-cache is welcome.
+  if (isLRUCacheLike(option)) return option as unknown as Storage<V>;
   return invalidOption(where, 'cache', "a positive integer, an LRUCache or 'unbounded'", option);
 }

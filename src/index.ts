@@ -12,6 +12,7 @@ export {
   type PubSubCacheManagerOptions,
   type CacheEntry,
   type CacheOption,
+  type LRUCacheLike,
   type CacheStats,
   type CacheManagerEvents,
   type ResyncInfo,
@@ -30,7 +31,7 @@ export {
 } from './write-back/manager.js';
 export type { Conflict, ConflictPolicy, ConflictResolver, ConflictSide, ConflictPolicyName } from './write-back/conflict.js';
 export { type Codec, msgpackCodec, assertSerializable, MAX_DEPTH } from './codec.js';
-export type { RedisClient } from './topology.js';
+export type { RedisClient, RedisClientLike } from './topology.js';
 export { type DictKey, MAX_KEY_LENGTH } from './keys.js';
 export type { VersionedValue } from './record.js';
 export { HybridClock, MAX_DRIFT_MS, type Stamp, type StampParts, compareStamps, isStamp, parseStamp, ZERO_STAMP } from './stamp.js';

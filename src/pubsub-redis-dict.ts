@@ -9,7 +9,7 @@
 import { booleanOption, integerOption, invalidOption } from './options.js';
 import { type PublishTarget, REDIS_DICT_OPTION_KEYS, RedisDict, type RedisDictOptions } from './redis-dict.js';
 import { channelsOf, shardedChannelsOf } from './subscriber.js';
-import type { RedisClient } from './topology.js';
+import type { RedisClientLike } from './topology.js';
 
 /** Options of {@link PubSubRedisDict}. */
 export interface PubSubRedisDictOptions<V> extends RedisDictOptions<V> {
@@ -51,7 +51,7 @@ export class PubSubRedisDict<V = unknown> extends RedisDict<V> {
    * @param namespace - 1-128 characters from `[A-Za-z0-9_.:-]`.
    * @param options - see {@link PubSubRedisDictOptions}.
    */
-  constructor(redis: RedisClient, namespace: string, options?: PubSubRedisDictOptions<V>) {
+  constructor(redis: RedisClientLike, namespace: string, options?: PubSubRedisDictOptions<V>) {
     super(redis, namespace, options);
     const where = 'PubSubRedisDict';
     this.shardedPubSub = booleanOption(where, 'shardedPubSub', options?.shardedPubSub, false);

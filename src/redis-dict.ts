@@ -16,7 +16,7 @@ import { type FrameArg, FramedCommand, argLength, bulkLength, frameLength, write
 import { APPLY_LUA, APPLY_SHA, STAMPS_LUA, STAMPS_SHA } from './scripts/apply.js';
 import { HybridClock, MAX_DRIFT_MS, type Stamp, isStamp, parseStamp } from './stamp.js';
 import type { ChainableCommander } from 'ioredis';
-import { type RedisClient, chunk, clusterReady, groupBySlot, isCluster, runPerNode, scanTargets } from './topology.js';
+import { type RedisClient, type RedisClientLike, chunk, clusterReady, groupBySlot, isCluster, runPerNode, scanTargets } from './topology.js';
 
 /** A client or a pipeline: what a unit of work queues its command on. */
 type Commands = ChainableCommander | RedisClient;
@@ -158,15 +158,15 @@ export class RedisDict<V = unknown> implements AsyncIterable<[string, V]> {
    * @param options - see {@link RedisDictOptions}.
    * @throws InvalidArgumentError `E_INVALID_NAMESPACE` or `E_INVALID_OPTION`.
    */
-  constructor(redis: RedisClient, namespace: string, options?: RedisDictOptions<V>) {
+  constructor(redis: RedisClientLike, namespace: string, options?: RedisDictOptions<V>) {
     const where = new.target.name;
     this.namespace = checkNamespace(namespace);
     const opts = checkOptions(where, options, this.optionKeys());
     if (redis === null || typeof redis !== 'object' || typeof (redis as { pipeline?: unknown }).pipeline !== 'function') {
       invalidOption(where, 'redis', 'an ioredis Redis or Cluster', redis);
     }
-    this.redis = redis;
-    this.isCluster = isCluster(redis);
+    this.redis = redis as RedisClient;
+    this.isCluster = isCluster(this.redis);
     const keyPrefix = (redis as { options?: { keyPrefix?: unknown } }).options?.keyPrefix;
     this.keyPrefix = typeof keyPrefix === 'string' ? keyPrefix : '';
     this.prefix = `${this.namespace}/`;

@@ -254,6 +254,9 @@ export class Subscriber {
       if (this.conn === conn && this.subscribeProgressAt !== 0) this.subscribeProgressAt = Date.now();
     };
     try {
+      // The run_id is read before subscribing: on RESP2 (ioredis 5) a subscribed connection only
+      // accepts pub/sub commands. Same connection, so it names the server the subscription is on.
+      const runId = isCluster(conn) ? undefined : await readRunId(conn);
       if (this.settings.sharded) {
         const pending: Promise<unknown>[] = [];
         for (let slot = 0; slot < 16384; slot++) {
@@ -266,10 +269,9 @@ export class Subscriber {
         await conn.subscribe(channels.update, channels.delete);
       }
       let reason: ResyncReason | 'initial' = this.everUp ? 'reconnect' : 'initial';
-      if (!isCluster(conn)) {
-        const runId = await readRunId(conn);
-        if (this.runId !== undefined && runId !== undefined && runId !== this.runId) reason = 'run-id-changed';
-        if (runId !== undefined) this.runId = runId;
+      if (runId !== undefined) {
+        if (this.runId !== undefined && runId !== this.runId) reason = 'run-id-changed';
+        this.runId = runId;
       }
       if (this.conn !== conn || this.closed) return;
       this.subscribeProgressAt = 0;

@@ -15,6 +15,23 @@ import { asError } from './errors.js';
 /** An ioredis client: a standalone `Redis` or a `Cluster`. */
 export type RedisClient = Redis | Cluster;
 
+/**
+ * What the constructors accept: an ioredis 5.x or 6.x `Redis` or `Cluster`, seen structurally.
+ *
+ * ioredis is a peer dependency, so this package uses the application's ioredis and
+ * {@link RedisClient} names its types. A client made by another copy of ioredis (another major,
+ * or a copy nested under another package) works just as well, but TypeScript refuses it as a
+ * {@link RedisClient} (its classes have private members and differ between majors); this type lets
+ * it through. Checked at run time: anything without `pipeline()` is refused with `E_INVALID_OPTION`.
+ */
+export interface RedisClientLike {
+  readonly status: string;
+  readonly options: object;
+  pipeline(...args: never[]): unknown;
+  duplicate(...args: never[]): unknown;
+  sendCommand(...args: never[]): unknown;
+}
+
 /** True for an ioredis `Cluster`. */
 export function isCluster(client: RedisClient): client is Cluster {
   return client instanceof Cluster || (client as { isCluster?: boolean }).isCluster === true;

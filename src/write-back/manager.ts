@@ -72,6 +72,8 @@ export interface FlushReport<V> {
   readonly conflicts: Conflict<V>[];
   /** Keys that could not be written (they stay dirty and are retried). */
   readonly failed: { key: string; error: Error }[];
+  /** How long the flush took, in ms (waiting for a flush already running not included). */
+  readonly durationMs: number;
 }
 
 /** The answer of a local change recorded at once. */
@@ -469,7 +471,8 @@ export class WriteBackCacheManager<V = unknown> extends PubSubCacheManager<V> {
 
   private async runFlush(): Promise<FlushReport<V>> {
     this.inFlight++;
-    const report: FlushReport<V> = { written: [], conflicts: this.pendingConflicts, failed: [] };
+    const started = performance.now();
+    const report: { -readonly [K in keyof FlushReport<V>]: FlushReport<V>[K] } = { written: [], conflicts: this.pendingConflicts, failed: [], durationMs: 0 };
     this.pendingConflicts = [];
     this.currentReport = report;
     try {
@@ -482,6 +485,7 @@ export class WriteBackCacheManager<V = unknown> extends PubSubCacheManager<V> {
       this.inFlight--;
       this.currentReport = undefined;
       this.wb.flushes++;
+      report.durationMs = performance.now() - started;
     }
     this.wb.flushedKeys += report.written.length;
     if (report.failed.length > 0) {

@@ -431,6 +431,7 @@ describe.each(variants)('PubSubCacheManager (%s)', (name, factory, sharded) => {
       eventsIgnored: 0,
       malformed: 0,
       resyncs: 0,
+      evictions: 0,
       size: 0,
       trackedOrigins: 0,
     });
@@ -452,6 +453,7 @@ describe.each(variants)('PubSubCacheManager (%s)', (name, factory, sharded) => {
       eventsIgnored: 2,
       malformed: 0,
       resyncs: 0,
+      evictions: 0,
       size: 0,
       trackedOrigins: 1, // a, one slot group
     });
