@@ -188,6 +188,8 @@ export class MessageRecorder {
   private constructor(private readonly conns: readonly Redis[]) {
     for (const conn of conns) {
       conn.on('close', () => this.epoch++);
+      // A cut connection (restart, failover) reconnects by itself.
+      conn.on('error', () => undefined);
       conn.on('messageBuffer', (channel: Buffer, bytes: Buffer) => {
         try {
           const m = this.decoder.decode(bytes);
