@@ -9,6 +9,9 @@
  * - `PROPERTY_RUNS=<n>` runs every property `n` times instead of its default budget (long
  *   campaigns); the per-test time limit is lifted then.
  *
+ * - `NEMESIS_FAULTS`, `NEMESIS_CLUSTER`, `NEMESIS_MAX_SKEW_MS`, `NEMESIS_COMMAND_TIMEOUT_MS`,
+ *   `NEMESIS_MAX_COMMANDS`: the fault runs of `nemesis.test.ts` (see {@link nemesisConfig}).
+ *
  * The default budgets keep `npx vitest run property-tests` (both topologies) under ~3 minutes on
  * a 2-core machine; see `docs/verification.md` for the figures.
  *
