@@ -76,6 +76,8 @@ describe.each(topologies)('nemesis: caches against a faulty Redis (%s)', (topolo
             await world.checkInvariants();
           } catch (error) {
             failed = true;
+            // One line per failing run (and shrinking step): a long campaign's log shows it at once.
+            console.log(`[nemesis] run failed: ${String(error).split('\n')[0]} — ${cmds.toString().slice(0, 300)}`);
             if (process.env['PROPERTY_VERBOSE']) console.log(`${String(error)}\n${await world.describe().catch((e: unknown) => String(e))}`);
             throw error;
           } finally {
