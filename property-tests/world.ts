@@ -296,6 +296,14 @@ export class Instance {
     return (this.manager as unknown as { subscriber: { healthy: boolean } }).subscriber.healthy;
   }
 
+  /**
+   * True while a resync runs (test-only look inside). With `serveStaleWhileDisconnected` the
+   * manager keeps serving during its resync, so "serving and subscribed" does not say it is over.
+   */
+  get resyncing(): boolean {
+    return (this.manager as unknown as { resyncing: boolean }).resyncing;
+  }
+
   /** Errors other than those of a killed connection. */
   unexpectedErrors(): Error[] {
     return this.errors.filter((e) => !CONNECTION_ERROR.test(`${e.name} ${e.message}`) && !(this.world.nemesis !== undefined && isTransient(e)));
@@ -471,7 +479,7 @@ export class World {
       if (attempt >= 8) throw new Error('quiesce: no stable state after 8 attempts');
       await Promise.all(this.instances.filter((i) => i.kind === 'wb').map((i) => withDeadline(i.wb.onIdle(), 20_000, `onIdle of instance ${i.index}`)));
       // isServing alone is not enough: with serveStaleWhileDisconnected it stays true while down.
-      await pollUntil(() => this.instances.every((i) => i.manager.isServing && i.subscribed), { timeoutMs: 15_000, message: 'quiesce: every subscription live' });
+      await pollUntil(() => this.instances.every((i) => i.manager.isServing && i.subscribed && !i.resyncing), { timeoutMs: 15_000, message: 'quiesce: every subscription live, no resync running' });
       const downs = this.instances.map((i) => i.downs);
       const keys = await fenceKeys(this.checker, `${++this.fenceRound}`);
       const stamps: Stamp[] = [];
@@ -489,7 +497,7 @@ export class World {
       );
       if (changed()) continue;
       if (this.instances.some((i) => i.kind === 'wb' && i.wb.dirtyCount > 0)) continue;
-      if (!this.instances.every((i) => i.manager.isServing && i.subscribed)) continue;
+      if (!this.instances.every((i) => i.manager.isServing && i.subscribed && !i.resyncing)) continue;
       return;
     }
   }
