@@ -28,7 +28,7 @@ afterAll(() => {
 
 const POLICIES: PolicyName[] = ['last-writer-wins', 'discard-on-remote-update', 'custom'];
 /** Default budget (CI): a few runs per policy on the standalone server. */
-const RUNS = 20;
+const RUNS = 12;
 
 const topologies: ('standalone' | 'cluster')[] = nemesisConfig.cluster ? ['standalone', 'cluster'] : ['standalone'];
 
