@@ -163,42 +163,69 @@ export interface RecordedMessage {
   readonly origin: string;
   readonly type: 'u' | 'd';
   readonly entries: readonly { readonly key: string; readonly stamp: Stamp }[];
+  /** The recorder's connection epoch when it arrived (see {@link MessageRecorder.epoch}). */
+  readonly epoch: number;
 }
+
+/** Name of the recorder's connections (a nemesis kills every other subscriber). */
+export const RECORDER_NAME = 'property-recorder';
 
 /**
  * A raw subscriber on a namespace's classic channels that records every valid message (the
  * apply script publishes exactly the entries it wrote, so this is a Redis-side log of applied
- * writes). On a Cluster, classic messages reach every node, so one node suffices.
+ * writes). On a Cluster, classic messages reach every node, so one node suffices; under a nemesis
+ * it listens on every node (a failover kills one), and reconnects at once after a restart.
  */
 export class MessageRecorder {
   readonly messages: RecordedMessage[] = [];
+  /** Connection epoch: incremented each time a connection closes (a restart cut it). */
+  epoch = 0;
   private readonly waiters = new Set<() => void>();
   private readonly decoder = new MessageDecoder({ maxMessageBytes: 64 << 20, maxValueBytes: 16 << 20, maxEntries: 100_000 });
+  /** `key|stamp` → the connection epoch in which the recorder saw it applied. */
+  private readonly seen = new Map<string, number>();
 
-  private constructor(private readonly conn: Redis) {
-    conn.on('messageBuffer', (channel: Buffer, bytes: Buffer) => {
-      try {
-        const m = this.decoder.decode(bytes);
-        this.messages.push({ channel: channel.toString(), bytes: Buffer.from(bytes), origin: m.origin, type: m.type, entries: m.entries.map((e) => ({ key: e.key, stamp: e.stamp })) });
-      } catch {
-        return;
-      }
-      for (const wake of [...this.waiters]) wake();
-    });
+  private constructor(private readonly conns: readonly Redis[]) {
+    for (const conn of conns) {
+      conn.on('close', () => this.epoch++);
+      // A cut connection (restart, failover) reconnects by itself.
+      conn.on('error', () => undefined);
+      conn.on('messageBuffer', (channel: Buffer, bytes: Buffer) => {
+        try {
+          const m = this.decoder.decode(bytes);
+          const entries = m.entries.map((e) => ({ key: e.key, stamp: e.stamp }));
+          this.messages.push({ channel: channel.toString(), bytes: Buffer.from(bytes), origin: m.origin, type: m.type, entries, epoch: this.epoch });
+          for (const e of entries) this.seen.set(`${e.key}|${e.stamp}`, this.epoch);
+        } catch {
+          return;
+        }
+        for (const wake of [...this.waiters]) wake();
+      });
+    }
   }
 
-  /** Subscribes to `<namespace>/update` and `<namespace>/delete`. */
-  static async start(redis: RedisClient, namespace: string): Promise<MessageRecorder> {
+  /**
+   * Subscribes to `<namespace>/update` and `<namespace>/delete`.
+   *
+   * @param everyNode - on a Cluster, one connection per node (else one); every connection
+   *   reconnects at once after it is cut.
+   */
+  static async start(redis: RedisClient, namespace: string, everyNode = false): Promise<MessageRecorder> {
     await clusterReady(redis);
-    const conn = redis instanceof Cluster ? await nodeConnectionForSlot(redis, 0) : redis.duplicate();
-    const recorder = new MessageRecorder(conn);
-    await conn.subscribe(`${namespace}/update`, `${namespace}/delete`);
+    const options = everyNode ? { connectionName: RECORDER_NAME, retryStrategy: (): number => 5 } : { connectionName: RECORDER_NAME };
+    let conns: Redis[];
+    if (!(redis instanceof Cluster)) conns = [redis.duplicate(options)];
+    else if (!everyNode) conns = [await nodeConnectionForSlot(redis, 0)];
+    else conns = redis.nodes('all').map((n) => new Redis({ host: n.options.host, port: n.options.port, ...options }));
+    const recorder = new MessageRecorder(conns);
+    await Promise.all(conns.map((conn) => conn.subscribe(`${namespace}/update`, `${namespace}/delete`)));
     return recorder;
   }
 
-  /** True when a message carried `stamp` for `key`. */
-  saw(key: string, stamp: Stamp): boolean {
-    return this.messages.some((m) => m.entries.some((e) => e.key === key && e.stamp === stamp));
+  /** True when a message carried `stamp` for `key` (received in connection epoch `minEpoch` or later). */
+  saw(key: string, stamp: Stamp, minEpoch = 0): boolean {
+    const epoch = this.seen.get(`${key}|${stamp}`);
+    return epoch !== undefined && epoch >= minEpoch;
   }
 
   /** Resolves when `predicate` holds (checked after each message); rejects at the deadline. */
@@ -220,6 +247,6 @@ export class MessageRecorder {
   }
 
   stop(): void {
-    this.conn.disconnect();
+    for (const conn of this.conns) conn.disconnect();
   }
 }

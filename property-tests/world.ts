@@ -79,6 +79,12 @@ export const exercised = {
   keysCheckedLww: 0,
   cachedEntriesChecked: 0,
   flushInFlightRaces: 0,
+  /** Calls that failed for a transient reason under a nemesis (accepted by the commands). */
+  callsFailed: 0,
+  /** Writes whose call failed: ambiguous outcomes (nemesis runs). */
+  ambiguousWrites: 0,
+  /** Ambiguous writes that Redis applied anyway (the recorder saw them). */
+  ambiguousApplied: 0,
 };
 
 /** Reports every remote entry a manager receives (test-only hook on the protected `applyRemote`). */
@@ -100,6 +106,24 @@ class ObservedWB extends WriteBackCacheManager<unknown> {
 /** Errors a killed connection may report; anything else reported by a manager fails the run. */
 const CONNECTION_ERROR = /ECONNRESET|EPIPE|Connection is closed|ECONNREFUSED|Socket closed|ETIMEDOUT|connect/i;
 
+/**
+ * Transient failures a nemesis causes on purpose: a command timeout (`CLIENT PAUSE`, the
+ * instances' short `commandTimeout`), a cut or refused connection (restart, failover), a cluster
+ * without a master for some slots while a replica takes over (`CLUSTERDOWN`), a restarted server
+ * still loading. Not here on purpose: `MOVED`/`ASK` (the library must follow redirections),
+ * `NOSCRIPT` (it must reload its script), `READONLY`, anything else.
+ */
+const TRANSIENT = /Command timed out|E_TIMEOUT|ECONNRESET|ECONNREFUSED|EPIPE|Connection is closed|Socket closed|Stream isn't writeable|ETIMEDOUT|CLUSTERDOWN|TRYAGAIN|LOADING|Reached the max retries per request|enableOfflineQueue/i;
+
+/** True when `error` (and, for a flush error, every key's failure) is one a nemesis causes. */
+export function isTransient(error: unknown): boolean {
+  if (!(error instanceof Error)) return false;
+  const failed = (error as { failed?: readonly { error: Error }[] }).failed;
+  if (Array.isArray(failed) && failed.length > 0) return failed.every((f) => isTransient(f.error));
+  if (TRANSIENT.test(`${error.name} ${error.message}`)) return true;
+  return error.cause !== undefined && error.cause !== error && isTransient(error.cause);
+}
+
 export class Instance {
   readonly manager: AnyManager;
   readonly store: PubSubRedisDict<unknown>;
@@ -113,6 +137,8 @@ export class Instance {
   /** Highest stamp of a present entry this cache ever held, per key (I4). */
   readonly highestHeld = new Map<string, Stamp>();
   readonly errors: Error[] = [];
+  /** Clock skew in ms (generated; a nemesis may change it within its bound). */
+  skew: number;
   private writeWaiters: (() => void)[] = [];
 
   constructor(
@@ -127,10 +153,11 @@ export class Instance {
     onReconnect: 'revalidate' | 'clear',
     serveStaleWhileDisconnected: boolean,
   ) {
+    this.skew = skew;
     this.store = new PubSubRedisDict<unknown>(redis, world.namespace);
     // A fixed writer id per instance (random otherwise), so that ties between stamps break the
     // same way when a seed is replayed; the wall clock is the model's, plus this instance's skew.
-    (this.store as unknown as { clock: HybridClock }).clock = new HybridClock((index + 1).toString(16).padStart(16, '0'), () => world.now + skew);
+    (this.store as unknown as { clock: HybridClock }).clock = new HybridClock((index + 1).toString(16).padStart(16, '0'), () => world.now + this.skew);
     const common = { sync, cache, heartbeatIntervalMs: 1000, onReconnect, serveStaleWhileDisconnected } as const;
     if (kind === 'pc') this.manager = new ObservedPC(this.store, common);
     else {
@@ -158,8 +185,17 @@ export class Instance {
   async expecting<T>(expected: readonly Expected[], action: () => Promise<T>): Promise<T> {
     expect(this.expected, `instance ${this.index}: overlapping stamp expectations`).toEqual([]);
     this.expected = [...expected];
+    const before = this.world.writes.length;
     try {
       return await action();
+    } catch (error) {
+      if (this.world.tolerates(error)) {
+        // The call failed for a reason the nemesis caused: what it stamped may or may not have
+        // been applied (a write queued behind CLIENT PAUSE runs after its caller gave up).
+        for (const w of this.world.writes.slice(before)) if (w.instance === this.index) this.world.ambiguous.add(w.seq);
+        this.expected = [];
+      }
+      throw error;
     } finally {
       const left = this.expected;
       this.expected = [];
@@ -260,16 +296,50 @@ export class Instance {
     return (this.manager as unknown as { subscriber: { healthy: boolean } }).subscriber.healthy;
   }
 
+  /**
+   * True while a resync runs (test-only look inside). With `serveStaleWhileDisconnected` the
+   * manager keeps serving during its resync, so "serving and subscribed" does not say it is over.
+   */
+  get resyncing(): boolean {
+    return (this.manager as unknown as { resyncing: boolean }).resyncing;
+  }
+
   /** Errors other than those of a killed connection. */
   unexpectedErrors(): Error[] {
-    return this.errors.filter((e) => !CONNECTION_ERROR.test(`${e.name} ${e.message}`));
+    return this.errors.filter((e) => !CONNECTION_ERROR.test(`${e.name} ${e.message}`) && !(this.world.nemesis !== undefined && isTransient(e)));
   }
+}
+
+/** What a nemesis does between commands (see `nemesis.ts`); the World only needs to heal it. */
+export interface NemesisControl {
+  /** Ends every fault still active (a `CLIENT PAUSE`), and waits until the recorder is live. */
+  heal(world: World): Promise<void>;
+}
+
+/** Options of {@link World.create} used by the nemesis runs. */
+export interface WorldOptions {
+  /** Creates each instance's connection (default: the admin factory). */
+  readonly instanceFactory?: () => Redis | Cluster;
+  /** Faults are injected: calls may fail for transient reasons, writes may be ambiguous. */
+  readonly nemesis?: NemesisControl;
+  /** The model's wall clock at the start (default 1,700,000,000,000). */
+  readonly now?: number;
 }
 
 /** A command's view of the system under test. */
 export class World {
   readonly namespace: string;
   now = 1_700_000_000_000;
+  /** Set in nemesis runs. */
+  nemesis: NemesisControl | undefined;
+  /** Writes whose call failed for a transient reason: applied or not (the recorder tells). */
+  readonly ambiguous = new Set<number>();
+  /**
+   * The last restart of the (standalone) server, which lost everything Redis held: writes made
+   * before it (`seq` at most `seq`) and every message the recorder received before it (connection
+   * `epoch` below `epoch`) are gone from Redis. See {@link survived}.
+   */
+  restartMark = { seq: 0, epoch: 0 };
   readonly instances: Instance[] = [];
   readonly writes: WriteRecord[] = [];
   readonly conflicts: { instance: number; conflict: Conflict<unknown> }[] = [];
@@ -295,17 +365,48 @@ export class World {
     (this.checker as unknown as { clock: HybridClock }).clock = new HybridClock('00000000000000ff', () => this.now);
   }
 
-  static async create(factory: () => Redis | Cluster, namespace: string, policy: PolicyName, config: RunConfig): Promise<World> {
+  static async create(factory: () => Redis | Cluster, namespace: string, policy: PolicyName, config: RunConfig, opts: WorldOptions = {}): Promise<World> {
     const admin = factory();
     await clusterReady(admin);
-    const recorder = await MessageRecorder.start(admin, namespace);
+    const recorder = await MessageRecorder.start(admin, namespace, opts.nemesis !== undefined);
     const world = new World(policy, admin, recorder, namespace);
+    world.nemesis = opts.nemesis;
+    if (opts.now !== undefined) world.now = opts.now;
     for (let i = 0; i < config.kinds.length; i++) {
-      const redis = factory();
+      const redis = (opts.instanceFactory ?? factory)();
       world.instances.push(new Instance(world, i, config.kinds[i]!, redis, config.syncs[i]!, config.caches[i]!, config.skews[i]!, policy, config.onReconnect[i]!, config.serveStale[i]!));
     }
     await Promise.all(world.instances.map((inst) => inst.manager.ready()));
     return world;
+  }
+
+  /** True when `error` is a transient failure and a nemesis runs (commands then accept it). */
+  tolerates(error: unknown): boolean {
+    return this.nemesis !== undefined && isTransient(error);
+  }
+
+  /** `action()`, or `undefined` when it failed for a reason the nemesis caused (see {@link tolerates}). */
+  async tolerant<T>(action: () => Promise<T>): Promise<T | undefined> {
+    try {
+      return await action();
+    } catch (error) {
+      if (this.tolerates(error)) {
+        exercised.callsFailed++;
+        return undefined;
+      }
+      throw error;
+    }
+  }
+
+  /**
+   * The write is in Redis's surviving history: the recorder saw it applied after the last
+   * restart, or it was made after that restart and its call did not fail (a write-through write
+   * that succeeded was applied, or refused because Redis held a newer one; a local write-back
+   * change is flushed or reported). Without restart and without faults, every write.
+   */
+  survived(w: WriteRecord): boolean {
+    if (this.recorder.saw(w.key, w.stamp, this.restartMark.epoch)) return true;
+    return w.seq > this.restartMark.seq && !this.ambiguous.has(w.seq);
   }
 
   instance(i: number): Instance {
@@ -354,10 +455,13 @@ export class World {
   /** Kills one instance's subscriber and waits until the instance noticed (its `down` event). */
   async kill(i: number): Promise<void> {
     const inst = this.instance(i);
+    // A subscriber not confirmed yet (reconnecting after a nemesis restart, say) has already
+    // reported its `down`: cutting it again makes no new one. The quiesce checks it comes back.
+    const wasUp = inst.subscribed;
     const down = waitForEvent(inst.manager, 'down', () => true, 10_000);
     down.catch(() => undefined);
     if (await killSubscriber(inst.manager, this.checker.redis)) {
-      await down;
+      if (wasUp) await down;
       exercised.killsEffective++;
     }
   }
@@ -370,11 +474,12 @@ export class World {
    * resolver made new local changes while messages arrived.
    */
   async quiesce(): Promise<void> {
+    if (this.nemesis !== undefined) await this.nemesis.heal(this);
     for (let attempt = 0; ; attempt++) {
       if (attempt >= 8) throw new Error('quiesce: no stable state after 8 attempts');
       await Promise.all(this.instances.filter((i) => i.kind === 'wb').map((i) => withDeadline(i.wb.onIdle(), 20_000, `onIdle of instance ${i.index}`)));
       // isServing alone is not enough: with serveStaleWhileDisconnected it stays true while down.
-      await pollUntil(() => this.instances.every((i) => i.manager.isServing && i.subscribed), { timeoutMs: 15_000, message: 'quiesce: every subscription live' });
+      await pollUntil(() => this.instances.every((i) => i.manager.isServing && i.subscribed && !i.resyncing), { timeoutMs: 15_000, message: 'quiesce: every subscription live, no resync running' });
       const downs = this.instances.map((i) => i.downs);
       const keys = await fenceKeys(this.checker, `${++this.fenceRound}`);
       const stamps: Stamp[] = [];
@@ -392,7 +497,7 @@ export class World {
       );
       if (changed()) continue;
       if (this.instances.some((i) => i.kind === 'wb' && i.wb.dirtyCount > 0)) continue;
-      if (!this.instances.every((i) => i.manager.isServing && i.subscribed)) continue;
+      if (!this.instances.every((i) => i.manager.isServing && i.subscribed && !i.resyncing)) continue;
       return;
     }
   }
@@ -433,7 +538,7 @@ export class World {
         expect(served, `I1: instance ${inst.index} serves ${key}`).toEqual(state.kind === 'live' ? state.value : undefined);
       }
     }
-    this.checkNoSilentLoss();
+    this.checkNoSilentLoss(states);
     if (this.policy === 'last-writer-wins') this.checkLastWriterWins(states);
     this.checkConflictReports();
   }
@@ -448,13 +553,17 @@ export class World {
    * apply script published it), or superseded by a later change of the same instance to the same
    * key, or reported in a conflict, or discarded by that instance's own clear().
    */
-  private checkNoSilentLoss(): void {
+  private checkNoSilentLoss(states: Map<string, RedisState>): void {
     for (const w of this.writes) {
       // Local changes only: write-through writes and clear()'s tombstones are compare-and-set
       // writes whose refusal means Redis holds a newer write (I2 covers them).
       if ((w.kind !== 'wb' && w.kind !== 'resolver') || w.key.startsWith('__fence__')) continue;
       exercised.changesChecked++;
       if (this.recorder.saw(w.key, w.stamp)) continue;
+      // A write applied while the recorder was reconnecting (after a restart) is only known by
+      // Redis holding it.
+      const held = states.get(w.key);
+      if (this.nemesis !== undefined && held !== undefined && held.kind !== 'none' && held.stamp === w.stamp) continue;
       const superseded = this.writes.some((o) => o.instance === w.instance && o.key === w.key && o.stamp > w.stamp && (o.kind === 'wb' || o.kind === 'resolver'));
       if (superseded) continue;
       const reported = this.conflicts.some((c) => c.instance === w.instance && c.conflict.key === w.key && c.conflict.local.stamp === w.stamp);
@@ -469,11 +578,14 @@ export class World {
   private checkLastWriterWins(states: Map<string, RedisState>): void {
     for (const key of KEYS) {
       let best: WriteRecord | undefined;
-      for (const w of this.writes) if (w.key === key && !this.clearedLocally(w) && (best === undefined || w.stamp > best.stamp)) best = w;
+      // Only what survived: writes lost with a restarted server's data, and ambiguous writes that
+      // were never applied, are not candidates.
       const state = states.get(key)!;
+      const held = (w: WriteRecord): boolean => this.nemesis !== undefined && state.kind !== 'none' && state.stamp === w.stamp;
+      for (const w of this.writes) if (w.key === key && !this.clearedLocally(w) && (this.survived(w) || held(w)) && (best === undefined || w.stamp > best.stamp)) best = w;
       exercised.keysCheckedLww++;
       if (best === undefined) {
-        expect(state.kind, `I2: nothing was written to ${key}`).toBe('none');
+        expect(state.kind, `I2: nothing that survived was written to ${key}`).toBe('none');
         continue;
       }
       const expected = best.deleted ? { kind: 'tombstone', stamp: best.stamp } : { kind: 'live', stamp: best.stamp, value: best.value };
@@ -506,7 +618,7 @@ export class World {
     const short = (stamp: string): string => `${stamp.slice(10, 18)}/${stamp.slice(-2)}`;
     const lines = [
       'writes:',
-      ...this.writes.map((w) => `  #${w.seq} i${w.instance} ${w.kind} ${w.key}${w.deleted ? ' DELETE' : `=${JSON.stringify(w.value)}`} @${short(w.stamp)} applied=${this.recorder.saw(w.key, w.stamp)}`),
+      ...this.writes.map((w) => `  #${w.seq} i${w.instance} ${w.kind} ${w.key}${w.deleted ? ' DELETE' : `=${JSON.stringify(w.value)}`} @${short(w.stamp)} applied=${this.recorder.saw(w.key, w.stamp)}${this.ambiguous.has(w.seq) ? ' AMBIGUOUS' : ''}${this.survived(w) ? '' : ' LOST'}`),
       'conflicts:',
       ...this.conflicts.map(({ instance, conflict: c }) => `  i${instance} ${c.key} ${c.detectedBy} local@${short(c.local.stamp)} remote@${short(c.remote.stamp)} known=${c.remote.known} -> ${c.outcome}${c.stamp ? ` new@${short(c.stamp)}` : ''}`),
       'redis:',
@@ -519,6 +631,8 @@ export class World {
 
   async dispose(): Promise<void> {
     for (const { conflict } of this.conflicts) exercised.conflicts[conflict.outcome]++;
+    exercised.ambiguousWrites += this.ambiguous.size;
+    for (const w of this.writes) if (this.ambiguous.has(w.seq) && this.recorder.saw(w.key, w.stamp)) exercised.ambiguousApplied++;
     for (const inst of this.instances) exercised.resyncs += inst.manager.stats().resyncs;
     const closing = await Promise.allSettled(this.instances.map((inst) => inst.manager.close()));
     this.recorder.stop();
