@@ -95,7 +95,7 @@ export type FaultKind = (typeof FAULT_KINDS)[number];
  * outcomes of timed-out writes and flushes) and `failover` (cluster only, expensive) wait for
  * their library fixes; turn them on with `NEMESIS_FAULTS`.
  */
-export const DEFAULT_FAULTS: readonly FaultKind[] = ['kill', 'restart', 'scriptFlush', 'skew'];
+export const DEFAULT_FAULTS: readonly FaultKind[] = ['kill', 'restart', 'pause', 'scriptFlush', 'skew'];
 
 function faultsFromEnv(): ReadonlySet<FaultKind> {
   const raw = process.env['NEMESIS_FAULTS']?.trim();
