@@ -305,6 +305,7 @@ async function main() {
       [lruAdapter.name, () => lruAdapter.create(env), { noRedis: true }],
       [nodeRedisAdapter.name, () => nodeRedisAdapter.create(env), {}],
       [bentoAdapter.name, () => bentoAdapter.create(env), {}],
+      [`${bentoAdapter.name} (L1 serialize: false)`, () => bentoAdapter.create(env, { serialize: false }), {}],
       [`${libAdapter.name} (PubSubCacheManager)`, libCreate({ sync: 'invalidate' }), {}],
     ];
     for (const [adapter, create, flags] of cached) {
