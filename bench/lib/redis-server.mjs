@@ -9,6 +9,12 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { clearTimeout, setTimeout } from 'node:timers';
 
+// A signal ends the process through process.exit, so that every server's 'exit' handler below
+// kills it by pid (without this, Ctrl-C or a `timeout` would leave the servers running).
+for (const [signal, code] of [['SIGINT', 130], ['SIGTERM', 143], ['SIGHUP', 129]]) {
+  process.once(signal, () => process.exit(code));
+}
+
 /** A free TCP port on 127.0.0.1 (asked from the OS). */
 function freePort() {
   return new Promise((resolve, reject) => {
