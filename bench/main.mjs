@@ -5,6 +5,7 @@
  *   node --expose-gc bench/main.mjs [--redis-url redis://host:port] [--quick] [--only a,b]
  *
  * Sections (--only): single, mixed, memory, miss, invalidation, writeback.
+ * `--scale` runs only the batch-scaling case instead (bench/scale.mjs).
  * Writes bench/results/latest.json, latest.md and *.svg.
  */
 import { parseArgs } from 'node:util';
@@ -31,6 +32,9 @@ const { values: argv } = parseArgs({
     quick: { type: 'boolean', default: false },
     only: { type: 'string' },
     'out-dir': { type: 'string' },
+    scale: { type: 'boolean', default: false },
+    'scale-sizes': { type: 'string' },
+    'scale-topologies': { type: 'string' },
   },
   allowPositionals: false,
 });
@@ -301,6 +305,7 @@ async function main() {
       [lruAdapter.name, () => lruAdapter.create(env), { noRedis: true }],
       [nodeRedisAdapter.name, () => nodeRedisAdapter.create(env), {}],
       [bentoAdapter.name, () => bentoAdapter.create(env), {}],
+      [`${bentoAdapter.name} (L1 serialize: false)`, () => bentoAdapter.create(env, { serialize: false }), {}],
       [`${libAdapter.name} (PubSubCacheManager)`, libCreate({ sync: 'invalidate' }), {}],
     ];
     for (const [adapter, create, flags] of cached) {
@@ -700,6 +705,19 @@ async function cleanupUserRedis() {
 }
 
 let exitCode = 0;
+if (argv.scale) {
+  try {
+    const { runScale } = await import('./scale.mjs');
+    const sizes = (argv['scale-sizes'] ?? '10000,100000,1000000').split(',').map((s) => Number(s.trim()));
+    const topologies = (argv['scale-topologies'] ?? 'standalone,cluster').split(',').map((s) => s.trim());
+    await runScale({ log, redisUrl: argv['redis-url'], sizes, topologies, outDir: argv['out-dir'] });
+  } catch (error) {
+    console.error(error);
+    exitCode = 1;
+  }
+  log(`done in ${(since(t0) / 1e9).toFixed(1)} s`);
+  process.exit(exitCode);
+}
 try {
   await main();
   await cleanupUserRedis().catch((error) => log(`cleanup failed: ${error.message}`));

@@ -434,31 +434,48 @@ export class PubSubCacheManager<V = unknown> extends EventEmitter<CacheManagerEv
     const ks = normalizeKeys(keys);
     if (this.closed) throw new ClosedError(this.constructor.name);
     const out: (V | undefined)[] = new Array(ks.length);
-    const missing: string[] = [];
-    const waiting = new Map<string, Promise<VersionedValue<V> | undefined>>();
-    ks.forEach((k, i) => {
+    // Each missed key once (a Set: the batch costs O(n), not one scan of the misses per key),
+    // either joining a read already in flight or in this call's own read.
+    const missing = new Set<string>();
+    const joined = new Map<string, Promise<VersionedValue<V> | undefined>>();
+    let missed = false;
+    for (let i = 0; i < ks.length; i++) {
+      const k = ks[i]!;
       const entry = this.lookup(k);
       if (entry !== undefined) {
         this.counters.hits++;
         out[i] = entry.value;
-        return;
+        continue;
       }
       this.counters.misses++;
-      if (waiting.has(k)) return;
+      missed = true;
+      if (missing.has(k) || joined.has(k)) continue;
       const pending = this.reads.get(k);
-      if (pending) waiting.set(k, pending.promise);
-      else if (!missing.includes(k)) missing.push(k);
-    });
-    if (missing.length > 0) {
-      const batch = this.store.readVersioned(missing);
-      missing.forEach((k, j) => waiting.set(k, this.track(k, batch.then((found) => found[j]))));
+      if (pending) joined.set(k, pending.promise);
+      else missing.add(k);
     }
-    if (waiting.size > 0) {
-      const resolved = new Map<string, VersionedValue<V> | undefined>();
-      await Promise.all([...waiting].map(async ([k, p]) => resolved.set(k, await p)));
-      ks.forEach((k, i) => {
-        if (resolved.has(k)) out[i] = resolved.get(k)?.value;
-      });
+    if (!missed) return out;
+    const resolved = new Map<string, VersionedValue<V> | undefined>();
+    const waits: Promise<unknown>[] = [];
+    if (missing.size > 0) {
+      const list = [...missing];
+      const batch = this.store.readVersioned(list);
+      // One promise for the whole batch (not one per key): each key's read is tracked for I5, and
+      // the results are collected once the batch is in.
+      const tracked = list.map((k, j) => this.track(k, batch.then((found) => found[j])));
+      waits.push(
+        Promise.all(tracked).then((found) => {
+          for (let j = 0; j < list.length; j++) resolved.set(list[j]!, found[j]);
+        }),
+      );
+    }
+    for (const [k, p] of joined) waits.push(p.then((found) => resolved.set(k, found)));
+    await Promise.all(waits);
+    for (let i = 0; i < ks.length; i++) {
+      if (out[i] === undefined) {
+        const found = resolved.get(ks[i]!);
+        if (found !== undefined) out[i] = found.value;
+      }
     }
     return out;
   }

@@ -9,6 +9,12 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { clearTimeout, setTimeout } from 'node:timers';
 
+// A signal ends the process through process.exit, so that every server's 'exit' handler below
+// kills it by pid (without this, Ctrl-C or a `timeout` would leave the servers running).
+for (const [signal, code] of [['SIGINT', 130], ['SIGTERM', 143], ['SIGHUP', 129]]) {
+  process.once(signal, () => process.exit(code));
+}
+
 /** A free TCP port on 127.0.0.1 (asked from the OS). */
 function freePort() {
   return new Promise((resolve, reject) => {
@@ -58,10 +64,11 @@ export function redisServerVersion(bin = 'redis-server') {
 }
 
 /**
- * Starts `redis-server` on a free loopback port. Returns `{ url, port, pid, stop() }`.
+ * Starts `redis-server` on a free loopback port (`extraArgs` appended to its command line, e.g. the
+ * cluster options). Returns `{ url, port, pid, stop() }`.
  * `stop()` is idempotent; the server is also killed (by pid) when this process exits.
  */
-export async function startRedisServer({ bin = process.env.REDIS_SERVER_BIN ?? 'redis-server' } = {}) {
+export async function startRedisServer({ bin = process.env.REDIS_SERVER_BIN ?? 'redis-server', extraArgs = [] } = {}) {
   if (!redisServerVersion(bin)) {
     throw new Error(`\`${bin}\` was not found: install Redis (e.g. apt-get install redis-server) or pass --redis-url redis://host:port`);
   }
@@ -69,7 +76,7 @@ export async function startRedisServer({ bin = process.env.REDIS_SERVER_BIN ?? '
   const dir = mkdtempSync(join(tmpdir(), 'rpd-bench-redis-'));
   const child = spawn(
     bin,
-    ['--port', String(port), '--bind', '127.0.0.1', '--save', '', '--appendonly', 'no', '--dir', dir, '--daemonize', 'no', '--protected-mode', 'yes', '--loglevel', 'warning'],
+    ['--port', String(port), '--bind', '127.0.0.1', '--save', '', '--appendonly', 'no', '--dir', dir, '--daemonize', 'no', '--protected-mode', 'yes', '--loglevel', 'warning', ...extraArgs],
     { stdio: ['ignore', 'pipe', 'pipe'] },
   );
   let output = '';
