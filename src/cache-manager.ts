@@ -294,9 +294,11 @@ export class PubSubCacheManager<V = unknown> extends EventEmitter<CacheManagerEv
   }
 
   /**
-   * Resolves once the subscription is live; nothing is cached before that. Rejects when Redis
-   * refuses the subscription (NOPERM: the ACL user lacks `&<namespace>/*`); the manager keeps
-   * retrying in the background and works uncached meanwhile.
+   * Resolves once the subscription is live; nothing is cached before that. Rejects with a
+   * `ConnectionError` (`E_CONNECTION`, the underlying error as `cause`) when the failure is
+   * one retrying will not fix: Redis refuses the subscription (NOPERM: the ACL user lacks the
+   * channel pattern) or the credentials, or the server's TLS certificate does not verify. The
+   * manager keeps retrying in the background and works uncached meanwhile.
    */
   ready(): Promise<void> {
     return this.subscriber.whenLive();

@@ -17,7 +17,8 @@ export type ErrorCode =
   | 'E_CLOSED'
   | 'E_BACKPRESSURE'
   | 'E_FLUSH'
-  | 'E_TIMEOUT';
+  | 'E_TIMEOUT'
+  | 'E_CONNECTION';
 
 /** Base class of every error this library throws. */
 export class RedisDictError extends Error {
@@ -84,6 +85,43 @@ export class TimeoutError extends RedisDictError {
     super('E_TIMEOUT', message);
   }
 }
+
+/**
+ * Redis refused the connection or the subscription for a reason that retrying will not fix: the
+ * server's TLS certificate does not verify, the credentials are wrong, or the ACL user lacks a
+ * permission. The error from the connection (TLS, ioredis, or the Redis reply) is the `cause`.
+ */
+export class ConnectionError extends RedisDictError {
+  constructor(message: string, options: { cause: unknown }) {
+    super('E_CONNECTION', message, options);
+  }
+}
+
+/**
+ * True for a connection error that retrying will not fix: a TLS certificate that does not verify
+ * (Node's certificate error codes), or Redis refusing the credentials or a permission.
+ * @internal
+ */
+export function isPermanentConnectionError(error: Error): boolean {
+  const code = (error as { code?: unknown }).code;
+  if (typeof code === 'string' && (TLS_CERT_ERRORS.has(code) || code.startsWith('ERR_TLS_CERT'))) return true;
+  return /NOPERM|NOAUTH|WRONGPASS/.test(error.message);
+}
+
+/** Node's codes (OpenSSL's verification results) for a server certificate that does not verify. */
+const TLS_CERT_ERRORS = new Set([
+  'SELF_SIGNED_CERT_IN_CHAIN',
+  'DEPTH_ZERO_SELF_SIGNED_CERT',
+  'UNABLE_TO_GET_ISSUER_CERT',
+  'UNABLE_TO_GET_ISSUER_CERT_LOCALLY',
+  'UNABLE_TO_VERIFY_LEAF_SIGNATURE',
+  'CERT_UNTRUSTED',
+  'CERT_HAS_EXPIRED',
+  'CERT_NOT_YET_VALID',
+  'CERT_REVOKED',
+  'CERT_SIGNATURE_FAILURE',
+  'HOSTNAME_MISMATCH',
+]);
 
 /** Keys that a flush could not write. They stay dirty and are retried. */
 export class FlushError extends RedisDictError {

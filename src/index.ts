@@ -39,6 +39,7 @@ export {
   ClosedError,
   BackpressureError,
   TimeoutError,
+  ConnectionError,
   FlushError,
   type ErrorCode,
 } from './errors.js';
