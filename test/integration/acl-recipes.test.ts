@@ -209,4 +209,24 @@ describe.each(topologies())('ACL recipes of docs/security.md (%s)', (topology) =
       await user.remove();
     }
   });
+
+  it('acl:reader with the default onReconnect revalidate: the resync cannot run the script, clears the cache and reports NOPERM', async () => {
+    const ns = uniqueNamespace('acl-reader-reval');
+    const user = await createUser(topology, 'reader', ns);
+    try {
+      const writer = new PubSubRedisDict<unknown>(adminClient(topology), ns);
+      await writer.set('a', 1);
+      const { m, errors, resyncs } = manager(new PubSubRedisDict<unknown>(clientAs(topology, user), ns));
+      await m.ready();
+      expect(await m.get('a')).toBe(1);
+      expect(m.cache.size).toBe(1);
+      for (const admin of admins(topology)) await admin.call('CLIENT', 'KILL', 'USER', user.username).catch(() => 0);
+      await expect.poll(() => resyncs.length, { timeout: 10_000 }).toBeGreaterThan(0);
+      expect(resyncs[0]).toMatchObject({ mode: 'revalidate', dropped: 1, kept: 0 });
+      expect(errors.some((e) => /NOPERM/.test(e.message))).toBe(true);
+      expect(await m.get('a')).toBe(1);
+    } finally {
+      await user.remove();
+    }
+  });
 });
