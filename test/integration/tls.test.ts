@@ -4,7 +4,7 @@
  * by the test's own admin connection to look at the server's side of the TLS connections
  * (CLIENT LIST's `laddr` says which port each client connected to).
  *
- * Skipped, with the reason printed, when `openssl` is not installed.
+ * Skipped, with the reason printed, when `openssl` or `redis-server` is not installed.
  */
 import { mkdtemp, rm } from 'node:fs/promises';
 import os from 'node:os';
@@ -16,11 +16,13 @@ import { RedisDictError } from '../../src/errors.js';
 import { PubSubRedisDict } from '../../src/pubsub-redis-dict.js';
 import { RedisDict } from '../../src/redis-dict.js';
 import { uniqueNamespace } from '../helpers/connections.js';
-import { findFreePort, startServer, type RedisServerHandle } from '../helpers/harness.js';
+import { findExecutable, findFreePort, startServer, type RedisServerHandle } from '../helpers/harness.js';
 import { findOpenssl, makeTestCertificates, type TestCertificates } from '../helpers/tls.js';
 
 const openssl = findOpenssl();
+const redisServer = findExecutable('redis-server');
 if (openssl === undefined) console.warn('[tls.test] SKIPPED: `openssl` is not on PATH, so no test certificates can be made');
+if (redisServer === undefined) console.warn('[tls.test] SKIPPED: `redis-server` is not on PATH, so no TLS server can be spawned');
 
 /** One CLIENT LIST line as a record. */
 function parseClientList(text: string): Record<string, string>[] {
@@ -30,7 +32,7 @@ function parseClientList(text: string): Record<string, string>[] {
     .map((line) => Object.fromEntries(line.split(' ').map((field) => [field.slice(0, field.indexOf('=')), field.slice(field.indexOf('=') + 1)])));
 }
 
-describe.skipIf(openssl === undefined)('TLS (redis-server --tls-port, certificates from openssl)', () => {
+describe.skipIf(openssl === undefined || redisServer === undefined)('TLS (redis-server --tls-port, certificates from openssl)', () => {
   let dir: string;
   let certs: TestCertificates;
   let server: RedisServerHandle;
