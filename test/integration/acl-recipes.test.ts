@@ -3,9 +3,10 @@
  * (the fenced blocks tagged `acl:<name>`), a user is created with it on the harness's standalone
  * server and on every node of its cluster, and the library is run as that user.
  *
- * - `acl:service` — everything a writer and a near cache do works (set, get, getMany, has,
- *   delete, setMany, keys, entries, size, clear, the subscription and its invalidations, sharded
- *   pub/sub on the cluster), and nothing outside the namespace is reachable;
+ * - `acl:service` — everything a writer, a near cache and a write-back cache do works (set, get,
+ *   getMany, has, delete, setMany, keys, entries, size, clear, the subscription and its
+ *   invalidations, a guarded flush, sharded pub/sub on the cluster), and nothing outside the
+ *   namespace is reachable;
  * - `acl:reader` — a near cache that reads and stays coherent, whose every write is refused with
  *   NOPERM and changes nothing.
  */
@@ -16,6 +17,7 @@ import { afterAll, describe, expect, it } from 'vitest';
 import { PubSubCacheManager, type PubSubCacheManagerOptions, type ResyncInfo } from '../../src/cache-manager.js';
 import { PubSubRedisDict } from '../../src/pubsub-redis-dict.js';
 import type { RedisClient } from '../../src/topology.js';
+import { WriteBackCacheManager } from '../../src/write-back/manager.js';
 import { clusterSeeds, redisEndpoints, topologies, uniqueNamespace, withClients, type Topology } from '../helpers/connections.js';
 
 const SECURITY_MD = new URL('../../docs/security.md', import.meta.url);
@@ -141,6 +143,16 @@ describe.each(topologies())('ACL recipes of docs/security.md (%s)', (topology) =
       expect(await dict.size()).toBe(0);
       expect(await m.get('a')).toBeUndefined();
       expect(errors).toEqual([]);
+
+      // A write-back cache (guards: discard-on-remote-update) flushes through the same script.
+      const wb = new WriteBackCacheManager(new PubSubRedisDict<unknown>(clientAs(topology, user), ns), { flushIntervalMs: 0, conflictPolicy: 'discard-on-remote-update' });
+      managers.push(wb);
+      await wb.ready();
+      await wb.set('w', 'dirty');
+      await wb.delete('b');
+      const report = await wb.flush();
+      expect(report.conflicts).toEqual([]);
+      expect(await dict.getMany(['w', 'b'])).toEqual(['dirty', undefined]);
 
       // Outside the namespace: refused.
       const other = new PubSubRedisDict<unknown>(clientAs(topology, user), uniqueNamespace('acl-other'));
