@@ -349,11 +349,14 @@ export class PubSubCacheManager<V = unknown> extends EventEmitter<CacheManagerEv
   }
 
   /**
-   * Resolves once the subscription is live; nothing is cached before that. Rejects when Redis
-   * refuses the subscription (NOPERM: the ACL user lacks `&<namespace>/*`); the manager keeps
-   * retrying in the background and works uncached meanwhile. Rejects with `E_TIMEOUT` after
-   * `timeoutMs` (default 30 s; an unreachable Redis, say), with `E_ABORTED` when `signal` fires,
-   * and with `E_CLOSED` once the manager is closed (also when it is closed while waiting).
+   * Resolves once the subscription is live; nothing is cached before that. Rejects with a
+   * `ConnectionError` (`E_CONNECTION`, the underlying error as `cause`) when the failure is one
+   * retrying will not fix: wrong credentials, or a server TLS certificate that does not verify; with
+   * a `PermissionError` (`E_NOPERM`) when the ACL refuses the subscription (the user lacks the
+   * channel pattern). The manager keeps retrying in the background and works uncached meanwhile.
+   * Rejects with `E_TIMEOUT` after `timeoutMs` (default 30 s; an unreachable Redis, say), with
+   * `E_ABORTED` when `signal` fires, and with `E_CLOSED` once the manager is closed (also when it is
+   * closed while waiting).
    *
    * @param options - see {@link ReadyOptions}.
    */

@@ -20,7 +20,8 @@ export type ErrorCode =
   | 'E_TIMEOUT'
   | 'E_ABORTED'
   | 'E_NOPERM'
-  | 'E_CLOCK_SKEW';
+  | 'E_CLOCK_SKEW'
+  | 'E_CONNECTION';
 
 /** Codes of the `warning` event of a cache manager. */
 export type WarningCode = 'E_EVICTION_POLICY';
@@ -103,6 +104,44 @@ export class TimeoutError extends RedisDictError {
   }
 }
 
+
+/**
+ * Redis refused the connection or the subscription for a reason that retrying will not fix: the
+ * server's TLS certificate does not verify or the credentials are wrong (an ACL refusal is a
+ * {@link PermissionError}). The error from the connection (TLS, ioredis, or the Redis reply) is the `cause`.
+ */
+export class ConnectionError extends RedisDictError {
+  constructor(message: string, options: { cause: unknown }) {
+    super('E_CONNECTION', message, options);
+  }
+}
+
+/**
+ * True for a connection error that retrying will not fix: a TLS certificate that does not verify
+ * (Node's certificate error codes), or Redis refusing the credentials or a permission.
+ * @internal
+ */
+export function isPermanentConnectionError(error: Error): boolean {
+  const code = (error as { code?: unknown }).code;
+  if (typeof code === 'string' && (TLS_CERT_ERRORS.has(code) || code.startsWith('ERR_TLS_CERT'))) return true;
+  return /NOPERM|NOAUTH|WRONGPASS/.test(error.message);
+}
+
+/** Node's codes (OpenSSL's verification results) for a server certificate that does not verify. */
+const TLS_CERT_ERRORS = new Set([
+  'SELF_SIGNED_CERT_IN_CHAIN',
+  'DEPTH_ZERO_SELF_SIGNED_CERT',
+  'UNABLE_TO_GET_ISSUER_CERT',
+  'UNABLE_TO_GET_ISSUER_CERT_LOCALLY',
+  'UNABLE_TO_VERIFY_LEAF_SIGNATURE',
+  'CERT_UNTRUSTED',
+  'CERT_HAS_EXPIRED',
+  'CERT_NOT_YET_VALID',
+  'CERT_REVOKED',
+  'CERT_SIGNATURE_FAILURE',
+  'HOSTNAME_MISMATCH',
+]);
+
 /** An operation was given up because its `AbortSignal` was aborted. */
 export class AbortedError extends RedisDictError {
   constructor(message: string, options?: { cause?: unknown }) {
@@ -180,6 +219,20 @@ export function redisError(error: Error, key: string | undefined, what: string):
   }
   if (text.startsWith('BADARGS')) return new InvalidArgumentError('E_INVALID_ARGUMENT', `Redis refused ${what}${about}: ${text}`, { cause: error });
   return error;
+}
+
+/**
+ * The library error for a connection or subscription failure that retrying will not fix (see
+ * {@link isPermanentConnectionError}): an ACL refusal is a {@link PermissionError} (`E_NOPERM`),
+ * anything else (credentials, TLS) a {@link ConnectionError} (`E_CONNECTION`).
+ * @internal
+ */
+export function permanentConnectionError(error: Error, what: string): RedisDictError {
+  if (/NOPERM/.test(error.message)) {
+    const channel = /channel (\S+)/.exec(error.message)?.[1];
+    return new PermissionError(`${what} by ACL: ${error.message}`, { channel, cause: error });
+  }
+  return new ConnectionError(`${what}: ${error.message}`, { cause: error });
 }
 
 /** `value` if it is an Error, else an Error with its text (for what a `catch` or a rejection gives). @internal */

@@ -44,6 +44,7 @@ export {
   BackpressureError,
   TimeoutError,
   AbortedError,
+  ConnectionError,
   FlushError,
   PermissionError,
   ClockSkewError,

@@ -104,7 +104,8 @@ export interface PublishTarget {
   readonly maxPublishedValueBytes: number;
 }
 
-interface PreparedChange<V> {
+/** A validated, encoded change, as a batch of the apply script carries it. @internal */
+export interface PreparedChange<V> {
   /** Position of the change in the call's list (outcomes are aligned with it). */
   readonly index: number;
   readonly change: VersionedChange<V>;
@@ -582,8 +583,11 @@ const WRITTEN_NEW = { status: 'written', existed: false } as const;
  * sent, so that message sequence numbers are taken in the order the calls are sent and a large
  * flush is encoded while the server executes the batches already sent. The call is framed here,
  * in one buffer (see resp.ts), and sent as a {@link FramedCommand}.
+ *
+ * Exported for the protocol conformance vectors (`scripts/protocol-vectors.ts`), which take the
+ * script arguments from it. @internal
  */
-class ApplyUnit<V> {
+export class ApplyUnit<V> {
   readonly weight: number;
   private built: BuiltBatch | undefined;
 

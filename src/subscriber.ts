@@ -19,7 +19,7 @@
  */
 import { randomBytes } from 'node:crypto';
 import { Redis, type Cluster } from 'ioredis';
-import { asError } from './errors.js';
+import { asError, isPermanentConnectionError, permanentConnectionError } from './errors.js';
 import { encodeEntry, encodeHeader, MalformedMessageError, type Message, MessageDecoder } from './messages.js';
 import { ZERO_STAMP } from './stamp.js';
 import { type RedisClient, isCluster, slotTag } from './topology.js';
@@ -205,7 +205,11 @@ export class Subscriber {
     const conn = this.createConnection();
     this.conn = conn;
     conn.on('error', (error: Error) => {
-      if (this.conn === conn) this.listener.onError(error);
+      if (this.conn !== conn) return;
+      this.listener.onError(error);
+      // A certificate that does not verify (or refused credentials) will not verify on the next
+      // attempt either: tell whoever waits for ready(); ioredis keeps retrying in the background.
+      if (!this.everUp && isPermanentConnectionError(error)) this.rejectWaiters(permanentConnectionError(error, 'Could not connect the subscriber'));
     });
     conn.on('ready', () => {
       if (this.conn !== conn) return;
@@ -285,11 +289,8 @@ export class Subscriber {
       // Refused for good (ACL, authentication): tell whoever waits for ready(), and keep trying
       // slowly in case the rules change. Otherwise (a shard not known yet, a connection closing)
       // try again soon; a connection that is really gone reconnects by itself.
-      const permanent = /NOPERM|NOAUTH|WRONGPASS/.test(error.message);
-      if (permanent && !this.everUp) {
-        for (const waiter of this.readyWaiters) waiter.reject(error);
-        this.readyWaiters = [];
-      }
+      const permanent = isPermanentConnectionError(error);
+      if (permanent && !this.everUp) this.rejectWaiters(permanentConnectionError(error, 'The subscription was refused'));
       const first = permanent ? 1000 : 100;
       this.retryDelay = Math.min(this.retryDelay === 0 ? first : this.retryDelay * 2, 30_000);
       this.notReadySince = Date.now();
@@ -299,6 +300,12 @@ export class Subscriber {
       }, this.retryDelay);
       this.retryTimer.unref();
     }
+  }
+
+  /** Rejects every pending {@link Subscriber.whenLive}. */
+  private rejectWaiters(error: Error): void {
+    for (const waiter of this.readyWaiters) waiter.reject(error);
+    this.readyWaiters = [];
   }
 
   private markUp(reason: ResyncReason | 'initial'): void {
