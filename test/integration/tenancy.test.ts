@@ -180,7 +180,7 @@ describe('channel names', () => {
     expect(new PubSubRedisDict(client, ns).channels().update).toBe(`${ns}/update@4`);
   });
 
-  it.each([['', 'empty'], ['a b', 'a space'], ['a{b', 'a brace'], ['x'.repeat(129), 'too long'], [7, 'a number']])('channelPrefix %j is refused (%s)', (value) => {
+  it.each<[unknown, string]>([['', 'empty'], ['a b', 'a space'], ['a{b', 'a brace'], ['x'.repeat(129), 'too long'], [7, 'a number']])('channelPrefix %j is refused (%s)', (value) => {
     const client = clients.track(standaloneClient({ lazyConnect: true }));
     expect(() => new PubSubRedisDict(client, 'ns', { channelPrefix: value as string })).toThrow(InvalidArgumentError);
   });
