@@ -431,6 +431,8 @@ describe.each(variants)('PubSubCacheManager (%s)', (name, factory, sharded) => {
       eventsIgnored: 0,
       malformed: 0,
       resyncs: 0,
+      unverified: 0,
+      gapResyncsDeferred: 0,
       size: 0,
     });
     await a!.set('{s}k', 'v'); // not cached by b yet: ignored
@@ -451,6 +453,8 @@ describe.each(variants)('PubSubCacheManager (%s)', (name, factory, sharded) => {
       eventsIgnored: 2,
       malformed: 0,
       resyncs: 0,
+      unverified: 0,
+      gapResyncsDeferred: 0,
       size: 0,
     });
   });
