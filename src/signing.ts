@@ -8,18 +8,20 @@
  *   apply script then publishes the frame whole, and receivers only drop those keys);
  * - `key id` is the first 4 bytes of HMAC-SHA-256(key, "redis-pubsub-dict key id"): it names the key
  *   without revealing it, so that a receiver tries one key, not all;
- * - `MAC` is HMAC-SHA-256(key, flag | SHA-256(domain | u32 channel length | channel | frame)),
- *   truncated to 128 bits, where `frame` is every byte before the tag item: the header, the array
- *   header and every entry of the batch, as the writer built them.
+ * - `MAC` is one half of T = HMAC-SHA-256(key, domain | u32 channel length | channel | frame): its
+ *   first 16 bytes for flag `'a'`, its last 16 bytes for flag `'p'`, where `frame` is every byte
+ *   before the tag item: the header, the array header and every entry of the batch, as the writer
+ *   built them.
  *
- * Hashing the frame once and MACing the digest with each flag lets the writer produce both tags
- * (the script picks one) for the price of one pass over the frame; SHA-256 is collision
- * resistant, so the digest stands for the frame. The channel name is bound into the MAC, so that a
- * frame captured on one tenant's channel does not verify on another's.
+ * One HMAC gives the writer both tags (the script picks one) and the receiver the one to compare:
+ * HMAC-SHA-256 is a pseudorandom function, so its two halves are independent 128-bit MACs, and
+ * the partial tag of a frame (which the script publishes when a change is refused) tells nothing
+ * about its 'all applied' tag. The channel name is inside the MAC, so that a frame captured on one
+ * tenant's channel does not verify on another's.
  *
  * @module
  */
-import { createHash, createHmac, timingSafeEqual } from 'node:crypto';
+import { createHmac, timingSafeEqual } from 'node:crypto';
 import { InvalidArgumentError } from './errors.js';
 
 /** Bytes of the tag item: bin8 header (2), flag (1), key id (4), MAC (16). */
@@ -75,11 +77,11 @@ export class FrameSigner {
    * current key over `channel` and the frame's parts (header, array header, entries).
    */
   tags(channel: Buffer, parts: readonly Uint8Array[]): Buffer {
-    const digest = frameDigest(channel, parts);
     const key = this.keys[0]!;
+    const mac = frameMac(key, channel, parts);
     const out = Buffer.allocUnsafe(2 * TAG_BYTES);
-    writeTag(out, 0, FLAG_ALL, key, digest);
-    writeTag(out, TAG_BYTES, FLAG_PARTIAL, key, digest);
+    writeTag(out, 0, FLAG_ALL, key, mac.subarray(0, MAC_BYTES));
+    writeTag(out, TAG_BYTES, FLAG_PARTIAL, key, mac.subarray(MAC_BYTES));
     return out;
   }
 
@@ -94,34 +96,31 @@ export class FrameSigner {
     if (flag !== FLAG_ALL && flag !== FLAG_PARTIAL) return { refused: 'unknown signature flag' };
     const id = bytes.subarray(at + 3, at + 7);
     const mac = bytes.subarray(at + 7);
-    let digest: Buffer | undefined;
     let known = false;
     for (const key of this.keys) {
       if (!key.id.equals(id)) continue;
       known = true;
-      digest ??= frameDigest(channel, [bytes.subarray(0, at)]);
-      if (timingSafeEqual(macOf(key, flag, digest), mac)) return { partial: flag === FLAG_PARTIAL };
+      const full = frameMac(key, channel, [bytes.subarray(0, at)]);
+      const half = flag === FLAG_ALL ? full.subarray(0, MAC_BYTES) : full.subarray(MAC_BYTES);
+      if (timingSafeEqual(half, mac)) return { partial: flag === FLAG_PARTIAL };
     }
     return { refused: known ? 'signature does not verify' : 'signed with an unknown key' };
   }
 }
 
-function frameDigest(channel: Buffer, parts: readonly Uint8Array[]): Buffer {
+/** HMAC-SHA-256(key, domain | u32be(channel length) | channel | parts…), all 32 bytes. */
+function frameMac(key: SigningKey, channel: Buffer, parts: readonly Uint8Array[]): Buffer {
   const length = Buffer.allocUnsafe(4);
   length.writeUInt32BE(channel.length, 0);
-  const hash = createHash('sha256').update(DOMAIN).update(length).update(channel);
-  for (const part of parts) hash.update(part);
-  return hash.digest();
+  const hmac = createHmac('sha256', key.secret).update(DOMAIN).update(length).update(channel);
+  for (const part of parts) hmac.update(part);
+  return hmac.digest();
 }
 
-function macOf(key: SigningKey, flag: number, digest: Buffer): Buffer {
-  return createHmac('sha256', key.secret).update(Buffer.from([flag])).update(digest).digest().subarray(0, MAC_BYTES);
-}
-
-function writeTag(out: Buffer, at: number, flag: number, key: SigningKey, digest: Buffer): void {
+function writeTag(out: Buffer, at: number, flag: number, key: SigningKey, mac: Buffer): void {
   out[at] = 0xc4;
   out[at + 1] = TAG_BYTES - 2;
   out[at + 2] = flag;
   key.id.copy(out, at + 3);
-  macOf(key, flag, digest).copy(out, at + 7);
+  mac.copy(out, at + 7);
 }
