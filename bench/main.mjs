@@ -59,6 +59,9 @@ const config = {
   writeBackReps: quick ? 2 : 7,
   quick,
 };
+/** A fixed 32-byte key for the signed cases (signingKeys). */
+const SIGNING_KEY = 'bench-signing-key-0123456789abcdef';
+
 const sections = new Set((argv.only ?? 'single,memory,mixed,miss,invalidation,writeback').split(',').map((s) => s.trim()));
 const has = (s) => sections.has(s);
 
@@ -412,6 +415,8 @@ function issueGoals() {
   const csc = p50('node-redis CSC');
   goal('write-to-visible p50, invalidate mode: node-redis CSC ÷ this (no worse)', csc / p50(`${libAdapter.name} (invalidate)`), 1);
   goal('write-to-visible p50, update mode: node-redis CSC ÷ this (under 0.7×)', csc / p50(`${libAdapter.name} (update)`), 1 / 0.7);
+  // Signing (signingKeys) may cost at most 15 % of update-mode write-to-visible latency.
+  goal('write-to-visible p50, update mode: unsigned ÷ signed (at most 15 % slower)', p50(`${libAdapter.name} (update)`) / p50(`${libAdapter.name} (update, signed)`), 1 / 1.15);
 }
 
 /** Notes the final-flush time of a write-back run. */
@@ -432,6 +437,7 @@ async function invalidationSection(libCreate) {
     ['raw ioredis PUBLISH → subscriber (floor)', null],
     [`${libAdapter.name} (invalidate)`, libCreate({ sync: 'invalidate' })],
     [`${libAdapter.name} (update)`, libCreate({ sync: 'update' })],
+    [`${libAdapter.name} (update, signed)`, libCreate({ sync: 'update', storeOptions: { signingKeys: [SIGNING_KEY] } })],
     [nodeRedisAdapter.name, () => nodeRedisAdapter.create(env)],
     [bentoAdapter.name, () => bentoAdapter.create(env)],
   ];
@@ -617,14 +623,18 @@ async function writeBackSection() {
     addError('PubSubCacheManager: N set() one at a time (write-through)', error);
   }
 
-  // write-back
+  // write-back, unsigned then with signingKeys (the cost of signing every flushed batch)
   let wbRow;
   let flushRow;
+  let signedFlushRow;
+  for (const signed of [false, true]) {
+  const label = signed ? ' [signed]' : '';
   try {
     const wb = await libCreate({
-      namespace: `${prefix}-wb`,
+      namespace: `${prefix}-wb${signed ? '-signed' : ''}`,
       writeBack: true,
       writeBackOptions: { flushIntervalMs: 0, maxDirty: 1_000_000_000, maxPending: 1_000_000_000 },
+      storeOptions: signed ? { signingKeys: [SIGNING_KEY] } : {},
     });
     try {
       const totalSamples = [];
@@ -650,15 +660,21 @@ async function writeBackSection() {
         }
       }
       // Check what the flush wrote, through a separate plain store.
-      await verifyFlushed(`${prefix}-wb`, `wb${reps}`, N);
-      wbRow = addRow('WriteBackCacheManager: N set() + one flush()', totalSamples, { written, conflicts });
-      addRow('WriteBackCacheManager: the N set() alone (local)', setSamples);
-      flushRow = addRow('WriteBackCacheManager: the flush() alone (versioned)', flushSamples);
+      await verifyFlushed(`${prefix}-wb${signed ? '-signed' : ''}`, `wb${reps}`, N);
+      if (signed) {
+        addRow('WriteBackCacheManager: N set() + one flush() [signed]', totalSamples, { written, conflicts });
+        signedFlushRow = addRow('WriteBackCacheManager: the flush() alone (versioned) [signed]', flushSamples);
+      } else {
+        wbRow = addRow('WriteBackCacheManager: N set() + one flush()', totalSamples, { written, conflicts });
+        addRow('WriteBackCacheManager: the N set() alone (local)', setSamples);
+        flushRow = addRow('WriteBackCacheManager: the flush() alone (versioned)', flushSamples);
+      }
     } finally {
       await wb.close();
     }
   } catch (error) {
-    addError('WriteBackCacheManager: N set() + one flush()', error);
+    addError(`WriteBackCacheManager: N set() + one flush()${label}`, error);
+  }
   }
 
   const target = (name, value, goal, detail) => {
@@ -668,6 +684,7 @@ async function writeBackSection() {
   };
   target('write-back (N set + flush) vs write-through (N set one at a time)', wbRow && wtRow ? wbRow.keysPerSec / wtRow.keysPerSec : NaN, 20);
   target('versioned flush vs raw MSET', flushRow && msetRow ? flushRow.keysPerSec / msetRow.keysPerSec : NaN, 0.7);
+  target('signed flush vs unsigned flush (signingKeys cost at most 15 %)', signedFlushRow && flushRow ? signedFlushRow.keysPerSec / flushRow.keysPerSec : NaN, 0.85);
 }
 
 async function verifyFlushed(namespace, tag, n) {

@@ -26,7 +26,7 @@ import { RECORD_TAG, TOMBSTONE_TAG, writeChange } from '../src/record.js';
 import { ApplyUnit, type PreparedChange, type PublishTarget } from '../src/redis-dict.js';
 import { APPLY_SHA } from '../src/scripts/apply.js';
 import { formatStamp, HybridClock, MAX_DRIFT_MS, type Stamp, ZERO_STAMP } from '../src/stamp.js';
-import { channelsOf, shardedChannelsOf } from '../src/subscriber.js';
+import { channelNames } from '../src/pubsub-redis-dict.js';
 import { slotTag } from '../src/topology.js';
 
 /** Where the vectors are committed. */
@@ -393,7 +393,7 @@ function parseCommand(frame: Buffer): Buffer[] {
 
 function scriptCase(def: ScriptCaseDef): Record<string, unknown> {
   let seq = def.seq;
-  const channels = channelsOf(NS);
+  const channels = channelNames({ namespace: NS });
   const target: PublishTarget | undefined = def.publish
     ? {
         command: 'PUBLISH',
@@ -519,8 +519,15 @@ export function buildVectors(): Record<string, unknown> {
       };
     }),
     channels: {
-      classic: ['ns', 'app.orders:v2'].map((namespace) => ({ namespace, ...channelsOf(namespace) })),
-      sharded: sharedSlots.map((slot) => ({ namespace: 'ns', slot, tag: slotTag(slot), ...shardedChannelsOf('ns', slot) })),
+      classic: ['ns', 'app.orders:v2'].map((namespace) => ({ namespace, ...channelNames({ namespace }) })),
+      sharded: sharedSlots.map((slot) => ({ namespace: 'ns', slot, tag: slotTag(slot), ...channelNames({ namespace: 'ns' }, slot) })),
+      scoped: [
+        { namespace: 'users', db: 1 },
+        { namespace: 'users', keyPrefix: 'tA:' },
+        { namespace: 'users', keyPrefix: 'tA:', channelPrefix: 'svc.', db: 3 },
+        { namespace: 'users', channelPrefix: 'svc.' },
+        { namespace: 'users', keyPrefix: '{tenant}:', slot: 42 },
+      ].map(({ slot, ...scope }) => ({ scope, ...(slot === undefined ? {} : { slot }), ...channelNames(scope, slot) })),
       slotTags: {
         rule: 'tag(slot) = the first of i.toString(36) for i = 0, 1, 2, ... whose CRC16 hash slot is slot',
         sha256OfTagsJoinedByNewline: createHash('sha256').update(tags.join('\n')).digest('hex'),

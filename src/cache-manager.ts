@@ -93,6 +93,16 @@ export interface PubSubCacheManagerOptions {
   maxMessageBytes?: number;
   /** Clock in ms for `ttlMs`; injectable for tests. Default `Date.now`. */
   clock?: () => number;
+  /**
+   * Least time between two resyncs caused by sequence gaps, in ms. Gaps noticed meanwhile are
+   * coalesced into one resync when the interval ends; until then the cache is not served (unless
+   * `serveStaleWhileDisconnected`), so no entry a lost message may have changed is served. A flood
+   * of gaps (lost messages, or forged ones on an unsigned deployment) costs at most one stamp read
+   * per interval. Resyncs after a reconnect, a heartbeat timeout or a failover are not limited.
+   *
+   * @defaultValue `1000`
+   */
+  gapResyncIntervalMs?: number;
 }
 
 /** Option names of {@link PubSubCacheManager}, for validation. */
@@ -107,6 +117,7 @@ export const CACHE_MANAGER_OPTION_KEYS = [
   'heartbeatTimeoutMs',
   'maxMessageBytes',
   'clock',
+  'gapResyncIntervalMs',
 ] as const;
 
 /** Counters of {@link PubSubCacheManager.stats}. */
@@ -132,6 +143,10 @@ export interface CacheStats {
    * as `cache`: count them with its `dispose` option).
    */
   evictions: number;
+  /** Messages refused because their signature did not verify (or was missing); also counted in `malformed`. */
+  unverified: number;
+  /** Sequence gaps that did not start a resync at once (`gapResyncIntervalMs`): each was coalesced into a later one. */
+  gapResyncsDeferred: number;
   /** Entries cached now. */
   size: number;
   /** Writer origins (per slot group) whose message sequence numbers are tracked now; bounded, idle ones age out. */
@@ -288,7 +303,12 @@ export class PubSubCacheManager<V = unknown> extends EventEmitter<CacheManagerEv
   private serving = false;
   private resyncing = false;
   private resyncAgain: ResyncReason | undefined;
-  private readonly counters = { hits: 0, misses: 0, eventsReceived: 0, eventsApplied: 0, eventsIgnored: 0, malformed: 0, resyncs: 0, evictions: 0 };
+  private readonly counters = { hits: 0, misses: 0, eventsReceived: 0, eventsApplied: 0, eventsIgnored: 0, malformed: 0, resyncs: 0, evictions: 0, unverified: 0, gapResyncsDeferred: 0 };
+  private readonly gapResyncIntervalMs: number;
+  /** When the last resync for a sequence gap started (performance.now()), -Infinity before. */
+  private lastGapResyncAt = -Infinity;
+  /** The deferred resync of gaps noticed during the quiet interval. */
+  private gapTimer: NodeJS.Timeout | undefined;
 
   /**
    * @param store - a {@link PubSubRedisDict}; one cache manager per store.
@@ -315,13 +335,16 @@ export class PubSubCacheManager<V = unknown> extends EventEmitter<CacheManagerEv
     }
     const maxMessageBytes = integerOption(where, 'maxMessageBytes', opts['maxMessageBytes'], 8 << 20);
     this.now = functionOption(where, 'clock', opts['clock'], Date.now);
+    this.gapResyncIntervalMs = integerOption(where, 'gapResyncIntervalMs', opts['gapResyncIntervalMs'], 1000, 0);
     store.claim(this);
     if (this.sync === 'update') store.setPublishValues(true);
     this.subscriber = new Subscriber(
       store.redis,
       {
         origin: store.clock.nodeId,
-        namespace: store.namespace,
+        channels: (slot) => store.channels(slot),
+        commandKeyPrefix: store.commandKeyPrefix,
+        signer: store.signer,
         sharded: store.shardedPubSub,
         heartbeatIntervalMs,
         heartbeatTimeoutMs,
@@ -331,8 +354,9 @@ export class PubSubCacheManager<V = unknown> extends EventEmitter<CacheManagerEv
       },
       {
         onMessage: (message, channel) => this.onMessage(message, channel),
-        onMalformed: (error, channel) => {
+        onMalformed: (error, channel, unverified) => {
           this.counters.malformed++;
+          if (unverified) this.counters.unverified++;
           this.emit('malformed', error, channel);
         },
         onDown: (reason) => this.onDown(reason),
@@ -701,6 +725,20 @@ export class PubSubCacheManager<V = unknown> extends EventEmitter<CacheManagerEv
 
   private onMessage(message: Message, channel: string): void {
     const deleted = message.type === 'd';
+    if (message.partial) {
+      // A signed batch that was partly refused lists all its changes, applied or not: drop those
+      // keys (always safe), install nothing, decide no conflict (a write-back flush finds any in
+      // Redis), and take no stamp for the clock.
+      for (const entry of message.entries) {
+        this.counters.eventsReceived++;
+        this.noteWrite(entry.key, entry.stamp);
+        if (this.storage.delete(entry.key)) {
+          this.counters.eventsApplied++;
+          this.emit('invalidate', entry.key, entry.stamp);
+        } else this.counters.eventsIgnored++;
+      }
+      return;
+    }
     for (const entry of message.entries) {
       if (this.store.clock.isTooFarAhead(entry.stamp)) {
         // Stamped more than maxDriftMs ahead of this clock: applying it (or following it) would pin
@@ -762,6 +800,27 @@ export class PubSubCacheManager<V = unknown> extends EventEmitter<CacheManagerEv
     if (reason === 'initial') {
       this.serving = true;
       return;
+    }
+    if (reason === 'sequence-gap') {
+      // At most one gap resync per interval: a gap noticed during the quiet interval stops serving
+      // at once and gets one resync when the interval ends (one for all the gaps meanwhile).
+      const wait = this.lastGapResyncAt + this.gapResyncIntervalMs - performance.now();
+      if (wait > 0 || this.gapTimer !== undefined) {
+        this.counters.gapResyncsDeferred++;
+        if (!this.serveStale) this.serving = false;
+        if (this.gapTimer === undefined && !this.closed) {
+          this.gapTimer = setTimeout(() => {
+            this.gapTimer = undefined;
+            if (this.closed) return;
+            this.generation++;
+            this.lastGapResyncAt = performance.now();
+            void this.resync('sequence-gap');
+          }, Math.max(0, wait));
+          this.gapTimer.unref();
+        }
+        return;
+      }
+      this.lastGapResyncAt = performance.now();
     }
     void this.resync(reason);
   }
@@ -837,6 +896,8 @@ export class PubSubCacheManager<V = unknown> extends EventEmitter<CacheManagerEv
     if (this.closed) return;
     this.closed = true;
     this.serving = false;
+    if (this.gapTimer !== undefined) clearTimeout(this.gapTimer);
+    this.gapTimer = undefined;
     await this.subscriber.close();
     this.store.release(this);
     this.storage.clear();

@@ -10,6 +10,9 @@
  * - `entries`: `[[key, stamp], ...]`, or `[[key, stamp, payload], ...]` when values are published
  *   (`payload` is the codec's bytes, MessagePack bin).
  *
+ * With `signingKeys`, the format version is 2 and a 7th item follows the entries: the signature
+ * tag (see `src/signing.ts`).
+ *
  * The writer encodes the header and one fragment per entry; the Lua script that applies the batch
  * appends an array header and the fragments of the entries it actually wrote, then publishes.
  * The decoder trusts nothing: size limits, a strict schema, and any failure is a
@@ -18,6 +21,7 @@
  * @module
  */
 import { Decoder } from '@msgpack/msgpack';
+import { TAG_BYTES } from './signing.js';
 import { isStamp, type Stamp } from './stamp.js';
 
 /** Message type: values written (`'u'`) or tombstones written (`'d'`). */
@@ -40,25 +44,36 @@ export interface Message {
   readonly seq: number;
   readonly group: number;
   readonly entries: readonly MessageEntry[];
+  /**
+   * True for a signed message whose batch was partly refused: it lists every entry of the batch,
+   * applied or not, so a receiver only drops its cached entries of those keys.
+   */
+  readonly partial: boolean;
 }
 
 /** A message that does not follow the wire format. */
 export class MalformedMessageError extends Error {
+  /** Why the message was refused, e.g. `'signature does not verify'`. */
+  readonly reason: string;
+
   constructor(reason: string, options?: { cause?: unknown }) {
     super(`Malformed message: ${reason}`, options);
     this.name = 'MalformedMessageError';
+    this.reason = reason;
   }
 }
 
 
 /**
  * Encodes the message header, everything before the entries array: `[1, type, origin, seq, group, `
- * (an array of 6 whose sixth item the script appends). Written by hand, like {@link encodeEntry}.
+ * (an array of 6 whose sixth item the script appends), or with `signed`, `[2, type, origin, seq,
+ * group, ` (an array of 7: the entries, then the signature tag, see `src/signing.ts`). Written by
+ * hand, like {@link encodeEntry}.
  */
-export function encodeHeader(type: MessageType, origin: string, seq: number, group: number): Buffer {
+export function encodeHeader(type: MessageType, origin: string, seq: number, group: number, signed = false): Buffer {
   const out = Buffer.allocUnsafe(5 + 16 + 9 + 3);
-  out[0] = 0x96;
-  out[1] = 0x01;
+  out[0] = signed ? 0x97 : 0x96;
+  out[1] = signed ? 0x02 : 0x01;
   out[2] = 0xa1;
   out[3] = type === 'u' ? 0x75 : 0x64;
   out[4] = 0xb0;
@@ -104,6 +119,16 @@ export function writeEntry(out: Buffer, at: number, key: string, keyBytes: numbe
     at += payload.length;
   }
   return at;
+}
+
+/** The MessagePack array header of `count` items, as the apply script writes it (`arr` in the Lua). */
+export function arrayHeader(count: number): Buffer {
+  if (count < 16) return Buffer.from([0x90 | count]);
+  if (count < 0x10000) return Buffer.from([0xdc, count >> 8, count & 0xff]);
+  const out = Buffer.allocUnsafe(5);
+  out[0] = 0xdd;
+  out.writeUInt32BE(count, 1);
+  return out;
 }
 
 /** Writes a non-negative integer in MessagePack's shortest form; returns the next offset. */
@@ -173,7 +198,7 @@ export class MessageDecoder {
     this.decoder = new Decoder({
       maxStrLength: 65_536,
       maxBinLength: limits.maxValueBytes,
-      maxArrayLength: Math.max(limits.maxEntries, 6),
+      maxArrayLength: Math.max(limits.maxEntries, 7),
       maxMapLength: 0,
       maxExtLength: 0,
     });
@@ -190,9 +215,16 @@ export class MessageDecoder {
     } catch (cause) {
       throw new MalformedMessageError('not valid MessagePack within the limits', { cause });
     }
-    if (!Array.isArray(raw) || raw.length !== 6) throw new MalformedMessageError('expected an array of 6 items');
-    const [version, type, origin, seq, group, entries] = raw as unknown[];
-    if (version !== 1) throw new MalformedMessageError('unknown format version');
+    if (!Array.isArray(raw) || (raw.length !== 6 && raw.length !== 7)) throw new MalformedMessageError('expected an array of 6 or 7 items');
+    const [version, type, origin, seq, group, entries, tag] = raw as unknown[];
+    // Version 1: unsigned, 6 items. Version 2: signed, a 7th item holds the tag (checked by the
+    // subscriber against its keys before decoding; a receiver without keys only reads its flag).
+    if (version !== raw.length - 5) throw new MalformedMessageError('unknown format version');
+    let partial = false;
+    if (version === 2) {
+      if (!(tag instanceof Uint8Array) || tag.length !== TAG_BYTES - 2 || (tag[0] !== 0x61 && tag[0] !== 0x70)) throw new MalformedMessageError('bad signature tag');
+      partial = tag[0] === 0x70;
+    }
     if (type !== 'u' && type !== 'd') throw new MalformedMessageError('unknown message type');
     if (typeof origin !== 'string' || !/^[0-9a-f]{16}$/.test(origin)) throw new MalformedMessageError('bad origin');
     if (typeof seq !== 'number' || !Number.isSafeInteger(seq) || seq < 1) throw new MalformedMessageError('bad sequence number');
@@ -208,6 +240,6 @@ export class MessageDecoder {
       if (type === 'd' && payload !== undefined) throw new MalformedMessageError('a delete entry carries no value');
       out.push({ key, stamp, payload });
     }
-    return { type, origin, seq, group, entries: out };
+    return { type, origin, seq, group, entries: out, partial };
   }
 }

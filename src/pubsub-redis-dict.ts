@@ -1,15 +1,17 @@
 /**
  * PubSubRedisDict: a {@link RedisDict} whose every change is published, in the same atomic script
- * that writes it, on the namespace's channels (`<ns>/update` for values, `<ns>/delete` for
+ * that writes it, on the dictionary's channels (`<scope>/update` for values, `<scope>/delete` for
  * tombstones; with `shardedPubSub`, one pair per hash slot, published with SPUBLISH so an event
- * stays inside its shard). The format is in `docs/protocol.md`.
+ * stays inside its shard). Channel names carry everything that scopes a key — the client's
+ * `keyPrefix`, the database index, the namespace — since Redis pub/sub ignores both the database
+ * and ioredis' key prefix. The format is in `docs/protocol.md`.
  *
  * @module
  */
 import { booleanOption, integerOption, invalidOption } from './options.js';
 import { type PublishTarget, REDIS_DICT_OPTION_KEYS, RedisDict, type RedisDictOptions } from './redis-dict.js';
-import { channelsOf, shardedChannelsOf } from './subscriber.js';
-import type { RedisClientLike } from './topology.js';
+import { FrameSigner } from './signing.js';
+import { isCluster, type RedisClient, type RedisClientLike, slotTag } from './topology.js';
 
 /** Options of {@link PubSubRedisDict}. */
 export interface PubSubRedisDictOptions<V> extends RedisDictOptions<V> {
@@ -26,9 +28,67 @@ export interface PubSubRedisDictOptions<V> extends RedisDictOptions<V> {
   publishValues?: boolean;
   /** Values larger than this (encoded, bytes) are announced without their value. Default 64 KiB. */
   maxPublishedValueBytes?: number;
+  /**
+   * Extra text put in every channel name, after the client's `keyPrefix` and before the namespace
+   * (`<keyPrefix><channelPrefix><ns>/update[@<db>]`), for deployments that must name their
+   * channels (ACL channel patterns, a proxy that hides the database or prefix). 1-128 printable
+   * ASCII characters, no space, `{` or `}`. Every instance sharing the namespace must use the same.
+   *
+   * @defaultValue `''` (names derived from the key prefix, the database and the namespace only)
+   */
+  channelPrefix?: string;
+  /**
+   * Message authentication: `[current, ...previous]` keys (strings, UTF-8, or bytes; at least 32
+   * bytes each, at most 8 keys). Messages are signed with the first (HMAC-SHA-256, 128-bit tags
+   * bound to the channel), and a cache manager on this store applies only messages that verify
+   * with one of them; anything else is counted as malformed. Rotate by deploying `[new, old]`
+   * everywhere, then `[new]`. See `docs/protocol.md`.
+   *
+   * @defaultValue `undefined` (unsigned messages, and none is refused)
+   */
+  signingKeys?: readonly (string | Uint8Array)[];
 }
 
-const OPTION_KEYS = [...REDIS_DICT_OPTION_KEYS, 'shardedPubSub', 'publishValues', 'maxPublishedValueBytes'] as const;
+const OPTION_KEYS = [...REDIS_DICT_OPTION_KEYS, 'shardedPubSub', 'publishValues', 'maxPublishedValueBytes', 'channelPrefix', 'signingKeys'] as const;
+
+/** A channel prefix: printable ASCII without space or braces (a brace would move a sharded channel's hash slot). */
+const CHANNEL_PREFIX = /^[\x21-\x7a\x7c\x7e]{1,128}$/;
+
+/**
+ * True when sharded channel names built on `scope` hash to the slot of their `{tag}`, or to the one
+ * slot every key of the scope lives in: `scope` has no `{`, or its first `{` opens a non-empty hash
+ * tag closed inside it (then every key and every channel hash to that tag).
+ */
+function shardableScope(scope: string): boolean {
+  const open = scope.indexOf('{');
+  if (open < 0) return true;
+  const close = scope.indexOf('}', open + 1);
+  return close > open + 1;
+}
+
+/** What scopes a namespace's channel names (see {@link channelNames}). */
+export interface ChannelScope {
+  /** The namespace. */
+  readonly namespace: string;
+  /** The client's `keyPrefix` ('' or absent when none). */
+  readonly keyPrefix?: string;
+  /** The store's `channelPrefix` ('' or absent when none). */
+  readonly channelPrefix?: string;
+  /** The database of a standalone client (0 or absent for database 0, and on a Cluster). */
+  readonly db?: number;
+}
+
+/**
+ * The update and delete channel names of a scope as Redis sees them (`docs/protocol.md`):
+ * `<keyPrefix><channelPrefix><ns>/update[@<db>]` and `…/delete[@<db>]`, or for sharded pub/sub
+ * (`slot` given) those of one slot, `…/update{<tag>}`, where `<tag>` hashes to `slot`.
+ */
+export function channelNames(scope: ChannelScope, slot?: number): { update: string; delete: string } {
+  const base = `${scope.keyPrefix ?? ''}${scope.channelPrefix ?? ''}${scope.namespace}/`;
+  const db = scope.db !== undefined && scope.db !== 0 ? `@${scope.db}` : '';
+  const tag = slot === undefined ? '' : `{${slotTag(slot)}}`;
+  return { update: `${base}update${db}${tag}`, delete: `${base}delete${db}${tag}` };
+}
 
 /**
  * A {@link RedisDict} that publishes every change (set, delete, batch, clear) atomically with it.
@@ -45,6 +105,12 @@ export class PubSubRedisDict<V = unknown> extends RedisDict<V> {
   private readonly slotTargets = new Map<number, PublishTarget>();
   /** Set by the cache manager that owns this store's subscription (one per store). */
   private owner: object | undefined;
+  /** What scopes this store's channel names (see {@link channelNames}). */
+  private readonly scope: ChannelScope;
+  /** The client's `keyPrefix`, which ioredis adds to the channels of SSUBSCRIBE and SPUBLISH. */
+  private readonly clientKeyPrefix: string;
+  /** @internal Signs and verifies messages; `undefined` without `signingKeys`. */
+  readonly signer: FrameSigner | undefined;
 
   /**
    * @param redis - an ioredis `Redis` or `Cluster`; the dictionary never closes it.
@@ -58,7 +124,23 @@ export class PubSubRedisDict<V = unknown> extends RedisDict<V> {
     if (this.shardedPubSub && !this.isCluster) invalidOption(where, 'shardedPubSub', '`false` on a standalone server (sharded pub/sub needs a Cluster)', true);
     this.withValues = booleanOption(where, 'publishValues', options?.publishValues, false);
     this.maxPublishedValueBytes = integerOption(where, 'maxPublishedValueBytes', options?.maxPublishedValueBytes, 64 * 1024, 0);
-    if (!this.shardedPubSub) this.classicTarget = this.makeTarget('PUBLISH', channelsOf(this.namespace));
+    const channelPrefix = options?.channelPrefix;
+    if (channelPrefix !== undefined && (typeof channelPrefix !== 'string' || !CHANNEL_PREFIX.test(channelPrefix))) {
+      invalidOption(where, 'channelPrefix', '1-128 printable ASCII characters without space, `{` or `}`', channelPrefix);
+    }
+    this.signer = FrameSigner.fromOption(where, options?.signingKeys);
+    const client = redis as { options?: { keyPrefix?: unknown; db?: unknown }; condition?: { select?: unknown } };
+    const keyPrefix = client.options?.keyPrefix;
+    this.clientKeyPrefix = typeof keyPrefix === 'string' ? keyPrefix : '';
+    // Redis pub/sub ignores the database: a database other than 0 is part of the name. The
+    // database is the one selected when the dictionary is created (ioredis keeps it in `condition`
+    // once connected, in `options.db` before).
+    const db = isCluster(redis as RedisClient) ? 0 : (client.condition?.select ?? client.options?.db ?? 0);
+    this.scope = { namespace: this.namespace, keyPrefix: this.clientKeyPrefix, channelPrefix: channelPrefix ?? '', db: typeof db === 'number' ? db : 0 };
+    if (this.shardedPubSub && !shardableScope(`${this.clientKeyPrefix}${channelPrefix ?? ''}${this.namespace}/`)) {
+      invalidOption(where, 'shardedPubSub', '`false` with a client keyPrefix whose first `{` opens no non-empty hash tag (sharded channels would hash to other slots than their keys)', true);
+    }
+    if (!this.shardedPubSub) this.classicTarget = this.makeTarget('PUBLISH', this.channels());
   }
 
   protected override optionKeys(): readonly string[] {
@@ -75,9 +157,19 @@ export class PubSubRedisDict<V = unknown> extends RedisDict<V> {
     this.withValues = booleanOption('PubSubRedisDict', 'publishValues', enabled, false);
   }
 
-  /** Channel names: the pair of the namespace, or of one slot with sharded pub/sub. */
+  /**
+   * Channel names as Redis sees them: `<keyPrefix><channelPrefix><ns>/update[@<db>]` and
+   * `…/delete[@<db>]`, or with sharded pub/sub, those of one slot, `…/update{<tag>}` (`<tag>`
+   * hashes to `slot`). ioredis adds a client's `keyPrefix` to the channels of SSUBSCRIBE and
+   * SPUBLISH (not of SUBSCRIBE and PUBLISH): strip it before passing a sharded name to such a client.
+   */
   channels(slot = 0): { update: string; delete: string } {
-    return this.shardedPubSub ? shardedChannelsOf(this.namespace, slot) : channelsOf(this.namespace);
+    return channelNames(this.scope, this.shardedPubSub ? slot : undefined);
+  }
+
+  /** @internal The client's `keyPrefix` ('' when none). */
+  get commandKeyPrefix(): string {
+    return this.clientKeyPrefix;
   }
 
   /** @internal Claims the store for one cache manager; a second claim is refused. */
@@ -97,7 +189,7 @@ export class PubSubRedisDict<V = unknown> extends RedisDict<V> {
     if (this.classicTarget) return this.classicTarget;
     let target = this.slotTargets.get(slot);
     if (!target) {
-      target = this.makeTarget('SPUBLISH', shardedChannelsOf(this.namespace, slot));
+      target = this.makeTarget('SPUBLISH', this.channels(slot));
       this.slotTargets.set(slot, target);
     }
     return target;
@@ -109,6 +201,9 @@ export class PubSubRedisDict<V = unknown> extends RedisDict<V> {
       command,
       updateChannel: channels.update,
       deleteChannel: channels.delete,
+      signer: this.signer,
+      updateChannelBytes: Buffer.from(channels.update, 'utf8'),
+      deleteChannelBytes: Buffer.from(channels.delete, 'utf8'),
       get withValues() {
         return isPublishingValues();
       },

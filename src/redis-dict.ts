@@ -9,7 +9,8 @@
 import { type Codec, msgpackCodec } from './codec.js';
 import { ClockSkewError, CorruptDataError, InvalidArgumentError, SerializationError, asError, redisError } from './errors.js';
 import { type DictKey, checkNamespace, normalizeKey, normalizeKeys } from './keys.js';
-import { encodeHeader, entryLength, type MessageType, writeEntry } from './messages.js';
+import { arrayHeader, encodeHeader, entryLength, type MessageType, writeEntry } from './messages.js';
+import type { FrameSigner } from './signing.js';
 import { checkOptions, describe, functionOption, integerOption, invalidOption } from './options.js';
 import { RECORD_HEADER_LENGTH, splitRecord, type VersionedValue, writeChange } from './record.js';
 import { type FrameArg, FramedCommand, argLength, bulkLength, frameLength, writeArg, writeBulkHeader, writeCrlf, writeFrameStart } from './resp.js';
@@ -102,6 +103,11 @@ export interface PublishTarget {
   readonly withValues: boolean;
   /** Largest value put in a message; larger ones are announced without their value. */
   readonly maxPublishedValueBytes: number;
+  /** Signs the messages (`signingKeys`); `undefined` for unsigned messages. */
+  readonly signer?: FrameSigner | undefined;
+  /** The channel names as UTF-8 bytes, which the signature covers. */
+  readonly updateChannelBytes?: Buffer;
+  readonly deleteChannelBytes?: Buffer;
 }
 
 /** A validated, encoded change, as a batch of the apply script carries it. @internal */
@@ -661,8 +667,17 @@ export class ApplyUnit<V> {
         else u = writeEntry(updates, u, change.key, keyBytes[j]!, change.stamp, published[j]);
       }
       // Sequence numbers are taken here, right before the call is sent (update first).
-      if (updateBytes > 0) updateHeader = encodeHeader('u' satisfies MessageType, this.origin, target.nextSeq(slot), slot);
-      if (deleteBytes > 0) deleteHeader = encodeHeader('d' satisfies MessageType, this.origin, target.nextSeq(slot), slot);
+      const signer = target.signer;
+      if (updateBytes > 0) updateHeader = encodeHeader('u' satisfies MessageType, this.origin, target.nextSeq(slot), slot, signer !== undefined);
+      if (deleteBytes > 0) deleteHeader = encodeHeader('d' satisfies MessageType, this.origin, target.nextSeq(slot), slot, signer !== undefined);
+      if (signer !== undefined) {
+        // Signed: the header argument starts with the two tags of the whole message (every entry),
+        // 'all applied' then 'partly refused'; the script appends one of them (see APPLY_LUA).
+        let deleteCount = 0;
+        for (let j = 0; j < n; j++) if (part[j]!.change.deleted) deleteCount++;
+        if (updateBytes > 0) updateHeader = Buffer.concat([signer.tags(target.updateChannelBytes!, [updateHeader, arrayHeader(n - deleteCount), updates]), updateHeader]);
+        if (deleteBytes > 0) deleteHeader = Buffer.concat([signer.tags(target.deleteChannelBytes!, [deleteHeader, arrayHeader(deleteCount), deletes]), deleteHeader]);
+      }
     }
     const fixed: FrameArg[] = [
       this.tombstoneTtlMs,

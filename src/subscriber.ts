@@ -21,8 +21,9 @@ import { randomBytes } from 'node:crypto';
 import { Redis, type Cluster } from 'ioredis';
 import { asError, isPermanentConnectionError, permanentConnectionError } from './errors.js';
 import { encodeEntry, encodeHeader, MalformedMessageError, type Message, MessageDecoder } from './messages.js';
+import { type FrameSigner, TAG_BYTES } from './signing.js';
 import { ZERO_STAMP } from './stamp.js';
-import { type RedisClient, isCluster, slotTag } from './topology.js';
+import { type RedisClient, isCluster } from './topology.js';
 
 /** Why the cache had to resynchronise. */
 export type ResyncReason = 'reconnect' | 'heartbeat-timeout' | 'sequence-gap' | 'run-id-changed' | 'topology-changed';
@@ -31,8 +32,8 @@ export type ResyncReason = 'reconnect' | 'heartbeat-timeout' | 'sequence-gap' | 
 export interface SubscriberListener {
   /** A valid message from another writer, and the channel it came on. */
   onMessage(message: Message, channel: string): void;
-  /** A message that failed validation; it was not applied. */
-  onMalformed(error: MalformedMessageError, channel: string): void;
+  /** A message that failed validation (`unverified`: its signature); it was not applied. */
+  onMalformed(error: MalformedMessageError, channel: string, unverified: boolean): void;
   /** The link can no longer be trusted: stop serving cached entries. */
   onDown(reason: ResyncReason): void;
   /** The link is (again) live and subscribed: resync, then serve. Also called for a gap while up. */
@@ -44,7 +45,12 @@ export interface SubscriberListener {
 /** Subscriber settings. */
 export interface SubscriberSettings {
   readonly origin: string;
-  readonly namespace: string;
+  /** Channel names as Redis sees them (of one slot with sharded pub/sub), see `PubSubRedisDict.channels`. */
+  readonly channels: (slot: number) => { update: string; delete: string };
+  /** The data client's `keyPrefix`, which ioredis adds to SSUBSCRIBE and SPUBLISH channels. */
+  readonly commandKeyPrefix: string;
+  /** Verifies signed messages; with one, nothing unsigned or unverified is applied. */
+  readonly signer: FrameSigner | undefined;
   readonly sharded: boolean;
   readonly heartbeatIntervalMs: number;
   readonly heartbeatTimeoutMs: number;
@@ -63,16 +69,6 @@ export const ORIGIN_TABLE_LIMIT = 10_000;
 /** Default {@link SubscriberSettings.originIdleMs}: 10 minutes. */
 export const ORIGIN_IDLE_MS = 600_000;
 
-/** Channel names of a namespace (classic pub/sub). */
-export function channelsOf(namespace: string): { update: string; delete: string } {
-  return { update: `${namespace}/update`, delete: `${namespace}/delete` };
-}
-
-/** Channel names of a namespace for one slot (sharded pub/sub). */
-export function shardedChannelsOf(namespace: string, slot: number): { update: string; delete: string } {
-  const tag = slotTag(slot);
-  return { update: `${namespace}/update{${tag}}`, delete: `${namespace}/delete{${tag}}` };
-}
 
 /** A probe is an update message from this origin with seq 0 and a nonce as its only key. */
 const PROBE_PREFIX = '\u0000probe:';
@@ -252,7 +248,9 @@ export class Subscriber {
   }
 
   private async subscribe(conn: Redis | Cluster): Promise<void> {
-    const { namespace } = this.settings;
+    const { channels: channelsOf, commandKeyPrefix } = this.settings;
+    // ioredis adds the client's keyPrefix to SSUBSCRIBE channels: give it the names without it.
+    const cut = commandKeyPrefix.length;
     this.subscribeProgressAt = Date.now();
     const progress = (): void => {
       if (this.conn === conn && this.subscribeProgressAt !== 0) this.subscribeProgressAt = Date.now();
@@ -264,12 +262,12 @@ export class Subscriber {
       if (this.settings.sharded) {
         const pending: Promise<unknown>[] = [];
         for (let slot = 0; slot < 16384; slot++) {
-          const channels = shardedChannelsOf(namespace, slot);
-          pending.push(conn.ssubscribe(channels.update, channels.delete).then(progress));
+          const channels = channelsOf(slot);
+          pending.push(conn.ssubscribe(channels.update.slice(cut), channels.delete.slice(cut)).then(progress));
         }
         await Promise.all(pending);
       } else {
-        const channels = channelsOf(namespace);
+        const channels = channelsOf(0);
         await conn.subscribe(channels.update, channels.delete);
       }
       let reason: ResyncReason | 'initial' = this.everUp ? 'reconnect' : 'initial';
@@ -395,9 +393,12 @@ export class Subscriber {
       if ([...this.probes.keys()].some((nonce) => nonce.endsWith(`@${master}`))) return;
       const nonce = `${PROBE_PREFIX}${randomBytes(6).toString('hex')}@${master}`;
       this.probes.set(nonce, now);
-      const channel = shardedChannelsOf(this.settings.namespace, slot).update;
-      const bytes = Buffer.concat([encodeHeader('u', this.settings.origin, PROBE_SEQ, slot), Buffer.from([0x91]), encodeEntry(nonce, ZERO_STAMP)]);
-      data.spublish(channel, bytes).catch(() => {});
+      const channel = this.settings.channels(slot).update;
+      const { signer } = this.settings;
+      const parts = [encodeHeader('u', this.settings.origin, PROBE_SEQ, slot, signer !== undefined), Buffer.from([0x91]), encodeEntry(nonce, ZERO_STAMP)];
+      // A probe is signed like any message, so that peers with keys do not count it as forged.
+      if (signer !== undefined) parts.push(signer.tags(Buffer.from(channel, 'utf8'), parts).subarray(0, TAG_BYTES));
+      data.spublish(channel.slice(this.settings.commandKeyPrefix.length), Buffer.concat(parts)).catch(() => {});
     });
   }
 
@@ -405,13 +406,22 @@ export class Subscriber {
     if (this.closed) return;
     // Our own messages (the bulk of the traffic of a writer) are recognised from the fixed-layout
     // header without decoding them; only probes (sequence number 2^53-1, a uint64) are decoded.
-    if (bytes.length > 21 && bytes[0] === 0x96 && bytes[4] === 0xb0 && bytes[21] !== 0xcf && bytes.toString('latin1', 5, 21) === this.settings.origin) return;
+    if (bytes.length > 21 && (bytes[0] === 0x96 || bytes[0] === 0x97) && bytes[4] === 0xb0 && bytes[21] !== 0xcf && bytes.toString('latin1', 5, 21) === this.settings.origin) return;
+    // With signing keys nothing is decoded, let alone applied, before its tag verifies.
+    const { signer } = this.settings;
+    if (signer !== undefined) {
+      const verdict = signer.verify(channel, bytes);
+      if ('refused' in verdict) {
+        this.listener.onMalformed(new MalformedMessageError(verdict.refused), channel.toString('latin1', 0, 200), true);
+        return;
+      }
+    }
     let message: Message;
     try {
       message = this.decoder.decode(bytes);
     } catch (error) {
       const malformed = error instanceof MalformedMessageError ? error : new MalformedMessageError(String(error), { cause: error });
-      this.listener.onMalformed(malformed, channel.toString('latin1', 0, 200));
+      this.listener.onMalformed(malformed, channel.toString('latin1', 0, 200), false);
       return;
     }
     if (message.origin === this.settings.origin) {

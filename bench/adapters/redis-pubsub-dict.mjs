@@ -73,15 +73,16 @@ export async function populate(env, namespace, dataset) {
 /**
  * One library instance: its own ioredis 6 connection, a PubSubRedisDict on `namespace` (which
  * duplicates the connection for its subscriber), and a PubSubCacheManager (`sync` mode
- * 'invalidate' or 'update') or, with `writeBack`, a WriteBackCacheManager.
+ * 'invalidate' or 'update') or, with `writeBack`, a WriteBackCacheManager. `storeOptions` go to the
+ * store (the signed cases pass `signingKeys`).
  */
-export async function create(env, { namespace, sync = 'invalidate', writeBack = false, writeBackOptions = {} } = {}) {
+export async function create(env, { namespace, sync = 'invalidate', writeBack = false, writeBackOptions = {}, storeOptions = {} } = {}) {
   const PubSubRedisDict = await need('PubSubRedisDict');
   const Manager = await need(writeBack ? 'WriteBackCacheManager' : 'PubSubCacheManager');
   const redis = await connect(env.url);
   let cache;
   try {
-    const store = new PubSubRedisDict(redis, namespace);
+    const store = new PubSubRedisDict(redis, namespace, storeOptions);
     const options = { cache: env.cacheEntries, sync };
     cache = writeBack ? new Manager(store, { ...options, ...writeBackOptions }) : new Manager(store, options);
     cache.on('error', (error) => env.log?.(`redis-pubsub-dict error: ${error.message}`));

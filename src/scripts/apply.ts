@@ -21,6 +21,10 @@
  * `maxDriftMs` ahead of the server's clock is refused (reply `{3, serverMs}` for its key); a stored
  * stamp that far ahead counts as no stamp.
  *
+ * With `signingKeys`, ARGV[5] and ARGV[6] (when not '') start with the message's two 23-byte
+ * signature tags, 'all applied' and 'partly refused', before the header: the script appends one,
+ * and publishes a partly refused signed message whole (see `publish` and `src/signing.ts`).
+ *
  * Each change is its own argument: the client frames the whole call in one buffer (resp.ts), so an
  * argument costs it a header only, and Redis makes each one a Lua string in C, which is cheaper
  * than cutting a concatenation apart in Lua. The message entries are published as they are when
@@ -149,6 +153,17 @@ local function arr(c)
   if c < 65536 then return string.char(220, math.floor(c / 256), c % 256) end
   return string.char(221, math.floor(c / 16777216) % 256, math.floor(c / 65536) % 256, math.floor(c / 256) % 256, c % 256)
 end
+-- Publishes header .. arr(c) .. entries. A signed header argument (it starts with a bin8, 0xc4)
+-- holds the message's two 23-byte tags, then the header: the first tag is appended when every
+-- entry of the message was applied, the second when some were refused.
+local function publish(channel, head, c, entries, all)
+  if string.byte(head, 1) == 196 then
+    local tag = all and string.sub(head, 1, 23) or string.sub(head, 24, 46)
+    redis.call(ARGV[2], channel, string.sub(head, 47) .. arr(c) .. entries .. tag)
+  else
+    redis.call(ARGV[2], channel, head .. arr(c) .. entries)
+  end
+end
 if ARGV[11] ~= '' and nskewed == 0 then
   local kv = {}
   for i = 1, n do
@@ -156,7 +171,7 @@ if ARGV[11] ~= '' and nskewed == 0 then
     kv[2 * i] = changes[i]
   end
   if redis.call('MSETNX', unpack(kv)) == 1 then
-    if publishing then redis.call(cmd, ARGV[3], ARGV[5] .. arr(n) .. ARGV[7]) end
+    if publishing then publish(ARGV[3], ARGV[5], n, ARGV[7], true) end
     return 2
   end
 end
@@ -222,7 +237,17 @@ end
 if ARGV[2] ~= '' then
   local upd, del = ARGV[7], ARGV[8]
   local nupd, ndel = #sets / 2, #dels
-  if count < n then
+  local uall, dall = true, true
+  if count < n and (string.byte(ARGV[5], 1) == 196 or string.byte(ARGV[6], 1) == 196) then
+    -- Signed and some changes refused: the tag covers every entry, so each message goes whole,
+    -- flagged partial when some of its own changes were refused (receivers then only drop keys).
+    local tu, td = 0, 0
+    for i = 1, n do
+      if string.byte(changes[i], 1) == 116 then td = td + 1 else tu = tu + 1 end
+    end
+    uall, dall = nupd == tu, ndel == td
+    nupd, ndel = tu, td
+  elseif count < n then
     -- Some changes were refused: keep the entries of the applied ones only.
     local lens, u, d, uo, dof = ARGV[9], {}, {}, 0, 0
     for i = 1, n do
@@ -237,8 +262,8 @@ if ARGV[2] ~= '' then
     end
     upd, del = table.concat(u), table.concat(d)
   end
-  if ARGV[5] ~= '' then redis.call(ARGV[2], ARGV[3], ARGV[5] .. arr(nupd) .. upd) end
-  if ARGV[6] ~= '' then redis.call(ARGV[2], ARGV[4], ARGV[6] .. arr(ndel) .. del) end
+  if ARGV[5] ~= '' then publish(ARGV[3], ARGV[5], nupd, upd, uall) end
+  if ARGV[6] ~= '' then publish(ARGV[4], ARGV[6], ndel, del, dall) end
 end
 return result
 `;

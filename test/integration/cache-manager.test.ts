@@ -432,6 +432,8 @@ describe.each(variants)('PubSubCacheManager (%s)', (name, factory, sharded) => {
       malformed: 0,
       resyncs: 0,
       evictions: 0,
+      unverified: 0,
+      gapResyncsDeferred: 0,
       size: 0,
       trackedOrigins: 0,
     });
@@ -454,6 +456,8 @@ describe.each(variants)('PubSubCacheManager (%s)', (name, factory, sharded) => {
       malformed: 0,
       resyncs: 0,
       evictions: 0,
+      unverified: 0,
+      gapResyncsDeferred: 0,
       size: 0,
       trackedOrigins: 1, // a, one slot group
     });

@@ -9,9 +9,9 @@
 import { afterEach, describe, expect, it } from 'vitest';
 import { PubSubCacheManager } from '../../src/cache-manager.js';
 import { encodeEntry, encodeHeader } from '../../src/messages.js';
-import { PubSubRedisDict } from '../../src/pubsub-redis-dict.js';
+import { channelNames, PubSubRedisDict } from '../../src/pubsub-redis-dict.js';
 import { formatStamp } from '../../src/stamp.js';
-import { channelsOf, ORIGIN_TABLE_LIMIT, type ResyncReason, Subscriber } from '../../src/subscriber.js';
+import { ORIGIN_TABLE_LIMIT, type ResyncReason, Subscriber } from '../../src/subscriber.js';
 import { pollUntil, standaloneClient, uniqueNamespace, withClients } from '../helpers/connections.js';
 
 describe('bounded per-origin sequence table', () => {
@@ -40,7 +40,7 @@ describe('bounded per-origin sequence table', () => {
     const m = new PubSubCacheManager<unknown>(new PubSubRedisDict<unknown>(redis, ns), { heartbeatTimeoutMs: 60_000 });
     managers.push(m);
     await m.ready();
-    const channel = channelsOf(ns).update;
+    const channel = channelNames({ namespace: ns }).update;
     const origins = 100_000;
 
     let maxTracked = 0;
@@ -86,7 +86,9 @@ describe('bounded per-origin sequence table', () => {
       redis,
       {
         origin: '0123456789abcdef',
-        namespace: ns,
+        channels: () => channelNames({ namespace: ns }),
+        commandKeyPrefix: '',
+        signer: undefined,
         sharded: false,
         heartbeatIntervalMs: 20,
         heartbeatTimeoutMs: 10_000,
@@ -106,7 +108,7 @@ describe('bounded per-origin sequence table', () => {
     subscriber.start();
     try {
       await subscriber.whenLive();
-      const channel = channelsOf(ns).update;
+      const channel = channelNames({ namespace: ns }).update;
       await publisher.publish(channel, frame(originOf(1), 1, 'k'));
       await pollUntil(() => received === 1 && subscriber.trackedOrigins === 1, { message: 'the frame did not arrive' });
       // Two aging periods later the idle origin is gone.

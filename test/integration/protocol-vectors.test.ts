@@ -9,7 +9,7 @@ import { readFileSync } from 'node:fs';
 import { Redis } from 'ioredis';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { APPLY_LUA } from '../../src/scripts/apply.js';
-import { channelsOf } from '../../src/subscriber.js';
+import { channelNames } from '../../src/pubsub-redis-dict.js';
 import { type ReplyJson, type StateJson, VECTORS_PATH } from '../../scripts/protocol-vectors.js';
 import { pollUntil, redisEndpoints } from '../helpers/connections.js';
 
@@ -39,7 +39,7 @@ describe('protocol vectors: the apply script against Redis', () => {
   let admin: Redis;
   let subscriber: Redis;
   const received: { channel: string; hex: string }[] = [];
-  const channels = channelsOf(namespace);
+  const channels = channelNames({ namespace });
 
   beforeAll(async () => {
     admin = new Redis(redisEndpoints().standalone.url);

@@ -102,11 +102,12 @@ describe('message assembly, as done by the apply script', () => {
         { key: 'a', stamp: STAMP_B, payload: undefined },
         { key: 'b', stamp: STAMP_B, payload: undefined },
       ],
+      partial: false,
     });
   });
 
   it('decodes a message with no entries (published to keep sequence numbers contiguous)', () => {
-    expect(decoder.decode(assemble('d', 9, 16_383, []))).toEqual({ type: 'd', origin: ORIGIN, seq: 9, group: 16_383, entries: [] });
+    expect(decoder.decode(assemble('d', 9, 16_383, []))).toEqual({ type: 'd', origin: ORIGIN, seq: 9, group: 16_383, entries: [], partial: false });
   });
 
   it.each([1, 15, 16, 17, 255, 256, 1000])('uses the right array header for %d entries', (count) => {

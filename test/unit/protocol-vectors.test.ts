@@ -15,7 +15,7 @@ import { MessageDecoder } from '../../src/messages.js';
 import { splitRecord } from '../../src/record.js';
 import { APPLY_LUA } from '../../src/scripts/apply.js';
 import { compareStamps, formatStamp, HybridClock, isStamp, MAX_DRIFT_MS, parseStamp } from '../../src/stamp.js';
-import { channelsOf, shardedChannelsOf } from '../../src/subscriber.js';
+import { channelNames } from '../../src/pubsub-redis-dict.js';
 import { slotTag } from '../../src/topology.js';
 import { fromJson, type JsonValue, renderVectors, VECTORS_PATH } from '../../scripts/protocol-vectors.js';
 
@@ -34,6 +34,7 @@ interface Vectors {
   channels: {
     classic: { namespace: string; update: string; delete: string }[];
     sharded: { namespace: string; slot: number; tag: string; update: string; delete: string }[];
+    scoped: { scope: { namespace: string; keyPrefix?: string; channelPrefix?: string; db?: number }; slot?: number; update: string; delete: string }[];
     slotTags: { sha256OfTagsJoinedByNewline: string; first: string[] };
   };
   applyScript: { sha1: string };
@@ -119,13 +120,15 @@ describe('protocol vectors (docs/protocol-vectors.json)', () => {
   });
 
   it('channels: classic names, sharded names with a hash tag of the slot, and the whole tag table', () => {
-    for (const v of vectors.channels.classic) expect(channelsOf(v.namespace)).toEqual({ update: v.update, delete: v.delete });
+    for (const v of vectors.channels.classic) expect(channelNames({ namespace: v.namespace })).toEqual({ update: v.update, delete: v.delete });
     for (const v of vectors.channels.sharded) {
       expect(calculateSlot(v.tag)).toBe(v.slot);
       expect(calculateSlot(v.update)).toBe(v.slot);
       expect(slotTag(v.slot)).toBe(v.tag);
-      expect(shardedChannelsOf(v.namespace, v.slot)).toEqual({ update: v.update, delete: v.delete });
+      expect(channelNames({ namespace: v.namespace }, v.slot)).toEqual({ update: v.update, delete: v.delete });
     }
+    // Scoped names: everything that scopes a key (client keyPrefix, channelPrefix, database) is in the name.
+    for (const v of vectors.channels.scoped) expect(channelNames(v.scope, v.slot)).toEqual({ update: v.update, delete: v.delete });
     // The rule, applied independently: the first base-36 number landing in each slot.
     const tags: (string | undefined)[] = new Array(16384);
     let found = 0;
