@@ -114,6 +114,7 @@ describe('protocol vectors (docs/protocol-vectors.json)', () => {
         origin: v.origin,
         seq: v.seq,
         group: v.group,
+        partial: false, // unsigned frames are never partial (only signed ones carry the flag)
         entries: v.entries.map((e) => ({ key: e.key, stamp: e.stamp, payload: e.payload })),
       });
     }
