@@ -17,7 +17,9 @@ export type ErrorCode =
   | 'E_CLOSED'
   | 'E_BACKPRESSURE'
   | 'E_FLUSH'
-  | 'E_TIMEOUT';
+  | 'E_TIMEOUT'
+  | 'E_CLUSTER'
+  | 'E_CONNECTION';
 
 /** Base class of every error this library throws. */
 export class RedisDictError extends Error {
@@ -80,8 +82,31 @@ export class BackpressureError extends RedisDictError {
 
 /** An operation did not complete in time. */
 export class TimeoutError extends RedisDictError {
-  constructor(message: string) {
-    super('E_TIMEOUT', message);
+  constructor(message: string, options?: { cause?: unknown }) {
+    super('E_TIMEOUT', message, options);
+  }
+}
+
+/**
+ * A Cluster kept redirecting or refusing a command (MOVED, ASK, TRYAGAIN, CLUSTERDOWN, LOADING) until
+ * the retry deadline (`retryTimeoutMs`) passed: a failover or a resharding that did not end in time.
+ * The last Redis error is the `cause`. A write that fails so was not applied, or was applied once
+ * (writes are compare-and-set on stamps, so retrying it is safe).
+ */
+export class ClusterError extends RedisDictError {
+  constructor(message: string, options?: { cause?: unknown }) {
+    super('E_CLUSTER', message, options);
+  }
+}
+
+/**
+ * The connection to a node kept dropping or being refused until the retry deadline
+ * (`retryTimeoutMs`) passed. The last connection error is the `cause`. A write that fails so may or
+ * may not have been applied (retrying it is safe: writes are compare-and-set on stamps).
+ */
+export class ConnectionError extends RedisDictError {
+  constructor(message: string, options?: { cause?: unknown }) {
+    super('E_CONNECTION', message, options);
   }
 }
 

@@ -39,6 +39,8 @@ export {
   ClosedError,
   BackpressureError,
   TimeoutError,
+  ClusterError,
+  ConnectionError,
   FlushError,
   type ErrorCode,
 } from './errors.js';
