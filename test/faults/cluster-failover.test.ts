@@ -19,9 +19,10 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { PubSubCacheManager, type PubSubCacheManagerOptions, type ResyncInfo } from '../../src/cache-manager.js';
 import { PubSubRedisDict } from '../../src/pubsub-redis-dict.js';
 import { RedisDict } from '../../src/redis-dict.js';
+import { formatStamp } from '../../src/stamp.js';
 import { slotOf } from '../../src/topology.js';
 import { WriteBackCacheManager } from '../../src/write-back/manager.js';
-import { pollUntil, uniqueNamespace, withClients } from '../helpers/connections.js';
+import { pollUntil, standaloneClient, uniqueNamespace, withClients } from '../helpers/connections.js';
 import { startCluster, type RedisClusterHandle } from '../helpers/harness.js';
 
 /** Short heartbeats, for classic and sharded pub/sub alike (no long timeout to hide a slow resubscription). */
@@ -290,4 +291,22 @@ describe('cluster failover under load (private 3+3 cluster)', () => {
   it('sharded pub/sub: writers on two instances through a master SIGKILL; every instance converges to what Redis holds', async () => {
     await runFailover(true);
   }, 120_000);
+});
+
+describe('a write resent after its first attempt was applied', () => {
+  const clients = withClients({ closeAfter: 'all' });
+
+  it('is reported as written, not as a conflict (Redis holds the change own stamp)', async () => {
+    const redis = clients.track(standaloneClient());
+    const dict = new RedisDict<number>(redis, uniqueNamespace('fo-resend'));
+    const change = { key: 'k', stamp: dict.clock.now(), deleted: false, value: 1 };
+    expect(await dict.writeVersioned([change])).toEqual([{ status: 'written', existed: false }]);
+    // The same change again, as a retry after a lost reply sends it: the compare-and-set refuses it.
+    expect(await dict.writeVersioned([change])).toEqual([{ status: 'written', existed: false }]);
+    const deletion = { key: 'k', stamp: dict.clock.now(), deleted: true };
+    expect(await dict.writeVersioned([deletion])).toEqual([{ status: 'written', existed: true }]);
+    expect(await dict.writeVersioned([deletion])).toEqual([{ status: 'written', existed: false }]);
+    // A change older than what Redis holds (another stamp) is still a conflict.
+    expect((await dict.writeVersioned([{ ...change, stamp: formatStamp(1_000, 0, dict.clock.nodeId) }]))[0]!.status).toBe('conflict');
+  });
 });
