@@ -787,5 +787,5 @@ describe('near cache through a cluster failover (private 3+3 cluster)', () => {
       await clients.closeAll();
       await cluster.stop();
     }
-  });
+  }, 180_000);
 });
