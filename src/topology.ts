@@ -160,7 +160,10 @@ export async function runPerNode(
     }
     const retry = new Map<number, Verdict>();
     const errors = new Map<number, Error>();
+    // Replies of this round that come after its deadline are ignored: their units were settled.
+    let open = true;
     const onChunk = (indexes: readonly number[], replies: readonly [Error | null, unknown][]): void => {
+      if (!open) return;
       const done: number[] = [];
       indexes.forEach((index, i) => {
         const [error, reply] = replies[i]!;
@@ -179,6 +182,7 @@ export async function runPerNode(
     };
     const sends = [...groupByNode(cluster, work, pending, asked)].map(([node, indexes]) => sendToNode(client, cluster, node, work, indexes, withScript, onChunk));
     const outcome = await settleBefore(Promise.all(sends), deadline);
+    open = false;
     if (outcome === 'timeout') {
       // Replies that come later are ignored; a write may still be applied (see RedisDict.writeVersioned).
       const late = pending.filter((index) => results[index] === undefined && !retry.has(index));
