@@ -288,6 +288,28 @@ describe('cluster failover under load (private 3+3 cluster)', () => {
     await runFailover(false);
   }, 120_000);
 
+  it('a batch to a frozen master settles within retryTimeoutMs with E_TIMEOUT; other masters are not delayed', async () => {
+    const dict = new RedisDict<number>(connect(), uniqueNamespace('fo-frozen'), { retryTimeoutMs: 1_000 });
+    const keys = spreadKeys('frozen-');
+    await dict.setMany(keys.map((k) => [k, 1]));
+    const frozenAddress = raw.slots[slotOf(keys[0]!)]![0]!;
+    const frozen = (await cluster.masters()).find((n) => `${n.host}:${n.port}` === frozenAddress)!;
+    const elsewhere = keys.filter((k) => raw.slots[slotOf(k)]![0] !== frozenAddress);
+    frozen.pause();
+    try {
+      const failure = await dict.getMany(keys).then(
+        () => undefined,
+        (error: unknown) => error,
+      );
+      expect(failure).toMatchObject({ code: 'E_TIMEOUT' });
+      expect(await dict.getMany(elsewhere)).toEqual(elsewhere.map(() => 1));
+    } finally {
+      frozen.resume();
+    }
+    await cluster.waitForOk(30_000);
+    expect(await dict.getMany(keys)).toEqual(keys.map(() => 1));
+  }, 60_000);
+
   // Subscribing 2 x 16,384 channels per instance takes from 15 s (idle 2-core machine) to over a
   // minute (the whole suite running beside it): a longer bound for the test, not for the heartbeat.
   it('sharded pub/sub: writers on two instances through a master SIGKILL; every instance converges to what Redis holds', async () => {
