@@ -94,7 +94,10 @@ type Verdict = 'final' | 'noscript' | 'moved' | 'ask' | 'busy' | 'connection';
  * - `connection`: a dropped or refused connection: refresh the slot map, resend after a back-off.
  */
 export function verdictOf(error: Error): Verdict {
-  const message = error.message;
+  let message = error.message;
+  // ioredis's own routing gave up on a single command: judge by the last answer it got.
+  const last = /^Too many Cluster redirections\. Last error: (?:\w*Error: )?(.*)$/s.exec(message);
+  if (last) message = last[1]!;
   if (message.startsWith('NOSCRIPT')) return 'noscript';
   if (message.startsWith('MOVED ') || message.includes('should belong to the same slots allocation group')) return 'moved';
   if (message.startsWith('ASK ')) return 'ask';
