@@ -240,17 +240,25 @@ describe('cluster failover under load (private 3+3 cluster)', () => {
         }
       }
       for (const w of s.writers) {
+        let differences = '';
         try {
           await pollUntil(
             async () => {
-              if (!w.m.isServing) return false;
+              if (!w.m.isServing) {
+                differences = 'not serving';
+                return false;
+              }
               const served = await w.m.getMany(allKeys);
-              return allKeys.every((k, i) => JSON.stringify(served[i]) === JSON.stringify(held.get(k)));
+              differences = allKeys
+                .filter((k, i) => JSON.stringify(served[i]) !== JSON.stringify(held.get(k)))
+                .map((k) => `${k}: served ${JSON.stringify(w.m.cache.peek(k))}, Redis ${JSON.stringify(held.get(k))}`)
+                .join('; ');
+              return differences === '';
             },
             { timeoutMs: 10_000, intervalMs: 50, message: `${s.label}: instance ${w.name} never agreed with Redis` },
           );
         } catch (error) {
-          stale.push(String((error as Error).message));
+          stale.push(`${String((error as Error).message)}: ${differences}; resyncs ${JSON.stringify(s.resyncs)}`);
         }
         // Served from the cache now (not merely read through to Redis): what it holds is what Redis holds.
         for (const k of allKeys) {
