@@ -327,7 +327,8 @@ describe('cluster failover under load (private 3+3 cluster)', () => {
         (error: unknown) => error,
       );
       expect(['E_CLUSTER', 'E_TIMEOUT'], String(failure)).toContain((failure as { code?: string } | undefined)?.code);
-      expect(String((failure as Error).cause)).toMatch(/TRYAGAIN/);
+      // The last answer is TRYAGAIN, or a redirection ioredis's own routing took meanwhile.
+      expect(String((failure as Error).cause)).toMatch(/TRYAGAIN|MOVED|ASK/);
     } finally {
       // End the resharding: the rest of the keys move, every master learns the new owner.
       await src.call('MIGRATE', target.host, target.port, '', 0, 5_000, 'KEYS', `${ns}/${keys[2]}`, `${ns}/${keys[3]}`);
