@@ -650,7 +650,13 @@ export class PubSubCacheManager<V = unknown> extends EventEmitter<CacheManagerEv
     outcomes.forEach((outcome, i) => {
       const change = changes[i]!;
       if (outcome.status === 'written') {
-        if (stale(i, change.stamp)) return;
+        // Not cached, and whatever was cached for the key is dropped: an older entry left in place
+        // (kept by a resync that compared it while this write was in flight, a failover say) would
+        // stay stale, since a writer ignores its own events.
+        if (stale(i, change.stamp)) {
+          this.storage.delete(change.key);
+          return;
+        }
         if (change.deleted) this.install(change.key, { value: undefined, stamp: change.stamp, present: false, expiresAt: Infinity });
         else this.install(change.key, { value: this.store.decodeValue(change.key, change.payload!), stamp: change.stamp, present: true, expiresAt: Infinity });
       } else if (outcome.status === 'conflict') {
@@ -659,6 +665,7 @@ export class PubSubCacheManager<V = unknown> extends EventEmitter<CacheManagerEv
         if (stored.stamp !== '') {
           this.noteWrite(change.key, stored.stamp);
           if (!stale(i, stored.stamp)) this.install(change.key, { value: stored.value, stamp: stored.stamp, present: !stored.deleted, expiresAt: Infinity });
+          else this.storage.delete(change.key);
         } else this.storage.delete(change.key);
       } else {
         this.storage.delete(change.key);

@@ -21,7 +21,8 @@ export type ErrorCode =
   | 'E_ABORTED'
   | 'E_NOPERM'
   | 'E_CLOCK_SKEW'
-  | 'E_CONNECTION';
+  | 'E_CONNECTION'
+  | 'E_CLUSTER';
 
 /** Codes of the `warning` event of a cache manager. */
 export type WarningCode = 'E_EVICTION_POLICY';
@@ -99,19 +100,32 @@ export class BackpressureError extends RedisDictError {
 
 /** An operation did not complete in time. */
 export class TimeoutError extends RedisDictError {
-  constructor(message: string) {
-    super('E_TIMEOUT', message);
+  constructor(message: string, options?: { cause?: unknown }) {
+    super('E_TIMEOUT', message, options);
   }
 }
 
+/**
+ * A Cluster kept redirecting or refusing a command (MOVED, ASK, TRYAGAIN, CLUSTERDOWN, LOADING) until
+ * the retry deadline (`retryTimeoutMs`) passed: a failover or a resharding that did not end in time.
+ * The last Redis error is the `cause`. A write that fails so was not applied, or was applied once
+ * (writes are compare-and-set on stamps, so retrying it is safe).
+ */
+export class ClusterError extends RedisDictError {
+  constructor(message: string, options?: { cause?: unknown }) {
+    super('E_CLUSTER', message, options);
+  }
+}
 
 /**
- * Redis refused the connection or the subscription for a reason that retrying will not fix: the
- * server's TLS certificate does not verify or the credentials are wrong (an ACL refusal is a
- * {@link PermissionError}). The error from the connection (TLS, ioredis, or the Redis reply) is the `cause`.
+ * A connection failure: the connection to a node kept dropping or being refused until the retry
+ * deadline (`retryTimeoutMs`) passed (a write that fails so may or may not have been applied;
+ * retrying it is safe, writes are compare-and-set on stamps), or a cache manager's `ready()` met a
+ * failure retrying will not fix: the server's TLS certificate does not verify, or the credentials
+ * are wrong (an ACL refusal is a {@link PermissionError}). The underlying error is the `cause`.
  */
 export class ConnectionError extends RedisDictError {
-  constructor(message: string, options: { cause: unknown }) {
+  constructor(message: string, options?: { cause?: unknown }) {
     super('E_CONNECTION', message, options);
   }
 }

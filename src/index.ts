@@ -44,6 +44,7 @@ export {
   BackpressureError,
   TimeoutError,
   AbortedError,
+  ClusterError,
   ConnectionError,
   FlushError,
   PermissionError,

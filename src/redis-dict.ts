@@ -17,7 +17,7 @@ import { type FrameArg, FramedCommand, argLength, bulkLength, frameLength, write
 import { APPLY_LUA, APPLY_SHA, STAMPS_LUA, STAMPS_SHA } from './scripts/apply.js';
 import { HybridClock, MAX_DRIFT_MS, type Stamp, isStamp, parseStamp } from './stamp.js';
 import type { ChainableCommander } from 'ioredis';
-import { type RedisClient, type RedisClientLike, chunk, clusterReady, groupBySlot, isCluster, runPerNode, scanTargets } from './topology.js';
+import { DEFAULT_RETRY_TIMEOUT_MS, type RedisClient, type RedisClientLike, chunk, clusterReady, groupBySlot, isCluster, runPerNode, scanTargets } from './topology.js';
 
 /** A client or a pipeline: what a unit of work queues its command on. */
 type Commands = ChainableCommander | RedisClient;
@@ -49,10 +49,19 @@ export interface RedisDictOptions<V> {
    * @defaultValue 60000 (one minute, {@link MAX_DRIFT_MS})
    */
   maxDriftMs?: number;
+  /**
+   * On a Cluster, how long (ms) a read, write or stamp read keeps being resent after MOVED, ASK,
+   * TRYAGAIN, CLUSTERDOWN, LOADING or a dropped connection (a failover, a resharding), and waits
+   * for its replies; then it fails with `E_CLUSTER`, `E_CONNECTION` or `E_TIMEOUT`. Ignored on a
+   * standalone server (ioredis's own reconnection and `maxRetriesPerRequest` apply there).
+   *
+   * @defaultValue 20000 (longer than a failover under Redis's default `cluster-node-timeout` of 15 s)
+   */
+  retryTimeoutMs?: number;
 }
 
 /** Keys of {@link RedisDictOptions}, for validation. */
-export const REDIS_DICT_OPTION_KEYS = ['codec', 'maxValueBytes', 'tombstoneTtlMs', 'batchSize', 'clock', 'maxDriftMs'] as const;
+export const REDIS_DICT_OPTION_KEYS = ['codec', 'maxValueBytes', 'tombstoneTtlMs', 'batchSize', 'clock', 'maxDriftMs', 'retryTimeoutMs'] as const;
 
 /** One change for {@link RedisDict.writeVersioned}. */
 export interface VersionedChange<V> {
@@ -149,6 +158,8 @@ export class RedisDict<V = unknown> implements AsyncIterable<[string, V]> {
   readonly maxDriftMs: number;
   /** True when {@link RedisDict.redis} is a Cluster. */
   readonly isCluster: boolean;
+  /** On a Cluster, how long a command is resent through redirections and reconnections, in ms. */
+  readonly retryTimeoutMs: number;
   private readonly prefix: string;
   /**
    * The client's `keyPrefix` option ('' when none). ioredis adds it to the keys of the commands it
@@ -187,6 +198,7 @@ export class RedisDict<V = unknown> implements AsyncIterable<[string, V]> {
     this.tombstoneTtlMs = integerOption(where, 'tombstoneTtlMs', opts['tombstoneTtlMs'], 86_400_000);
     this.batchSize = integerOption(where, 'batchSize', opts['batchSize'], 500);
     this.maxDriftMs = integerOption(where, 'maxDriftMs', opts['maxDriftMs'], MAX_DRIFT_MS, 0);
+    this.retryTimeoutMs = integerOption(where, 'retryTimeoutMs', opts['retryTimeoutMs'], DEFAULT_RETRY_TIMEOUT_MS);
     this.clock = new HybridClock(undefined, functionOption(where, 'clock', opts['clock'], Date.now), this.maxDriftMs);
   }
 
@@ -362,7 +374,7 @@ export class RedisDict<V = unknown> implements AsyncIterable<[string, V]> {
         queue: (p: Commands) => p.mgetBuffer(...part.map((i) => i.redisKey)),
       })),
     );
-    const replies = await runPerNode(this.redis, units);
+    const replies = await runPerNode(this.redis, units, undefined, { timeoutMs: this.retryTimeoutMs });
     units.forEach((unit, u) => {
       const [err, values] = replies[u]!;
       if (err) throw redisError(err, unit.part[0]?.key, 'the read');
@@ -430,37 +442,25 @@ export class RedisDict<V = unknown> implements AsyncIterable<[string, V]> {
         }
       });
     };
-    const noScript: number[] = [];
-    let replies: [Error | null, unknown][];
     try {
-      replies = await runPerNode(this.redis, units, (done, results) => {
-        for (const u of done) {
-          const [err, reply] = results[u]!;
-          if (err && /NOSCRIPT/.test(err.message)) noScript.push(u);
-          else settle(units[u]!, err, reply);
-        }
-      });
+      // Redirections, retries and NOSCRIPT are handled by runPerNode; a resent write is a no-op
+      // when its first attempt was applied (compare-and-set on its own stamp, see outcomeOf).
+      await runPerNode(
+        this.redis,
+        units,
+        (done, results) => {
+          for (const u of done) {
+            const [err, reply] = results[u]!;
+            settle(units[u]!, err, reply);
+          }
+        },
+        { timeoutMs: this.retryTimeoutMs },
+      );
     } catch (error) {
       // Nothing was sent (no cluster slot map, say): every change failed.
       const failure = redisError(asError(error), prepared[0]?.change.key, 'the write');
       for (const unit of units) if (unit.part.some(({ index }) => outcomes[index] === undefined)) settle(unit, failure, undefined);
-      if (listenerError) throw listenerError.error;
-      return outcomes;
     }
-    // The script was not cached on the node (a restart, a failover): send it in full.
-    await Promise.all(
-      noScript.map(async (u) => {
-        const unit = units[u]!;
-        let [err, reply] = replies[u]!;
-        try {
-          reply = await this.redis.sendCommand(unit.command('eval', APPLY_LUA));
-          err = null;
-        } catch (error) {
-          err = asError(error);
-        }
-        settle(unit, err, reply);
-      }),
-    );
     if (listenerError) throw listenerError.error;
     return outcomes;
   }
@@ -496,6 +496,10 @@ export class RedisDict<V = unknown> implements AsyncIterable<[string, V]> {
     const stampRaw: unknown = reply[0];
     const stamp = Buffer.isBuffer(stampRaw) ? stampRaw.toString('latin1') : String(stampRaw ?? '');
     if (stamp !== '') this.clock.observe(stamp);
+    // Redis holds this very change (stamps are unique per writer): an earlier attempt of the same
+    // call (resent after a dropped connection or a failover), or of an earlier flush, was applied.
+    // Whether a value existed before it is not known any more: reported as not.
+    if (stamp === change.stamp) return WRITTEN_NEW;
     const raw: unknown = reply[1];
     if (!Buffer.isBuffer(raw)) return { status: 'conflict', stored: { stamp, deleted: true } };
     try {
@@ -525,28 +529,19 @@ export class RedisDict<V = unknown> implements AsyncIterable<[string, V]> {
           redisKeys,
           weight: part.length,
           queue: (p: Commands) => p.call('EVALSHA', [STAMPS_SHA, redisKeys.length, ...redisKeys]),
+          queueScript: (p: Commands) => p.call('EVAL', [STAMPS_LUA, redisKeys.length, ...redisKeys]),
         };
       }),
     );
-    const replies = await runPerNode(this.redis, units);
-    await Promise.all(
-      units.map(async (unit, u) => {
-        let [err, reply] = replies[u]!;
-        if (err && /NOSCRIPT/.test(err.message)) {
-          try {
-            reply = await this.redis.call('EVAL', [STAMPS_LUA, unit.redisKeys.length, ...unit.redisKeys]);
-            err = null;
-          } catch (error) {
-            err = asError(error);
-          }
-        }
-        if (err) throw redisError(err, unit.part[0]?.key, 'the read of stamps');
-        (reply as string[]).forEach((stamp, j) => {
-          const { index } = unit.part[j]!;
-          out[index] = stamp === '?' ? undefined : stamp.startsWith('t') ? '' : stamp;
-        });
-      }),
-    );
+    const replies = await runPerNode(this.redis, units, undefined, { timeoutMs: this.retryTimeoutMs });
+    units.forEach((unit, u) => {
+      const [err, reply] = replies[u]!;
+      if (err) throw redisError(err, unit.part[0]?.key, 'the read of stamps');
+      (reply as string[]).forEach((stamp, j) => {
+        const { index } = unit.part[j]!;
+        out[index] = stamp === '?' ? undefined : stamp.startsWith('t') ? '' : stamp;
+      });
+    });
     return out;
   }
 
@@ -614,6 +609,11 @@ export class ApplyUnit<V> {
 
   queue(client: Commands): unknown {
     return (client as { sendCommand(command: FramedCommand): unknown }).sendCommand(this.command('evalsha', APPLY_SHA));
+  }
+
+  /** The call with the script's source, after NOSCRIPT. */
+  queueScript(client: Commands): unknown {
+    return (client as { sendCommand(command: FramedCommand): unknown }).sendCommand(this.command('eval', APPLY_LUA));
   }
 
   /** The call with the script's sha (`evalsha`) or its source (`eval`, after NOSCRIPT). */

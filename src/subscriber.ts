@@ -100,15 +100,38 @@ export class Subscriber {
   private recentSeq = new Map<string, number>();
   private olderSeq = new Map<string, number>();
   private seqRotatedAt = Date.now();
-  private probes = new Map<string, number>();
+  /** Probes in flight: when sent, and when the SPUBLISH was answered (0 until then). */
+  private probes = new Map<string, { sentAt: number; answeredAt: number }>();
+  /**
+   * Sharded only: when the probes stopped coming back while the subscription stood (0 otherwise).
+   * The subscription is then kept (ioredis may be resubscribing a shard after a failover) and
+   * probed until every master's probe comes back; it is started over only after a long silence.
+   */
+  private degradedSince = 0;
+  /** Masters whose probe came back since {@link Subscriber.degradedSince}. */
+  private readonly echoed = new Set<string>();
+  /** Master of every slot when the subscription last became live (or resynced for a topology change), to tell a real change from noise. */
+  private slotOwners: string[] | undefined;
+  private topologyTimer: NodeJS.Timeout | undefined;
   private nodeIndex = 0;
   private readyWaiters: { resolve: () => void; reject: (error: Error) => void }[] = [];
   /** When a subscription call of the current connection last answered, or the subscription started; 0 when not subscribing. */
   private subscribeProgressAt = 0;
   private retryTimer: NodeJS.Timeout | undefined;
   private retryDelay = 0;
+  /**
+   * ioredis reports topology noise in bursts (`+node`/`-node` per connection, `refresh` every few
+   * seconds): they are coalesced into one check, which reports a change only when the master of
+   * some slot changed since the subscription went live or was last resynced, so a failover makes
+   * one resync, not one per event.
+   */
   private readonly onTopology = (): void => {
-    if (this.live) this.listener.onUp('topology-changed');
+    if (this.topologyTimer !== undefined || this.closed) return;
+    this.topologyTimer = setTimeout(() => {
+      this.topologyTimer = undefined;
+      this.checkTopology();
+    }, Math.min(this.settings.heartbeatIntervalMs, 500));
+    this.topologyTimer.unref();
   };
 
   constructor(data: RedisClient, settings: SubscriberSettings, listener: SubscriberListener) {
@@ -161,6 +184,7 @@ export class Subscriber {
     if (isCluster(this.data)) {
       this.data.on('+node', this.onTopology);
       this.data.on('-node', this.onTopology);
+      this.data.on('refresh', this.onTopology);
     }
     this.connect();
     this.notReadySince = Date.now();
@@ -175,9 +199,11 @@ export class Subscriber {
     this.live = false;
     if (this.timer) clearInterval(this.timer);
     if (this.retryTimer) clearTimeout(this.retryTimer);
+    if (this.topologyTimer) clearTimeout(this.topologyTimer);
     if (isCluster(this.data)) {
       this.data.off('+node', this.onTopology);
       this.data.off('-node', this.onTopology);
+      this.data.off('refresh', this.onTopology);
     }
     const conn = this.conn;
     this.conn = undefined;
@@ -214,6 +240,7 @@ export class Subscriber {
     });
     conn.on('close', () => {
       if (this.conn !== conn) return;
+      this.degradedSince = 0;
       this.markDown('reconnect');
     });
     conn.on('end', () => {
@@ -311,6 +338,10 @@ export class Subscriber {
     this.everUp = true;
     this.pingPending = false;
     this.probes.clear();
+    this.degradedSince = 0;
+    this.echoed.clear();
+    // The resync that follows covers every topology change seen so far.
+    this.slotOwners = this.currentOwners();
     // After any gap, sequence numbers restart from what arrives next.
     if (reason !== 'initial') {
       this.recentSeq.clear();
@@ -334,6 +365,10 @@ export class Subscriber {
     const now = Date.now();
     if (now - this.seqRotatedAt >= (this.settings.originIdleMs ?? ORIGIN_IDLE_MS)) this.rotateSeq(now);
     const timeout = this.settings.heartbeatTimeoutMs;
+    if (!this.live && this.degradedSince !== 0 && this.settings.sharded) {
+      this.recoverShards(now, conn as Cluster);
+      return;
+    }
     if (!this.live) {
       // Stuck connecting (e.g. a partition swallowing the handshake): start over. A subscription
       // is started over only when none of its calls has answered for a while: one that progresses
@@ -373,33 +408,109 @@ export class Subscriber {
     );
   }
 
-  /** With sharded pub/sub, a probe through every shard proves the subscription end to end. */
+  /**
+   * With sharded pub/sub, a probe through every shard proves the subscription end to end. Liveness
+   * is measured from progress, not from the clock alone: a probe is late only `heartbeatTimeoutMs`
+   * after its SPUBLISH was answered (the server delivers it to subscribers as it answers), so a
+   * server busy with a large resubscription (2 x 16,384 channels per instance) is not taken for a
+   * partition; an SPUBLISH unanswered for 10 x `heartbeatTimeoutMs` counts as late too. A late
+   * probe is judged after pending I/O has been read (a busy event loop delays the probe, not the
+   * link). Then the cache stops serving, and the subscription is kept and probed until every
+   * master answers again (see {@link Subscriber.recoverShards}).
+   */
   private probeShards(now: number, conn: Cluster): void {
-    for (const sentAt of this.probes.values()) {
-      if (now - sentAt > this.settings.heartbeatTimeoutMs) {
+    if (this.lateProbe(now)) {
+      setImmediate(() => {
+        if (this.conn !== conn || this.closed || !this.live || !this.lateProbe(Date.now())) return;
         this.probes.clear();
+        this.echoed.clear();
+        this.degradedSince = Date.now();
         this.markDown('heartbeat-timeout');
-        this.notReadySince = now;
-        conn.disconnect(true);
-        return;
-      }
+      });
+      return;
     }
-    const data = this.data as Cluster;
-    const seen = new Set<string>();
-    data.slots.forEach((owners, slot) => {
+    this.sendProbes(now);
+  }
+
+  /** True when a probe in flight is late (see {@link Subscriber.probeShards}). */
+  private lateProbe(now: number): boolean {
+    const timeout = this.settings.heartbeatTimeoutMs;
+    for (const { sentAt, answeredAt } of this.probes.values()) {
+      if (answeredAt !== 0 ? now - answeredAt > timeout : now - sentAt > 10 * timeout) return true;
+    }
+    return false;
+  }
+
+  /**
+   * Probes while degraded: up again (with a resync) once every master's probe came back; started
+   * over (disconnect, resubscribe) only when that did not happen within max(30 s, 10 x
+   * `heartbeatTimeoutMs`), a shard that stays silent.
+   */
+  private recoverShards(now: number, conn: Cluster): void {
+    const masters = this.masters();
+    if (masters.size > 0 && [...masters.keys()].every((m) => this.echoed.has(m))) {
+      this.markUp('heartbeat-timeout');
+      return;
+    }
+    if (now - this.degradedSince > Math.max(30_000, 10 * this.settings.heartbeatTimeoutMs)) {
+      this.degradedSince = 0;
+      this.notReadySince = now;
+      conn.disconnect(true);
+      return;
+    }
+    // Probes that got lost are sent again.
+    for (const [nonce, probe] of this.probes) if (now - (probe.answeredAt || probe.sentAt) > 10 * this.settings.heartbeatTimeoutMs) this.probes.delete(nonce);
+    this.sendProbes(now);
+  }
+
+  /** Each master and one slot it owns. */
+  private masters(): Map<string, number> {
+    const masters = new Map<string, number>();
+    (this.data as Cluster).slots.forEach((owners, slot) => {
       const master = owners?.[0];
-      if (master === undefined || seen.has(master)) return;
-      seen.add(master);
-      if ([...this.probes.keys()].some((nonce) => nonce.endsWith(`@${master}`))) return;
+      if (master !== undefined && !masters.has(master)) masters.set(master, slot);
+    });
+    return masters;
+  }
+
+  /** One probe in flight per master. */
+  private sendProbes(now: number): void {
+    const data = this.data as Cluster;
+    const inFlight = new Set<string>();
+    for (const nonce of this.probes.keys()) inFlight.add(nonce.slice(nonce.lastIndexOf('@') + 1));
+    for (const [master, slot] of this.masters()) {
+      if (inFlight.has(master)) continue;
       const nonce = `${PROBE_PREFIX}${randomBytes(6).toString('hex')}@${master}`;
-      this.probes.set(nonce, now);
+      const probe = { sentAt: now, answeredAt: 0 };
+      this.probes.set(nonce, probe);
       const channel = this.settings.channels(slot).update;
       const { signer } = this.settings;
       const parts = [encodeHeader('u', this.settings.origin, PROBE_SEQ, slot, signer !== undefined), Buffer.from([0x91]), encodeEntry(nonce, ZERO_STAMP)];
       // A probe is signed like any message, so that peers with keys do not count it as forged.
       if (signer !== undefined) parts.push(signer.tags(Buffer.from(channel, 'utf8'), parts).subarray(0, TAG_BYTES));
-      data.spublish(channel.slice(this.settings.commandKeyPrefix.length), Buffer.concat(parts)).catch(() => {});
-    });
+      data.spublish(channel.slice(this.settings.commandKeyPrefix.length), Buffer.concat(parts)).then(
+        () => {
+          probe.answeredAt = Date.now();
+        },
+        () => {},
+      );
+    }
+  }
+
+  /** Owners of every slot as the data client knows them. */
+  private currentOwners(): string[] | undefined {
+    return isCluster(this.data) ? this.data.slots.map((owners) => owners?.[0] ?? '') : undefined;
+  }
+
+  /** Reports a topology change (see {@link Subscriber.onTopology}) when a slot changed master. */
+  private checkTopology(): void {
+    if (this.closed || !this.live) return;
+    const owners = this.currentOwners();
+    const before = this.slotOwners;
+    if (owners === undefined || owners.length === 0) return;
+    if (before !== undefined && before.length === owners.length && before.every((o, i) => o === owners[i])) return;
+    this.slotOwners = owners;
+    this.listener.onUp('topology-changed');
   }
 
   private receive(channel: Buffer, bytes: Buffer): void {
@@ -427,7 +538,7 @@ export class Subscriber {
     if (message.origin === this.settings.origin) {
       if (message.seq === PROBE_SEQ) {
         const nonce = message.entries[0]?.key;
-        if (nonce !== undefined) this.probes.delete(nonce);
+        if (nonce !== undefined && this.probes.delete(nonce) && this.degradedSince !== 0) this.echoed.add(nonce.slice(nonce.lastIndexOf('@') + 1));
       }
       return;
     }

@@ -10,7 +10,7 @@
  */
 import calculateSlot from 'cluster-key-slot';
 import { Cluster, type ChainableCommander, type Redis } from 'ioredis';
-import { asError } from './errors.js';
+import { ClusterError, ConnectionError, RedisDictError, TimeoutError, asError } from './errors.js';
 
 /** An ioredis client: a standalone `Redis` or a `Cluster`. */
 export type RedisClient = Redis | Cluster;
@@ -71,9 +71,27 @@ export interface SlotWork {
   readonly slot: number;
   /** How many keys the command carries (default 1): commands are sent in chunks of about {@link STREAM_CHUNK_KEYS}. */
   readonly weight?: number;
-  /** Queues the unit's command on a pipeline, or sends it on the client when it is alone on its node. */
+  /**
+   * Queues the unit's command on a pipeline, or sends it on the client when it is alone on its node.
+   * Called again for every resend (redirection, retry), so it must build the same command each time.
+   */
   queue(target: ChainableCommander | RedisClient): unknown;
+  /** For a script call by sha: the same call with the script's source, sent after NOSCRIPT. */
+  queueScript?(target: ChainableCommander | RedisClient): unknown;
 }
+
+/** Options of {@link runPerNode}. */
+export interface RunOptions {
+  /**
+   * On a Cluster, how long (ms, from the call) units are resent after MOVED, ASK, TRYAGAIN,
+   * CLUSTERDOWN, LOADING or a dropped connection, and waited for; then they fail with `E_CLUSTER`,
+   * `E_CONNECTION` or `E_TIMEOUT`. Default {@link DEFAULT_RETRY_TIMEOUT_MS}.
+   */
+  readonly timeoutMs?: number;
+}
+
+/** Default of {@link RunOptions.timeoutMs}: longer than a failover with Redis's default `cluster-node-timeout` (15 s). */
+export const DEFAULT_RETRY_TIMEOUT_MS = 20_000;
 
 /**
  * Keys per chunk of commands sent to one node. A large batch is sent chunk by chunk, each as soon
@@ -81,83 +99,269 @@ export interface SlotWork {
  */
 export const STREAM_CHUNK_KEYS = 500;
 
+/** What to do about a unit's error. */
+type Verdict = 'final' | 'noscript' | 'moved' | 'ask' | 'busy' | 'connection';
+
+/**
+ * How the Cluster's answers are handled (see {@link runPerNode}):
+ * - `moved`: MOVED, or a pipeline refused because its slots no longer share a node: refresh the
+ *   slot map from the Cluster, resend to the new owner;
+ * - `ask`: ASK: ASKING and the command on the named node, once;
+ * - `busy`: TRYAGAIN, CLUSTERDOWN, LOADING, MASTERDOWN, READONLY: resend after a back-off;
+ * - `connection`: a dropped or refused connection: refresh the slot map, resend after a back-off.
+ */
+export function verdictOf(error: Error): Verdict {
+  let message = error.message;
+  // ioredis's own routing gave up on a single command: judge by the last answer it got.
+  const last = /^Too many Cluster redirections\. Last error: (?:\w*Error: )?(.*)$/s.exec(message);
+  if (last) message = last[1]!;
+  if (message.startsWith('NOSCRIPT')) return 'noscript';
+  if (message.startsWith('MOVED ') || message.includes('should belong to the same slots allocation group')) return 'moved';
+  if (message.startsWith('ASK ')) return 'ask';
+  if (/^(TRYAGAIN|CLUSTERDOWN|LOADING|MASTERDOWN|READONLY)\b/.test(message)) return 'busy';
+  if (
+    /Connection is closed|Stream isn't writeable|max retries per request|Too many Cluster redirections|Failed to refresh slots cache|None of startup nodes|Cluster is disconnected|Command timed out|E(CONNREFUSED|CONNRESET|PIPE|TIMEDOUT|HOSTUNREACH|NETUNREACH)/.test(
+      message,
+    )
+  ) {
+    return 'connection';
+  }
+  return 'final';
+}
+
 /**
  * Runs every unit of work (one command each) and returns, for each unit in order, its
- * `[error, reply]`. Units are sent per master in chunks of about {@link STREAM_CHUNK_KEYS} keys,
- * in order: a chunk of several commands as one pipeline, a chunk of one as a plain command (a
- * pipeline of one costs more than the command itself). A unit is built (`queue`) right before its
- * chunk is sent, so anything it numbers (message sequence numbers) is sent in that order.
+ * `[error, reply]`. Units are sent per node in chunks of about {@link STREAM_CHUNK_KEYS} keys, in
+ * order: a chunk of several commands as one pipeline, a chunk of one as a plain command (a pipeline
+ * of one costs more than the command itself). A unit is built (`queue`) right before its chunk is
+ * sent, so anything it numbers (message sequence numbers) is sent in that order.
  *
- * `onReplies` (optional) is called with the indexes of each chunk's units as soon as their results
- * are in, so that the caller can handle them while later chunks are still executing; it must not
- * throw.
+ * This is the one place that sends to a node itself instead of through the Cluster's own routing,
+ * so it handles what a Cluster answers there (see {@link verdictOf}): after MOVED it refreshes the
+ * slot map and resends to the new owner; after ASK it resends once with ASKING to the named node;
+ * after TRYAGAIN, CLUSTERDOWN, LOADING or a dropped connection it resends after a back-off (50 ms
+ * doubling up to 1 s). A unit still failing so when `timeoutMs` has passed fails with a coded
+ * error (`E_CLUSTER`, `E_CONNECTION`) whose `cause` is the last Redis error; a unit whose reply has
+ * not come by then fails with `E_TIMEOUT`. After NOSCRIPT, a unit with `queueScript` is resent with
+ * the script's source (on a standalone server too). Resending a write is safe only because writes
+ * are compare-and-set on stamps: see `RedisDict.writeVersioned`.
+ *
+ * `onReplies` (optional) is called with the indexes of units whose results are final as soon as
+ * they are in, so that the caller can handle them while later chunks are still executing; it must
+ * not throw. Each unit's index is passed once.
  */
 export async function runPerNode(
   client: RedisClient,
   work: readonly SlotWork[],
   onReplies?: (indexes: readonly number[], results: readonly [Error | null, unknown][]) => void,
+  options?: RunOptions,
 ): Promise<[Error | null, unknown][]> {
-  const byNode = new Map<string, number[]>();
-  if (isCluster(client)) {
-    if (client.status !== 'ready') await clusterReady(client);
-    work.forEach((unit, index) => {
-      const node = client.slots[unit.slot]?.[0] ?? 'unknown';
-      const list = byNode.get(node);
-      if (list) list.push(index);
-      else byNode.set(node, [index]);
-    });
-  } else if (work.length > 0) {
-    byNode.set('standalone', work.map((_, index) => index));
-  }
   const results: [Error | null, unknown][] = new Array(work.length);
-  const sent: Promise<void>[] = [];
-  for (const indexes of byNode.values()) {
-    for (let start = 0; start < indexes.length; ) {
-      let end = start;
-      let keys = 0;
-      while (end < indexes.length && (end === start || keys < STREAM_CHUNK_KEYS)) keys += work[indexes[end++]!]!.weight ?? 1;
-      const chunkIndexes = indexes.slice(start, end);
-      const done = sendChunk(client, work, chunkIndexes, results);
-      sent.push(onReplies ? done.then(() => onReplies(chunkIndexes, results)) : done);
-      start = end;
+  if (work.length === 0) return results;
+  const cluster = isCluster(client) ? client : undefined;
+  const deadline = Date.now() + (options?.timeoutMs ?? DEFAULT_RETRY_TIMEOUT_MS);
+  const withScript = new Set<number>();
+  const finish = (indexes: readonly number[]): void => {
+    if (onReplies && indexes.length > 0) onReplies(indexes, results);
+  };
+  let pending: number[] = work.map((_, index) => index);
+  /** ASK target (`host:port`) of a unit to resend there once. */
+  let asked = new Map<number, string>();
+  let lastErrors = new Map<number, Error>();
+  for (let round = 0; pending.length > 0; round++) {
+    if (cluster && cluster.status !== 'ready') {
+      try {
+        await beforeDeadline(clusterReady(cluster), deadline, 'the Cluster to be ready');
+      } catch (error) {
+        for (const index of pending) results[index] = [finalError(asError(error), lastErrors.get(index)), undefined];
+        finish(pending);
+        return results;
+      }
     }
+    const retry = new Map<number, Verdict>();
+    const errors = new Map<number, Error>();
+    // Replies of this round that come after its deadline are ignored: their units were settled.
+    let open = true;
+    const onChunk = (indexes: readonly number[], replies: readonly [Error | null, unknown][]): void => {
+      if (!open) return;
+      const done: number[] = [];
+      indexes.forEach((index, i) => {
+        const [error, reply] = replies[i]!;
+        const verdict = error ? verdictOf(error) : 'final';
+        const retriable = cluster ? verdict !== 'final' : verdict === 'noscript';
+        if (error && retriable && !(verdict === 'noscript' && (withScript.has(index) || !work[index]!.queueScript))) {
+          retry.set(index, verdict);
+          errors.set(index, error);
+          if (verdict === 'noscript') withScript.add(index);
+        } else {
+          results[index] = [error, reply];
+          done.push(index);
+        }
+      });
+      finish(done);
+    };
+    const sends = [...groupByNode(cluster, work, pending, asked)].map(([node, indexes]) => sendToNode(client, cluster, node, work, indexes, withScript, onChunk));
+    const outcome = await settleBefore(Promise.all(sends), deadline);
+    open = false;
+    if (outcome === 'timeout') {
+      // Replies that come later are ignored; a write may still be applied (see RedisDict.writeVersioned).
+      const late = pending.filter((index) => results[index] === undefined && !retry.has(index));
+      for (const index of late) results[index] = [new TimeoutError(`No reply from the Cluster within the retry deadline`, { cause: lastErrors.get(index) }), undefined];
+      finish(late);
+      pending = [];
+      for (const [index] of retry) pending.push(index);
+    } else {
+      pending = [...retry.keys()];
+    }
+    if (pending.length === 0) break;
+    lastErrors = errors;
+    const verdicts = new Set(retry.values());
+    if (Date.now() >= deadline || outcome === 'timeout' || cluster?.status === 'end') {
+      for (const index of pending) results[index] = [finalError(errors.get(index)!, undefined), undefined];
+      finish(pending);
+      break;
+    }
+    // ASK: once to the named node; everything else through the (refreshed) slot map.
+    const nextAsked = new Map<number, string>();
+    for (const index of pending) {
+      const error = errors.get(index)!;
+      if (retry.get(index) === 'ask' && !asked.has(index)) nextAsked.set(index, error.message.split(' ')[2] ?? '');
+    }
+    asked = nextAsked;
+    if (cluster && (verdicts.has('moved') || verdicts.has('connection') || (verdicts.has('ask') && asked.size < pending.length))) {
+      await beforeDeadline(refreshSlots(cluster), deadline, 'the slot map').catch(() => undefined);
+    }
+    const onlyRedirected = [...verdicts].every((v) => v === 'moved' || v === 'ask' || v === 'noscript');
+    if (!(onlyRedirected && round === 0)) await pause(Math.min(50 * 2 ** Math.min(round, 5), 1000, Math.max(0, deadline - Date.now())));
   }
-  await Promise.all(sent);
   return results;
 }
 
-/** Sends one chunk of units (synchronously up to the send) and stores their replies. */
-function sendChunk(client: RedisClient, work: readonly SlotWork[], indexes: number[], results: [Error | null, unknown][]): Promise<void> {
-  if (indexes.length === 1) {
-    const index = indexes[0]!;
+/** The coded error of a unit that kept failing until the deadline; `error` is the last one. */
+function finalError(error: Error, previous: Error | undefined): Error {
+  if (error instanceof RedisDictError) return error.cause === undefined && previous ? new TimeoutError(error.message, { cause: previous }) : error;
+  const verdict = verdictOf(error);
+  if (verdict === 'connection') return new ConnectionError(`The connection to a Cluster node kept failing until the retry deadline: ${error.message}`, { cause: error });
+  if (verdict === 'final') return error;
+  return new ClusterError(`The Cluster kept redirecting or refusing the command until the retry deadline: ${error.message}`, { cause: error });
+}
+
+/** Units grouped by the node they go to: the slot's owners as the Cluster knows them, or an ASK target. */
+function groupByNode(cluster: Cluster | undefined, work: readonly SlotWork[], indexes: readonly number[], asked: ReadonlyMap<number, string>): Map<string, number[]> {
+  const byNode = new Map<string, number[]>();
+  for (const index of indexes) {
+    const ask = asked.get(index);
+    // The whole list of owners, not only the master: ioredis pipelines only the slots it groups the same way.
+    const node = ask !== undefined ? `ask:${ask}` : cluster ? (cluster.slots[work[index]!.slot]?.join(';') ?? 'unknown') : 'standalone';
+    const list = byNode.get(node);
+    if (list) list.push(index);
+    else byNode.set(node, [index]);
+  }
+  return byNode;
+}
+
+/** Sends the units of one node chunk by chunk; `onChunk` hears each chunk's replies. */
+function sendToNode(
+  client: RedisClient,
+  cluster: Cluster | undefined,
+  node: string,
+  work: readonly SlotWork[],
+  indexes: readonly number[],
+  withScript: ReadonlySet<number>,
+  onChunk: (indexes: readonly number[], replies: readonly [Error | null, unknown][]) => void,
+): Promise<void> {
+  const sent: Promise<void>[] = [];
+  const askNode = node.startsWith('ask:') && cluster ? nodeAt(cluster, node.slice(4)) : undefined;
+  for (let start = 0; start < indexes.length; ) {
+    let end = start;
+    let keys = 0;
+    while (end < indexes.length && (end === start || keys < STREAM_CHUNK_KEYS)) keys += work[indexes[end++]!]!.weight ?? 1;
+    const chunkIndexes = indexes.slice(start, end);
+    const queue = (index: number, target: ChainableCommander | RedisClient): unknown => {
+      const unit = work[index]!;
+      return withScript.has(index) && unit.queueScript ? unit.queueScript(target) : unit.queue(target);
+    };
+    sent.push(sendChunk(askNode ?? client, askNode !== undefined, chunkIndexes, queue).then((replies) => onChunk(chunkIndexes, replies)));
+    start = end;
+  }
+  return Promise.all(sent).then(() => undefined);
+}
+
+/** The connection of the Cluster to `host:port`, if it has one. */
+function nodeAt(cluster: Cluster, address: string): Redis | undefined {
+  return cluster.nodes('all').find((n) => `${n.options.host}:${n.options.port}` === address);
+}
+
+/** Sends one chunk of units (synchronously up to the send) and resolves with their replies, in order. */
+function sendChunk(
+  target: RedisClient,
+  asking: boolean,
+  indexes: readonly number[],
+  queue: (index: number, target: ChainableCommander | RedisClient) => unknown,
+): Promise<[Error | null, unknown][]> {
+  if (indexes.length === 1 && !asking) {
     let reply: Promise<unknown>;
     try {
-      reply = Promise.resolve(work[index]!.queue(client));
+      reply = Promise.resolve(queue(indexes[0]!, target));
     } catch (error) {
       reply = Promise.reject(error);
     }
     return reply.then(
-      (value) => {
-        results[index] = [null, value];
-      },
-      (error: unknown) => {
-        results[index] = [asError(error), undefined];
-      },
+      (value): [Error | null, unknown][] => [[null, value]],
+      (error: unknown): [Error | null, unknown][] => [[asError(error), undefined]],
     );
   }
-  const pipeline = client.pipeline();
-  for (const index of indexes) work[index]!.queue(pipeline);
+  const pipeline = target.pipeline();
+  for (const index of indexes) {
+    // ASKING allows the next command only: one before each.
+    if (asking) pipeline.asking();
+    queue(index, pipeline);
+  }
+  const step = asking ? 2 : 1;
   return pipeline.exec().then(
-    (replies) => {
-      indexes.forEach((index, i) => {
-        results[index] = (replies?.[i] as [Error | null, unknown] | undefined) ?? [new Error('Missing pipeline reply'), undefined];
-      });
-    },
-    (error: unknown) => {
-      // The chunk failed as a whole (connection closed...): each of its units failed, the others stand.
-      for (const index of indexes) results[index] = [asError(error), undefined];
-    },
+    (replies) => indexes.map((_, i) => (replies?.[i * step + step - 1] as [Error | null, unknown] | undefined) ?? [new Error('Missing pipeline reply'), undefined]),
+    // The chunk failed as a whole (connection closed...): each of its units failed, the others stand.
+    (error: unknown) => indexes.map((): [Error | null, unknown] => [asError(error), undefined]),
   );
+}
+
+/** Refreshes the Cluster's slot map (joins a refresh in progress). */
+function refreshSlots(cluster: Cluster): Promise<void> {
+  return new Promise((resolve, reject) => {
+    cluster.refreshSlotsCache((error?: Error | null) => (error ? reject(error) : resolve()));
+  });
+}
+
+/** `promise`, or a TimeoutError naming `what` at `deadline`. */
+function beforeDeadline<T>(promise: Promise<T>, deadline: number, what: string): Promise<T> {
+  return new Promise<T>((resolve, reject) => {
+    const timer = setTimeout(() => reject(new TimeoutError(`Gave up waiting for ${what}: the retry deadline passed`)), Math.max(0, deadline - Date.now()));
+    promise.then(
+      (value) => {
+        clearTimeout(timer);
+        resolve(value);
+      },
+      (error: unknown) => {
+        clearTimeout(timer);
+        reject(asError(error));
+      },
+    );
+  });
+}
+
+/** 'done' when `promise` settles before `deadline`, else 'timeout'. */
+async function settleBefore(promise: Promise<unknown>, deadline: number): Promise<'done' | 'timeout'> {
+  try {
+    await beforeDeadline(promise, deadline, 'replies');
+    return 'done';
+  } catch (error) {
+    if (error instanceof TimeoutError) return 'timeout';
+    throw error;
+  }
+}
+
+function pause(ms: number): Promise<void> {
+  return new Promise((resolve) => setTimeout(resolve, ms));
 }
 
 /** Resolves when the cluster has its slot map; rejects if it ends first. */
