@@ -27,6 +27,7 @@ import { ApplyUnit, type PreparedChange, type PublishTarget } from '../src/redis
 import { APPLY_SHA } from '../src/scripts/apply.js';
 import { formatStamp, HybridClock, MAX_DRIFT_MS, type Stamp, ZERO_STAMP } from '../src/stamp.js';
 import { channelNames } from '../src/pubsub-redis-dict.js';
+import { FrameSigner, TAG_BYTES } from '../src/signing.js';
 import { slotTag } from '../src/topology.js';
 
 /** Where the vectors are committed. */
@@ -219,6 +220,30 @@ interface FrameEntry {
 function frameHex(type: MessageType, origin: string, seq: number, group: number, entries: readonly FrameEntry[]): string {
   const parts = [encodeHeader(type, origin, seq, group), arrayHeader(entries.length), ...entries.map((e) => encodeEntry(e.key, e.stamp, e.payload))];
   return hex(Buffer.concat(parts));
+}
+
+/** A signed frame's parts before its tag: the version-2 header, the array header, the entries. */
+function signedParts(type: MessageType, origin: string, seq: number, group: number, entries: readonly FrameEntry[]): Buffer {
+  return Buffer.concat([encodeHeader(type, origin, seq, group, true), arrayHeader(entries.length), ...entries.map((e) => encodeEntry(e.key, e.stamp, e.payload))]);
+}
+
+/** Signing keys of the vectors: a string key (UTF-8 bytes) and a 32-byte binary one. */
+const SIGNING_KEYS = ['vectors: a signing key of at least 32 bytes', Buffer.from('000102030405060708090a0b0c0d0e0f101112131415161718191a1b1c1d1e1f', 'hex')] as const;
+
+function signedFrameVector(name: string, key: string | Buffer, channel: string, type: MessageType, seq: number, entries: readonly FrameEntry[]) {
+  const signer = FrameSigner.fromOption('vectors', [key])!;
+  const body = signedParts(type, NODE_A, seq, 0, entries);
+  const tags = signer.tags(Buffer.from(channel, 'utf8'), [body]);
+  return {
+    name,
+    key: typeof key === 'string' ? { utf8: key } : { hex: hex(key) },
+    channel,
+    body: hex(body),
+    allTag: hex(tags.subarray(0, TAG_BYTES)),
+    partialTag: hex(tags.subarray(TAG_BYTES)),
+    frameAll: hex(Buffer.concat([body, tags.subarray(0, TAG_BYTES)])),
+    framePartial: hex(Buffer.concat([body, tags.subarray(TAG_BYTES)])),
+  };
 }
 
 const codec = msgpackCodec<unknown>();
@@ -518,6 +543,15 @@ export function buildVectors(): Record<string, unknown> {
         frame: frameHex(f.type, f.origin, f.seq, f.group, entries),
       };
     }),
+    signedFrames: {
+      construction:
+        'tag = 0xc4 0x15 | flag | keyId | mac; keyId = HMAC-SHA-256(key, "redis-pubsub-dict key id")[0..4]; T = HMAC-SHA-256(key, "redis-pubsub-dict frame v2\\0" | u32be(len(channel)) | channel | body); mac = T[0..16] for flag "a" (all applied), T[16..32] for flag "p" (partly refused)',
+      cases: [
+        signedFrameVector('update, one entry, string key', SIGNING_KEYS[0], 'ns/update', 'u', 1, [{ key: 'alpha', stamp: stamp(T0, 0) }]),
+        signedFrameVector('delete, two entries, binary key', SIGNING_KEYS[1], 'tA:ns/delete@1', 'd', 2, [{ key: 'alpha', stamp: stamp(T0, 1) }, { key: 'beta', stamp: stamp(T0, 2) }]),
+        signedFrameVector('update with a value, sharded channel', SIGNING_KEYS[0], `ns/update{${slotTag(5)}}`, 'u', 3, [{ key: 'k', stamp: stamp(T0, 3), payload: codec.encode({ a: 1 }) }]),
+      ],
+    },
     channels: {
       classic: ['ns', 'app.orders:v2'].map((namespace) => ({ namespace, ...channelNames({ namespace }) })),
       sharded: sharedSlots.map((slot) => ({ namespace: 'ns', slot, tag: slotTag(slot), ...channelNames({ namespace: 'ns' }, slot) })),

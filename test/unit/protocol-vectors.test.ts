@@ -5,7 +5,7 @@
  * its string, a clock replays its steps...). The apply-script cases are run against a real Redis by
  * test/integration/protocol-vectors.test.ts.
  */
-import { createHash } from 'node:crypto';
+import { createHash, createHmac } from 'node:crypto';
 import { readFileSync } from 'node:fs';
 import calculateSlot from 'cluster-key-slot';
 import { describe, expect, it } from 'vitest';
@@ -16,6 +16,7 @@ import { splitRecord } from '../../src/record.js';
 import { APPLY_LUA } from '../../src/scripts/apply.js';
 import { compareStamps, formatStamp, HybridClock, isStamp, MAX_DRIFT_MS, parseStamp } from '../../src/stamp.js';
 import { channelNames } from '../../src/pubsub-redis-dict.js';
+import { FrameSigner } from '../../src/signing.js';
 import { slotTag } from '../../src/topology.js';
 import { fromJson, type JsonValue, renderVectors, VECTORS_PATH } from '../../scripts/protocol-vectors.js';
 
@@ -31,6 +32,10 @@ interface Vectors {
   records: ({ kind: 'live'; stamp: string; value: JsonValue; payload: string; record: string } | { kind: string; stamp: string; change: string })[];
   codec: { name: string; value: JsonValue; payload: string }[];
   frames: { name: string; type: 'u' | 'd'; origin: string; seq: number; group: number; entries: { key: string; stamp: string; payload?: string }[]; header: string; frame: string }[];
+  signedFrames: {
+    construction: string;
+    cases: { name: string; key: { utf8?: string; hex?: string }; channel: string; body: string; allTag: string; partialTag: string; frameAll: string; framePartial: string }[];
+  };
   channels: {
     classic: { namespace: string; update: string; delete: string }[];
     sharded: { namespace: string; slot: number; tag: string; update: string; delete: string }[];
@@ -117,6 +122,30 @@ describe('protocol vectors (docs/protocol-vectors.json)', () => {
         partial: false, // unsigned frames are never partial (only signed ones carry the flag)
         entries: v.entries.map((e) => ({ key: e.key, stamp: e.stamp, payload: e.payload })),
       });
+    }
+  });
+
+  it('signed frames: tags follow the documented HMAC construction, and the library verifies both flags', () => {
+    expect(vectors.signedFrames.cases.length).toBeGreaterThan(0);
+    for (const v of vectors.signedFrames.cases) {
+      const key = v.key.utf8 !== undefined ? Buffer.from(v.key.utf8, 'utf8') : Buffer.from(v.key.hex!, 'hex');
+      const channel = Buffer.from(v.channel, 'utf8');
+      const body = bytes(v.body);
+      // Independently of src/signing.ts, from the construction in docs/protocol.md.
+      const keyId = createHmac('sha256', key).update('redis-pubsub-dict key id', 'latin1').digest().subarray(0, 4);
+      const length = Buffer.alloc(4);
+      length.writeUInt32BE(channel.length, 0);
+      const t = createHmac('sha256', key).update(Buffer.from('redis-pubsub-dict frame v2\0', 'latin1')).update(length).update(channel).update(body).digest();
+      const tag = (flag: string, mac: Buffer): string => Buffer.concat([Buffer.from([0xc4, 0x15]), Buffer.from(flag, 'latin1'), keyId, mac]).toString('hex');
+      expect(v.allTag, v.name).toBe(tag('a', t.subarray(0, 16)));
+      expect(v.partialTag, v.name).toBe(tag('p', t.subarray(16)));
+      expect(v.frameAll).toBe(v.body + v.allTag);
+      expect(v.framePartial).toBe(v.body + v.partialTag);
+      const signer = FrameSigner.fromOption('vectors', [key])!;
+      expect(signer.verify(channel, bytes(v.frameAll)), v.name).toEqual({ partial: false });
+      expect(signer.verify(channel, bytes(v.framePartial)), v.name).toEqual({ partial: true });
+      // Bound to its channel: the same bytes on another channel do not verify.
+      expect(signer.verify(Buffer.from(`${v.channel}x`, 'utf8'), bytes(v.frameAll))).toHaveProperty('refused');
     }
   });
 
