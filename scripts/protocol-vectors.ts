@@ -22,7 +22,7 @@ import { fileURLToPath, pathToFileURL } from 'node:url';
 import { msgpackCodec } from '../src/codec.js';
 import { normalizeKey } from '../src/keys.js';
 import { encodeEntry, encodeHeader, type MessageType } from '../src/messages.js';
-import { RECORD_TAG, TOMBSTONE_TAG, writeChange } from '../src/record.js';
+import { EXPIRING_RECORD_TAG, RECORD_TAG, TOMBSTONE_TAG, changeHeaderLength, writeChange } from '../src/record.js';
 import { ApplyUnit, type PreparedChange, type PublishTarget } from '../src/redis-dict.js';
 import { APPLY_SHA } from '../src/scripts/apply.js';
 import { formatStamp, HybridClock, MAX_DRIFT_MS, type Stamp, ZERO_STAMP } from '../src/stamp.js';
@@ -215,10 +215,11 @@ interface FrameEntry {
   key: string;
   stamp: Stamp;
   payload?: Uint8Array;
+  expiresAt?: number;
 }
 
 function frameHex(type: MessageType, origin: string, seq: number, group: number, entries: readonly FrameEntry[]): string {
-  const parts = [encodeHeader(type, origin, seq, group), arrayHeader(entries.length), ...entries.map((e) => encodeEntry(e.key, e.stamp, e.payload))];
+  const parts = [encodeHeader(type, origin, seq, group), arrayHeader(entries.length), ...entries.map((e) => encodeEntry(e.key, e.stamp, e.payload, e.expiresAt))];
   return hex(Buffer.concat(parts));
 }
 
@@ -250,13 +251,14 @@ const codec = msgpackCodec<unknown>();
 const LONG_KEY = 'k'.repeat(40);
 const KEY_300 = 'é'.repeat(150);
 
-const FRAMES: { name: string; type: MessageType; origin: string; seq: number; group: number; entries: { key: string; stamp: Stamp; value?: JsonValue; payloadHex?: string }[] }[] = [
+const FRAMES: { name: string; type: MessageType; origin: string; seq: number; group: number; entries: { key: string; stamp: Stamp; value?: JsonValue; payloadHex?: string; expiresAt?: number }[] }[] = [
   { name: 'update, one entry without value', type: 'u', origin: NODE_A, seq: 1, group: 0, entries: [{ key: 'alpha', stamp: stamp(T0, 0) }] },
   { name: 'delete, two entries', type: 'd', origin: NODE_A, seq: 2, group: 0, entries: [{ key: 'alpha', stamp: stamp(T0, 1) }, { key: 'beta', stamp: stamp(T0, 2) }] },
   { name: 'update with a value (payload: the codec bytes as bin)', type: 'u', origin: NODE_B, seq: 127, group: 0, entries: [{ key: 'alpha', stamp: stamp(T0, 0, NODE_B), value: { n: 1 } }] },
   { name: 'no entry: a refused compare-and-set still uses its sequence number', type: 'u', origin: NODE_A, seq: 128, group: 0, entries: [] },
   { name: 'seq and group need uint16 and uint32', type: 'u', origin: NODE_A, seq: 70_000, group: 16_383, entries: [{ key: LONG_KEY, stamp: stamp(T0, 3) }] },
   { name: 'seq above 2^32 (uint64)', type: 'd', origin: NODE_A, seq: 2 ** 32 + 5, group: 300, entries: [{ key: KEY_300, stamp: stamp(T0, 4) }] },
+  { name: 'values with an expiry: [key, stamp, payload, expiresAt], and [key, stamp, nil, expiresAt] without the value', type: 'u', origin: NODE_A, seq: 4, group: 0, entries: [{ key: 'session', stamp: stamp(T0, 6), value: 'v', expiresAt: T0 + 30_000 }, { key: 'token', stamp: stamp(T0, 7), expiresAt: T0 + 60_000 }] },
   { name: 'a payload of 300 bytes (bin16)', type: 'u', origin: NODE_A, seq: 3, group: 0, entries: [{ key: 'big', stamp: stamp(T0, 5), payloadHex: '00'.repeat(300) }] },
   { name: '16 entries (array16 header)', type: 'u', origin: NODE_A, seq: 4, group: 0, entries: Array.from({ length: 16 }, (_, i) => ({ key: `k${i}`, stamp: stamp(T0, 10 + i) })) },
   { name: 'heartbeat probe (sharded pub/sub): seq 2^53-1, key "\\u0000probe:<nonce>@<node>", zero stamp', type: 'u', origin: NODE_A, seq: 2 ** 53 - 1, group: 42, entries: [{ key: '\u0000probe:0a0b0c0d0e0f@127.0.0.1:7000', stamp: ZERO_STAMP }] },
@@ -394,9 +396,9 @@ export type ReplyJson = { int: number } | { bulk: string } | null | ReplyJson[];
 /** What a key holds after a script case. */
 export type StateJson = { type: 'none' } | { type: 'string'; hex: string } | { type: 'hash'; s: Stamp; ttlMs: number };
 
-function recordBytes(stampValue: Stamp, payload: Uint8Array | undefined): Buffer {
-  const out = Buffer.alloc(35 + (payload?.length ?? 0));
-  writeChange(out, 0, stampValue, payload);
+function recordBytes(stampValue: Stamp, payload: Uint8Array | undefined, expiresAt?: number): Buffer {
+  const out = Buffer.alloc(changeHeaderLength(payload === undefined ? undefined : expiresAt) + (payload?.length ?? 0));
+  writeChange(out, 0, stampValue, payload, expiresAt);
   return out;
 }
 
@@ -526,19 +528,29 @@ export function buildVectors(): Record<string, unknown> {
         const payload = codec.encode(fromJson(value));
         return { kind: 'live', stamp: s, value, payload: hex(payload), record: hex(recordBytes(s, payload)) };
       }),
+      ((): { kind: string; stamp: Stamp; value: JsonValue; expiresAt: number; payload: string; record: string } => {
+        const payload = codec.encode('hello');
+        const expiresAt = T0 + 30_000;
+        return { kind: 'live, expiring', stamp: stamp(T0, 3), value: 'hello', expiresAt, payload: hex(payload), record: hex(recordBytes(stamp(T0, 3), payload, expiresAt)) };
+      })(),
       { kind: 'tombstone change (apply script argument)', stamp: stamp(T0, 2), change: hex(recordBytes(stamp(T0, 2), undefined)), stored: { type: 'hash', fields: { s: stamp(T0, 2) } } },
     ],
-    recordTags: { live: RECORD_TAG, tombstoneChange: TOMBSTONE_TAG },
+    recordTags: { live: RECORD_TAG, liveExpiring: EXPIRING_RECORD_TAG, tombstoneChange: TOMBSTONE_TAG },
     codec: CODEC_VALUES.map(({ name, value }) => ({ name, value, payload: hex(codec.encode(fromJson(value))) })),
     frames: FRAMES.map((f) => {
-      const entries = f.entries.map((e) => ({ key: e.key, stamp: e.stamp, payload: payloadOf(e) }));
+      const entries = f.entries.map((e) => ({ key: e.key, stamp: e.stamp, payload: payloadOf(e), expiresAt: e.expiresAt }));
       return {
         name: f.name,
         type: f.type,
         origin: f.origin,
         seq: f.seq,
         group: f.group,
-        entries: entries.map((e) => (e.payload === undefined ? { key: e.key, stamp: e.stamp } : { key: e.key, stamp: e.stamp, payload: hex(e.payload) })),
+        entries: entries.map((e) => ({
+          key: e.key,
+          stamp: e.stamp,
+          ...(e.payload === undefined ? {} : { payload: hex(e.payload) }),
+          ...(e.expiresAt === undefined ? {} : { expiresAt: e.expiresAt }),
+        })),
         header: hex(encodeHeader(f.type, f.origin, f.seq, f.group)),
         frame: frameHex(f.type, f.origin, f.seq, f.group, entries),
       };

@@ -12,15 +12,16 @@
  *
  * @module
  */
+import { randomBytes } from 'node:crypto';
 import { EventEmitter } from 'node:events';
 import { LRUCache } from 'lru-cache';
 import { bounded, type WaitOptions, waitOptions } from './deadline.js';
-import { ClosedError, type DictWarning } from './errors.js';
+import { ClosedError, type DictWarning, InvalidArgumentError, LoaderError, TimeoutError, asError } from './errors.js';
 import { type DictKey, normalizeKey, normalizeKeys } from './keys.js';
 import { MalformedMessageError, type Message, type MessageEntry } from './messages.js';
-import { booleanOption, checkOptions, enumOption, functionOption, integerOption, invalidOption } from './options.js';
+import { booleanOption, checkOptions, describe, enumOption, functionOption, integerOption, invalidOption } from './options.js';
 import { PubSubRedisDict } from './pubsub-redis-dict.js';
-import { collectEntries, type WriteOutcome } from './redis-dict.js';
+import { collectEntries, type SetOptions, type WriteOutcome } from './redis-dict.js';
 import type { VersionedValue } from './record.js';
 import { type Stamp } from './stamp.js';
 import { type ResyncReason, Subscriber } from './subscriber.js';
@@ -35,7 +36,10 @@ export interface CacheEntry<V> {
   readonly stamp: Stamp | '';
   /** False for a cached miss. */
   readonly present: boolean;
-  /** Expiry time (clock ms) when `ttlMs` is set, else `Infinity`. */
+  /**
+   * When the entry stops being served (clock ms): the earlier of the stored value's own expiry
+   * (its write's `ttlMs`) and the manager's local `ttlMs`; `Infinity` when neither applies.
+   */
   readonly expiresAt: number;
 }
 
@@ -91,7 +95,7 @@ export interface PubSubCacheManagerOptions {
   heartbeatTimeoutMs?: number;
   /** Largest message decoded, in bytes; larger ones are counted as malformed. Default 8 MiB. */
   maxMessageBytes?: number;
-  /** Clock in ms for `ttlMs`; injectable for tests. Default `Date.now`. */
+  /** Clock in ms for `ttlMs` and expiry times; injectable for tests. Default: the store's `clock`. */
   clock?: () => number;
   /**
    * Least time between two resyncs caused by sequence gaps, in ms. Gaps noticed meanwhile are
@@ -151,7 +155,76 @@ export interface CacheStats {
   size: number;
   /** Writer origins (per slot group) whose message sequence numbers are tracked now; bounded, idle ones age out. */
   trackedOrigins: number;
+  /** `getOrSet`: loader calls made by this instance (first loads and refreshes). */
+  loads: number;
+  /** `getOrSet`: loader calls that failed (threw, rejected). */
+  loadErrors: number;
+  /** `getOrSet`: stale values served (stale-while-revalidate, grace, timeout). */
+  staleServed: number;
+  /** `getOrSet`: background refreshes started by stale-while-revalidate. */
+  refreshes: number;
+  /** `getOrSet`: times this instance waited for another instance's load lock. */
+  lockWaits: number;
 }
+
+/** Options of {@link PubSubCacheManager.getOrSet}. */
+export interface GetOrSetOptions {
+  /**
+   * Time to live of the loaded value, in ms (stored in Redis, see `set`'s `ttlMs`); 0 = none.
+   *
+   * @defaultValue the store's `defaultTtlMs`
+   */
+  ttlMs?: number;
+  /**
+   * For this long after the value's expiry, `getOrSet` answers at once with the previous value
+   * while one background refresh (one in the whole fleet) replaces it. A failed refresh is reported
+   * (`loadError` event, `loadErrors`) and tried again by the next call.
+   *
+   * @defaultValue 0 (off)
+   */
+  staleWhileRevalidateMs?: number;
+  /**
+   * Fail-safe: when Redis or the loader fails (or `timeoutMs` passes), serve the last known value
+   * for up to this long after its expiry, never longer (`stale` event, `staleServed`).
+   *
+   * @defaultValue 0 (off)
+   */
+  graceMs?: number;
+  /**
+   * Longest wait for a load, in ms. Past it, `getOrSet` answers with a stale value when one is
+   * available (within `graceMs` or `staleWhileRevalidateMs` of its expiry) and lets the load finish
+   * in the background; without one it rejects with `E_TIMEOUT`.
+   *
+   * @defaultValue none
+   */
+  timeoutMs?: number;
+  /**
+   * Lifetime of the load lock in Redis, in ms: if the loading instance dies, others take over after
+   * this. A load that takes longer may run twice in the fleet.
+   *
+   * @defaultValue 10,000
+   */
+  lockTtlMs?: number;
+}
+
+/** Option names of {@link GetOrSetOptions}, for validation. */
+const GET_OR_SET_OPTION_KEYS = ['ttlMs', 'staleWhileRevalidateMs', 'graceMs', 'timeoutMs', 'lockTtlMs'] as const;
+
+/** Why `getOrSet` served a stale value. */
+export type StaleReason = 'revalidate' | 'grace' | 'timeout';
+
+/** Validated {@link GetOrSetOptions}. */
+interface LoadOptions {
+  readonly expiresAt: number | undefined;
+  readonly ttlMs: number;
+  readonly swr: number;
+  readonly grace: number;
+  readonly timeoutMs: number;
+  readonly lockTtlMs: number;
+}
+
+/** How often a caller waiting for another instance's lock looks again (a message wakes it sooner), in ms. */
+const LOCK_POLL_MS = 50;
 
 /** Details of a resync. */
 export interface ResyncInfo {
@@ -188,6 +261,10 @@ export interface CacheManagerEvents<V> {
    * write-back manager on a server whose `maxmemory-policy` may evict the library's keys.
    */
   warning: [warning: DictWarning];
+  /** `getOrSet` served a stale value: during a refresh (`'revalidate'`), after a failure (`'grace'`), or a slow load (`'timeout'`). */
+  stale: [key: string, reason: StaleReason, error?: Error];
+  /** `getOrSet`: a loader failed (also a background refresh, which is tried again by the next call). */
+  loadError: [key: string, error: Error];
 }
 
 /** Options of {@link PubSubCacheManager.ready}. */
@@ -303,12 +380,34 @@ export class PubSubCacheManager<V = unknown> extends EventEmitter<CacheManagerEv
   private serving = false;
   private resyncing = false;
   private resyncAgain: ResyncReason | undefined;
-  private readonly counters = { hits: 0, misses: 0, eventsReceived: 0, eventsApplied: 0, eventsIgnored: 0, malformed: 0, resyncs: 0, evictions: 0, unverified: 0, gapResyncsDeferred: 0 };
+  private readonly counters = {
+    hits: 0,
+    misses: 0,
+    eventsReceived: 0,
+    eventsApplied: 0,
+    eventsIgnored: 0,
+    malformed: 0,
+    resyncs: 0,
+    evictions: 0,
+    unverified: 0,
+    gapResyncsDeferred: 0,
+    loads: 0,
+    loadErrors: 0,
+    staleServed: 0,
+    refreshes: 0,
+    lockWaits: 0,
+  };
   private readonly gapResyncIntervalMs: number;
   /** When the last resync for a sequence gap started (performance.now()), -Infinity before. */
   private lastGapResyncAt = -Infinity;
   /** The deferred resync of gaps noticed during the quiet interval. */
   private gapTimer: NodeJS.Timeout | undefined;
+  /** `getOrSet` loads in flight, one per key; `fail` rejects its callers when the manager closes. */
+  private readonly flights = new Map<string, { promise: Promise<V>; fail: (error: Error) => void }>();
+  /** Callers waiting for a write of a key (another instance's load). */
+  private readonly writeWaiters = new Map<string, Set<() => void>>();
+  /** How long an expired entry is kept for `getOrSet`'s stale-while-revalidate and grace, in ms. */
+  private retainMs = 0;
 
   /**
    * @param store - a {@link PubSubRedisDict}; one cache manager per store.
@@ -334,7 +433,7 @@ export class PubSubCacheManager<V = unknown> extends EventEmitter<CacheManagerEv
       invalidOption(where, 'heartbeatTimeoutMs', `greater than \`heartbeatIntervalMs\` (${heartbeatIntervalMs})`, heartbeatTimeoutMs);
     }
     const maxMessageBytes = integerOption(where, 'maxMessageBytes', opts['maxMessageBytes'], 8 << 20);
-    this.now = functionOption(where, 'clock', opts['clock'], Date.now);
+    this.now = functionOption(where, 'clock', opts['clock'], store.wallClock);
     this.gapResyncIntervalMs = integerOption(where, 'gapResyncIntervalMs', opts['gapResyncIntervalMs'], 1000, 0);
     store.claim(this);
     if (this.sync === 'update') store.setPublishValues(true);
@@ -512,9 +611,13 @@ export class PubSubCacheManager<V = unknown> extends EventEmitter<CacheManagerEv
     if (!this.serving) return undefined;
     const entry = this.storage.get(k);
     if (entry === undefined) return undefined;
-    if (entry.expiresAt !== Infinity && entry.expiresAt <= this.now()) {
-      this.storage.delete(k);
-      return undefined;
+    if (entry.expiresAt !== Infinity) {
+      const now = this.now();
+      if (entry.expiresAt <= now) {
+        // Kept a while for getOrSet's stale-while-revalidate and grace, never served by get().
+        if (now >= entry.expiresAt + this.retainMs) this.storage.delete(k);
+        return undefined;
+      }
     }
     return entry;
   }
@@ -541,7 +644,7 @@ export class PubSubCacheManager<V = unknown> extends EventEmitter<CacheManagerEv
         // A record stamped too far ahead is served but not cached: its stamp would hide later writes.
         const cacheable = found === undefined ? this.cacheMisses : !this.store.clock.isTooFarAhead(stamp);
         if (pending.generation === this.generation && pending.newest <= stamp && cacheable) {
-          this.install(k, found === undefined ? missEntry : { value: found.value, stamp, present: true, expiresAt: Infinity });
+          this.install(k, found === undefined ? missEntry : { value: found.value, stamp, present: true, expiresAt: found.expiresAt ?? Infinity });
         }
         return found;
       },
@@ -579,37 +682,276 @@ export class PubSubCacheManager<V = unknown> extends EventEmitter<CacheManagerEv
       this.storage.delete(k);
       return false;
     }
-    this.storage.set(k, this.ttlMs > 0 ? { ...entry, expiresAt: this.now() + this.ttlMs } : entry);
+    this.storage.set(k, this.ttlMs > 0 ? { ...entry, expiresAt: Math.min(entry.expiresAt, this.now() + this.ttlMs) } : entry);
     return true;
   }
 
   /** Records that a write with `stamp` happened to `k`, so that a read in flight does not cache an older value. */
   protected noteWrite(k: string, stamp: Stamp): void {
+    const waiters = this.writeWaiters.get(k);
+    if (waiters !== undefined) {
+      this.writeWaiters.delete(k);
+      for (const wake of waiters) wake();
+    }
     const pending = this.reads.get(k);
     if (pending !== undefined && pending.newest < stamp) pending.newest = stamp;
     const writing = this.writing.get(k);
     if (writing !== undefined && writing.newest < stamp) writing.newest = stamp;
   }
 
-  // ---------------------------------------------------------------- writes (write-through)
+  // ---------------------------------------------------------------- cache-aside
 
-  /** Writes `value` to Redis (published to peers), then caches it. */
-  async set(key: DictKey, value: V): Promise<void> {
-    const k = normalizeKey(key);
-    if (this.closed) throw new ClosedError(this.constructor.name);
-    const payload = this.store.encodeValue(k, value);
-    await this.writeThrough([{ key: k, stamp: this.store.clock.now(), deleted: false, value, payload }]);
+  /**
+   * Cache-aside read: the value of `key` when it has one (a cache hit costs about a `get` hit);
+   * else `loader()` is called and its result stored (with `ttlMs`) and returned.
+   *
+   * One load per key at a time in the process (concurrent callers share it) and in the fleet: the
+   * loading instance holds a short lock in Redis, in the key's hash slot; other instances wait for
+   * its write (its message, or the lock going away) and read the value. See {@link GetOrSetOptions}
+   * for stale-while-revalidate, grace and timeouts, and `docs/consistency.md`.
+   *
+   * On a {@link WriteBackCacheManager} the loaded value is written at once (not at the next flush),
+   * so that waiting instances get it; a key with a local change is a hit.
+   *
+   * @throws LoaderError `E_LOADER` when the loader fails (its error is the `cause`); nothing is stored.
+   * @throws TimeoutError `E_TIMEOUT` after `timeoutMs` when no stale value can be served.
+   * @throws InvalidArgumentError `E_INVALID_KEY`, `E_INVALID_OPTION` or `E_INVALID_ARGUMENT` (loader not a function).
+   */
+  getOrSet(key: DictKey, loader: () => V | Promise<V>, options?: GetOrSetOptions): Promise<V> {
+    // Hot path, as in get(): a string key is looked up as is (only validated keys were ever
+    // cached), and valid options are checked without allocating; anything else takes the full path.
+    if (typeof key === 'string' && !this.closed && typeof loader === 'function' && validLoadOptions(options)) {
+      // An expired entry must still be there for this call's stale-while-revalidate and grace.
+      if (options !== undefined) {
+        const keep = Math.max(options.staleWhileRevalidateMs ?? 0, options.graceMs ?? 0);
+        if (keep > this.retainMs) this.retainMs = keep;
+      }
+      const entry = this.lookup(key) as Settled<V> | undefined;
+      if (entry !== undefined && entry.present) {
+        this.counters.hits++;
+        return (entry[SETTLED] ??= Promise.resolve(entry.value)) as Promise<V>;
+      }
+    }
+    return this.getOrSetSlow(key, loader, options);
   }
 
-  /** Writes every pair in one round trip per node, then caches them. */
-  async setMany(entries: Iterable<readonly [DictKey, V]>): Promise<void> {
+  private getOrSetSlow(key: DictKey, loader: () => V | Promise<V>, options?: GetOrSetOptions): Promise<V> {
+    let k: string;
+    let opts: LoadOptions;
+    try {
+      if (this.closed) throw new ClosedError(this.constructor.name);
+      k = normalizeKey(key);
+      if (typeof loader !== 'function') throw new InvalidArgumentError('E_INVALID_ARGUMENT', `getOrSet: expected \`loader\` to be a function, got ${describe(loader)}`);
+      opts = options === undefined ? this.defaultLoadOptions() : this.loadOptions(options);
+    } catch (error) {
+      return Promise.reject(error as Error);
+    }
+    const entry = this.lookup(k) as Settled<V> | undefined;
+    if (entry !== undefined && entry.present) {
+      this.counters.hits++;
+      return (entry[SETTLED] ??= Promise.resolve(entry.value)) as Promise<V>;
+    }
+    this.counters.misses++;
+    return this.getOrLoad(k, loader, opts);
+  }
+
+  private defaultLoadOptions(): LoadOptions {
+    const ttlMs = this.store.defaultTtlMs;
+    return { expiresAt: undefined, ttlMs, swr: 0, grace: 0, timeoutMs: 0, lockTtlMs: 10_000 };
+  }
+
+  private loadOptions(options: GetOrSetOptions): LoadOptions {
+    const where = 'getOrSet';
+    const o = checkOptions(where, options, GET_OR_SET_OPTION_KEYS);
+    const ttlMs = integerOption(where, 'ttlMs', o['ttlMs'], this.store.defaultTtlMs, 0);
+    // Validated as set() would (range of the expiry time); the time itself is fixed at the write.
+    this.store.expiryOf(where, { ttlMs });
+    const swr = integerOption(where, 'staleWhileRevalidateMs', o['staleWhileRevalidateMs'], 0, 0);
+    const grace = integerOption(where, 'graceMs', o['graceMs'], 0, 0);
+    const timeoutMs = integerOption(where, 'timeoutMs', o['timeoutMs'], 0, 1);
+    const lockTtlMs = integerOption(where, 'lockTtlMs', o['lockTtlMs'], 10_000, 1);
+    const keep = Math.max(swr, grace);
+    if (keep > this.retainMs) this.retainMs = keep;
+    return { expiresAt: undefined, ttlMs, swr, grace, timeoutMs, lockTtlMs };
+  }
+
+  /** The last known value of `k` if it is within `windowMs` of its expiry (expired or not). */
+  private staleEntry(k: string, windowMs: number): CacheEntry<V> | undefined {
+    if (windowMs <= 0) return undefined;
+    const entry = this.storage.peek(k);
+    if (entry === undefined || !entry.present) return undefined;
+    return this.now() < entry.expiresAt + windowMs ? entry : undefined;
+  }
+
+  private serveStaleValue(k: string, entry: CacheEntry<V>, reason: StaleReason, error?: Error): V {
+    this.counters.staleServed++;
+    this.emit('stale', k, reason, error);
+    return entry.value as V;
+  }
+
+  private async getOrLoad(k: string, loader: () => V | Promise<V>, opts: LoadOptions): Promise<V> {
+    // Stale-while-revalidate: the previous value at once, one refresh in the background.
+    if (opts.swr > 0 && this.serving) {
+      const stale = this.staleEntry(k, opts.swr);
+      if (stale !== undefined && stale.expiresAt <= this.now()) {
+        if (!this.flights.has(k)) {
+          this.counters.refreshes++;
+          this.flight(k, loader, opts).promise.catch(() => undefined);
+        }
+        return this.serveStaleValue(k, stale, 'revalidate');
+      }
+    }
+    const { promise } = this.flight(k, loader, opts);
+    let result: Promise<V> = promise;
+    let timer: NodeJS.Timeout | undefined;
+    let timedOut = false;
+    if (opts.timeoutMs > 0) {
+      const timeout = new Promise<never>((_, reject) => {
+        timer = setTimeout(() => {
+          timedOut = true;
+          reject(new TimeoutError(`getOrSet: key \`${k}\` was not loaded within ${opts.timeoutMs} ms`));
+        }, opts.timeoutMs);
+      });
+      result = Promise.race([promise, timeout]);
+    }
+    try {
+      return await result;
+    } catch (error) {
+      const failure = asError(error);
+      if (failure instanceof ClosedError) throw failure;
+      // Fail-safe: the last known value, within the grace (or, on a timeout, the refresh window).
+      const stale = this.staleEntry(k, timedOut ? Math.max(opts.grace, opts.swr) : opts.grace);
+      if (stale !== undefined) return this.serveStaleValue(k, stale, timedOut ? 'timeout' : 'grace', failure);
+      throw failure;
+    } finally {
+      clearTimeout(timer);
+    }
+  }
+
+  /** The load of `k` in flight, or a new one: one per key in the process. */
+  private flight(k: string, loader: () => V | Promise<V>, opts: LoadOptions): { promise: Promise<V>; fail: (error: Error) => void } {
+    let flight = this.flights.get(k);
+    if (flight !== undefined) return flight;
+    let fail!: (error: Error) => void;
+    const done = (): void => {
+      if (this.flights.get(k) === flight) this.flights.delete(k);
+    };
+    const promise = new Promise<V>((resolve, reject) => {
+      fail = reject;
+      this.loadAcrossFleet(k, loader, opts).then(
+        (value) => {
+          done();
+          resolve(value);
+        },
+        (error: unknown) => {
+          // Gone from the map first: a call made when the error is reported starts a new load.
+          done();
+          if (error instanceof LoaderError) {
+            this.counters.loadErrors++;
+            this.emit('loadError', k, error);
+          }
+          reject(error as Error);
+        },
+      );
+    });
+    flight = { promise, fail };
+    this.flights.set(k, flight);
+    return flight;
+  }
+
+  /**
+   * Reads `k` from Redis; when it has no value, takes the fleet-wide load lock and loads, or waits
+   * for the instance holding it (its write wakes us; the lock expiring lets us take over).
+   */
+  private async loadAcrossFleet(k: string, loader: () => V | Promise<V>, opts: LoadOptions): Promise<V> {
+    let waited = false;
+    for (;;) {
+      if (this.closed) throw new ClosedError(this.constructor.name);
+      const found = await this.load(k);
+      if (found !== undefined) return found.value;
+      const token = randomBytes(12).toString('base64');
+      if (await this.store.acquireLock(k, token, opts.lockTtlMs)) {
+        try {
+          // Written between our read and the lock: no load needed.
+          const again = await this.load(k);
+          if (again !== undefined) return again.value;
+          return await this.callLoader(k, loader, opts);
+        } finally {
+          this.store.releaseLock(k, token).catch((error: unknown) => this.reportError(asError(error)));
+        }
+      }
+      if (!waited) {
+        waited = true;
+        this.counters.lockWaits++;
+      }
+      await this.waitForWrite(k, LOCK_POLL_MS);
+    }
+  }
+
+  private async callLoader(k: string, loader: () => V | Promise<V>, opts: LoadOptions): Promise<V> {
+    this.counters.loads++;
+    let value: V;
+    try {
+      value = await loader();
+    } catch (cause) {
+      throw new LoaderError(k, cause);
+    }
+    if (this.closed) return value;
+    // The expiry time is fixed now, when the value is stored.
+    const expiresAt = this.store.expiryOf('getOrSet', { ttlMs: opts.ttlMs });
+    const payload = this.store.encodeValue(k, value);
+    try {
+      await this.writeThrough([{ key: k, stamp: this.store.clock.now(), deleted: false, value, payload, expiresAt }]);
+    } catch (error) {
+      // The value is returned though not stored; the next call loads again.
+      this.reportError(asError(error));
+    }
+    return value;
+  }
+
+  /** Resolves on the next write announced for `k` (message or local write), or after `ms`. */
+  private waitForWrite(k: string, ms: number): Promise<void> {
+    return new Promise((resolve) => {
+      let waiters = this.writeWaiters.get(k);
+      if (waiters === undefined) this.writeWaiters.set(k, (waiters = new Set()));
+      const wake = (): void => {
+        clearTimeout(timer);
+        waiters.delete(wake);
+        if (waiters.size === 0 && this.writeWaiters.get(k) === waiters) this.writeWaiters.delete(k);
+        resolve();
+      };
+      const timer = setTimeout(wake, ms);
+      timer.unref();
+      waiters.add(wake);
+    });
+  }
+
+  // ---------------------------------------------------------------- writes (write-through)
+
+  /**
+   * Writes `value` to Redis (published to peers), then caches it.
+   *
+   * @param options - `ttlMs`: the entry expires that long after now, in Redis and in every cache.
+   * @throws InvalidArgumentError `E_INVALID_OPTION` for an unknown option or a bad `ttlMs`.
+   */
+  async set(key: DictKey, value: V, options?: SetOptions): Promise<void> {
+    const k = normalizeKey(key);
     if (this.closed) throw new ClosedError(this.constructor.name);
+    const expiresAt = this.store.expiryOf('set', options);
+    const payload = this.store.encodeValue(k, value);
+    await this.writeThrough([{ key: k, stamp: this.store.clock.now(), deleted: false, value, payload, expiresAt }]);
+  }
+
+  /** Writes every pair (with the same `ttlMs` if given) in one round trip per node, then caches them. */
+  async setMany(entries: Iterable<readonly [DictKey, V]>, options?: SetOptions): Promise<void> {
+    if (this.closed) throw new ClosedError(this.constructor.name);
+    const expiresAt = this.store.expiryOf('setMany', options);
     const byKey = new Map<string, V>();
     for (const [k, value] of collectEntries(entries)) {
       byKey.delete(k);
       byKey.set(k, value);
     }
-    const changes = [...byKey].map(([k, value]) => ({ key: k, stamp: this.store.clock.now(), deleted: false, value, payload: this.store.encodeValue(k, value) }));
+    const changes = [...byKey].map(([k, value]) => ({ key: k, stamp: this.store.clock.now(), deleted: false, value, payload: this.store.encodeValue(k, value), expiresAt }));
     await this.writeThrough(changes);
   }
 
@@ -626,7 +968,7 @@ export class PubSubCacheManager<V = unknown> extends EventEmitter<CacheManagerEv
     return outcomes.filter((o) => o.status === 'written' && o.existed).length;
   }
 
-  private async writeThrough(changes: { key: string; stamp: Stamp; deleted: boolean; value?: V; payload?: Uint8Array }[]) {
+  private async writeThrough(changes: { key: string; stamp: Stamp; deleted: boolean; value?: V; payload?: Uint8Array; expiresAt?: number | undefined }[]) {
     const generation = this.generation;
     const marks = changes.map((change) => {
       let mark = this.writing.get(change.key);
@@ -658,13 +1000,13 @@ export class PubSubCacheManager<V = unknown> extends EventEmitter<CacheManagerEv
           return;
         }
         if (change.deleted) this.install(change.key, { value: undefined, stamp: change.stamp, present: false, expiresAt: Infinity });
-        else this.install(change.key, { value: this.store.decodeValue(change.key, change.payload!), stamp: change.stamp, present: true, expiresAt: Infinity });
+        else this.install(change.key, { value: this.store.decodeValue(change.key, change.payload!), stamp: change.stamp, present: true, expiresAt: change.expiresAt ?? Infinity });
       } else if (outcome.status === 'conflict') {
         // Redis holds a newer write: it wins (last-writer-wins); cache what Redis holds.
         const { stored } = outcome;
         if (stored.stamp !== '') {
           this.noteWrite(change.key, stored.stamp);
-          if (!stale(i, stored.stamp)) this.install(change.key, { value: stored.value, stamp: stored.stamp, present: !stored.deleted, expiresAt: Infinity });
+          if (!stale(i, stored.stamp)) this.install(change.key, { value: stored.value, stamp: stored.stamp, present: !stored.deleted, expiresAt: stored.expiresAt ?? Infinity });
           else this.storage.delete(change.key);
         } else this.storage.delete(change.key);
       } else {
@@ -775,7 +1117,7 @@ export class PubSubCacheManager<V = unknown> extends EventEmitter<CacheManagerEv
     if (current.present && !deleted && this.sync === 'update' && entry.payload !== undefined && this.serving) {
       const value = this.decodeRemote(entry);
       if (value !== undefined) {
-        this.replace(entry.key, { value: value.value, stamp: entry.stamp, present: true, expiresAt: Infinity });
+        this.replace(entry.key, { value: value.value, stamp: entry.stamp, present: true, expiresAt: entry.expiresAt ?? Infinity });
         this.emit('update', entry.key, value.value, entry.stamp);
         return true;
       }
@@ -905,6 +1247,8 @@ export class PubSubCacheManager<V = unknown> extends EventEmitter<CacheManagerEv
     this.serving = false;
     if (this.gapTimer !== undefined) clearTimeout(this.gapTimer);
     this.gapTimer = undefined;
+    for (const { fail } of this.flights.values()) fail(new ClosedError(this.constructor.name));
+    this.flights.clear();
     await this.subscriber.close();
     this.store.release(this);
     this.storage.clear();
@@ -914,6 +1258,34 @@ export class PubSubCacheManager<V = unknown> extends EventEmitter<CacheManagerEv
   async [Symbol.asyncDispose](): Promise<void> {
     await this.close();
   }
+}
+
+/** Largest `ttlMs` the hot path of `getOrSet` accepts without the full check (which also bounds the expiry time). */
+const FAST_MAX_TTL_MS = 1e15;
+
+/** Optional non-negative safe integer. */
+function optionalCount(value: unknown, min: number, max = Number.MAX_SAFE_INTEGER): boolean {
+  return value === undefined || (typeof value === 'number' && Number.isSafeInteger(value) && value >= min && value <= max);
+}
+
+/**
+ * True when `options` are valid {@link GetOrSetOptions}, checked without allocating (the hot path of
+ * a hit); false sends the call to the full check, which throws the precise error.
+ */
+function validLoadOptions(options: unknown): boolean {
+  if (options === undefined) return true;
+  if (typeof options !== 'object' || options === null || Array.isArray(options)) return false;
+  for (const name in options) {
+    if (name !== 'ttlMs' && name !== 'staleWhileRevalidateMs' && name !== 'graceMs' && name !== 'timeoutMs' && name !== 'lockTtlMs') return false;
+  }
+  const o = options as GetOrSetOptions;
+  return (
+    optionalCount(o.ttlMs, 0, FAST_MAX_TTL_MS) &&
+    optionalCount(o.staleWhileRevalidateMs, 0) &&
+    optionalCount(o.graceMs, 0) &&
+    optionalCount(o.timeoutMs, 1) &&
+    optionalCount(o.lockTtlMs, 1)
+  );
 }
 
 /** The hit answer of a cached miss. */

@@ -22,7 +22,8 @@ export type ErrorCode =
   | 'E_NOPERM'
   | 'E_CLOCK_SKEW'
   | 'E_CONNECTION'
-  | 'E_CLUSTER';
+  | 'E_CLUSTER'
+  | 'E_LOADER';
 
 /** Codes of the `warning` event of a cache manager. */
 export type WarningCode = 'E_EVICTION_POLICY';
@@ -160,6 +161,18 @@ const TLS_CERT_ERRORS = new Set([
 export class AbortedError extends RedisDictError {
   constructor(message: string, options?: { cause?: unknown }) {
     super('E_ABORTED', message, options);
+  }
+}
+
+/** The loader of `getOrSet` failed (threw or rejected); its error is the `cause`. Nothing was stored. */
+export class LoaderError extends RedisDictError {
+  /** The key being loaded. */
+  readonly key: string;
+
+  constructor(key: string, cause: unknown) {
+    const reason = cause instanceof Error ? cause.message : String(cause);
+    super('E_LOADER', `The loader of key \`${key}\` failed: ${reason}`, { cause });
+    this.key = key;
   }
 }
 

@@ -4,7 +4,7 @@
  *
  * @packageDocumentation
  */
-export { RedisDict, type RedisDictOptions, type VersionedChange, type WriteOutcome, type OutcomeListener, type StoredState } from './redis-dict.js';
+export { RedisDict, type RedisDictOptions, type VersionedChange, type WriteOutcome, type OutcomeListener, type StoredState, type SetOptions } from './redis-dict.js';
 export { PubSubRedisDict, type PubSubRedisDictOptions } from './pubsub-redis-dict.js';
 export {
   PubSubCacheManager,
@@ -18,6 +18,8 @@ export {
   type ResyncInfo,
   type ReadyOptions,
   DEFAULT_READY_TIMEOUT_MS,
+  type GetOrSetOptions,
+  type StaleReason,
 } from './cache-manager.js';
 export type { WaitOptions } from './deadline.js';
 export type { ResyncReason } from './subscriber.js';
@@ -49,6 +51,7 @@ export {
   FlushError,
   PermissionError,
   ClockSkewError,
+  LoaderError,
   type ErrorCode,
   type WarningCode,
   type DictWarning,

@@ -8,7 +8,8 @@
  * - `seq`: the writer's sequence number for this `group`, 1, 2, 3, ... without gaps;
  * - `group`: the hash slot of the entries on a Cluster, 0 on a standalone server;
  * - `entries`: `[[key, stamp], ...]`, or `[[key, stamp, payload], ...]` when values are published
- *   (`payload` is the codec's bytes, MessagePack bin).
+ *   (`payload` is the codec's bytes, MessagePack bin); a write with an expiry has a fourth item,
+ *   `[key, stamp, payload | nil, expiresAt]` (ms since the epoch, writer's clock).
  *
  * With `signingKeys`, the format version is 2 and a 7th item follows the entries: the signature
  * tag (see `src/signing.ts`).
@@ -35,6 +36,8 @@ export interface MessageEntry {
   readonly stamp: Stamp;
   /** Codec bytes of the new value, when values are published. */
   readonly payload: Uint8Array | undefined;
+  /** Expiry time of the written value (ms since the epoch, writer's clock), when it has one. */
+  readonly expiresAt?: number | undefined;
 }
 
 /** A decoded message. */
@@ -83,30 +86,37 @@ export function encodeHeader(type: MessageType, origin: string, seq: number, gro
 }
 
 /**
- * Encodes one entry fragment, `[key, stamp]` or `[key, stamp, payload]`, written by hand: this runs
- * once per key of every write, and the generic encoder's copies showed in profiles.
+ * Encodes one entry fragment, `[key, stamp]`, `[key, stamp, payload]` or, with an expiry,
+ * `[key, stamp, payload | nil, expiresAt]`, written by hand: this runs once per key of every write,
+ * and the generic encoder's copies showed in profiles.
  */
-export function encodeEntry(key: string, stamp: Stamp, payload?: Uint8Array): Buffer {
+export function encodeEntry(key: string, stamp: Stamp, payload?: Uint8Array, expiresAt?: number): Buffer {
   const keyBytes = Buffer.byteLength(key, 'utf8');
-  const out = Buffer.allocUnsafe(entryLength(keyBytes, stamp, payload));
-  writeEntry(out, 0, key, keyBytes, stamp, payload);
+  const out = Buffer.allocUnsafe(entryLength(keyBytes, stamp, payload, expiresAt));
+  writeEntry(out, 0, key, keyBytes, stamp, payload, expiresAt);
   return out;
 }
 
 /** Bytes of the entry fragment of a key of `keyBytes` UTF-8 bytes (see {@link encodeEntry}). */
-export function entryLength(keyBytes: number, stamp: Stamp, payload?: Uint8Array): number {
+export function entryLength(keyBytes: number, stamp: Stamp, payload?: Uint8Array, expiresAt?: number): number {
   const keyHeader = keyBytes < 32 ? 1 : keyBytes < 0x100 ? 2 : keyBytes < 0x10000 ? 3 : 5;
-  const payloadHeader = payload === undefined ? 0 : payload.length < 0x100 ? 2 : payload.length < 0x10000 ? 3 : 5;
-  return 1 + keyHeader + keyBytes + 2 + stamp.length + payloadHeader + (payload?.length ?? 0);
+  const payloadHeader = payload === undefined ? (expiresAt === undefined ? 0 : 1) : payload.length < 0x100 ? 2 : payload.length < 0x10000 ? 3 : 5;
+  const expiry = expiresAt === undefined ? 0 : uintLength(expiresAt);
+  return 1 + keyHeader + keyBytes + 2 + stamp.length + payloadHeader + (payload?.length ?? 0) + expiry;
+}
+
+/** Bytes of a non-negative integer in MessagePack's shortest form (see {@link writeUint}). */
+function uintLength(n: number): number {
+  return n < 0x80 ? 1 : n < 0x100 ? 2 : n < 0x10000 ? 3 : n < 0x100000000 ? 5 : 9;
 }
 
 /**
  * Writes the entry fragment of {@link encodeEntry} at `at` (room for {@link entryLength} bytes
  * must exist); returns the offset after it. Lets a batch write its entries into one buffer.
  */
-export function writeEntry(out: Buffer, at: number, key: string, keyBytes: number, stamp: Stamp, payload?: Uint8Array): number {
+export function writeEntry(out: Buffer, at: number, key: string, keyBytes: number, stamp: Stamp, payload?: Uint8Array, expiresAt?: number): number {
   const keyHeader = keyBytes < 32 ? 1 : keyBytes < 0x100 ? 2 : keyBytes < 0x10000 ? 3 : 5;
-  out[at++] = payload === undefined ? 0x92 : 0x93;
+  out[at++] = expiresAt !== undefined ? 0x94 : payload === undefined ? 0x92 : 0x93;
   at = writeHeader(out, at, keyBytes, keyHeader, [0xa0, 0xd9, 0xda, 0xdb]);
   at += out.write(key, at, keyBytes, 'utf8');
   out[at++] = 0xd9;
@@ -117,7 +127,10 @@ export function writeEntry(out: Buffer, at: number, key: string, keyBytes: numbe
     at = writeHeader(out, at, payload.length, payloadHeader, [-1, 0xc4, 0xc5, 0xc6]);
     out.set(payload, at);
     at += payload.length;
+  } else if (expiresAt !== undefined) {
+    out[at++] = 0xc0;
   }
+  if (expiresAt !== undefined) at = writeUint(out, at, expiresAt);
   return at;
 }
 
@@ -232,13 +245,18 @@ export class MessageDecoder {
     if (!Array.isArray(entries)) throw new MalformedMessageError('entries must be an array');
     const out: MessageEntry[] = [];
     for (const entry of entries as unknown[]) {
-      if (!Array.isArray(entry) || entry.length < 2 || entry.length > 3) throw new MalformedMessageError('bad entry');
-      const [key, stamp, payload] = entry as unknown[];
+      if (!Array.isArray(entry) || entry.length < 2 || entry.length > 4) throw new MalformedMessageError('bad entry');
+      const [key, stamp, rawPayload, expiresAt] = entry as unknown[];
       if (typeof key !== 'string' || key.length === 0) throw new MalformedMessageError('bad entry key');
       if (!isStamp(stamp)) throw new MalformedMessageError('bad entry stamp');
+      // nil stands for "no value" only before an expiry time.
+      const payload = rawPayload === null && entry.length === 4 ? undefined : rawPayload;
       if (payload !== undefined && !(payload instanceof Uint8Array)) throw new MalformedMessageError('bad entry payload');
-      if (type === 'd' && payload !== undefined) throw new MalformedMessageError('a delete entry carries no value');
-      out.push({ key, stamp, payload });
+      if (type === 'd' && (payload !== undefined || entry.length === 4)) throw new MalformedMessageError('a delete entry carries no value');
+      if (entry.length === 4 && (typeof expiresAt !== 'number' || !Number.isSafeInteger(expiresAt) || expiresAt < 0)) {
+        throw new MalformedMessageError('bad entry expiry time');
+      }
+      out.push(entry.length === 4 ? { key, stamp, payload, expiresAt: expiresAt as number } : { key, stamp, payload });
     }
     return { type, origin, seq, group, entries: out, partial };
   }

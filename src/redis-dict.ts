@@ -12,12 +12,12 @@ import { type DictKey, checkNamespace, normalizeKey, normalizeKeys } from './key
 import { arrayHeader, encodeHeader, entryLength, type MessageType, writeEntry } from './messages.js';
 import type { FrameSigner } from './signing.js';
 import { checkOptions, describe, functionOption, integerOption, invalidOption } from './options.js';
-import { RECORD_HEADER_LENGTH, splitRecord, type VersionedValue, writeChange } from './record.js';
+import { MAX_EXPIRES_AT, type SplitRecord, changeHeaderLength, splitRecord, type VersionedValue, writeChange } from './record.js';
 import { type FrameArg, FramedCommand, argLength, bulkLength, frameLength, writeArg, writeBulkHeader, writeCrlf, writeFrameStart } from './resp.js';
 import { APPLY_LUA, APPLY_SHA, STAMPS_LUA, STAMPS_SHA } from './scripts/apply.js';
 import { HybridClock, MAX_DRIFT_MS, type Stamp, isStamp, parseStamp } from './stamp.js';
 import type { ChainableCommander } from 'ioredis';
-import { DEFAULT_RETRY_TIMEOUT_MS, type RedisClient, type RedisClientLike, chunk, clusterReady, groupBySlot, isCluster, runPerNode, scanTargets } from './topology.js';
+import { DEFAULT_RETRY_TIMEOUT_MS, type RedisClient, type RedisClientLike, chunk, clusterReady, groupBySlot, isCluster, runPerNode, scanTargets, slotOf, slotTag } from './topology.js';
 
 /** A client or a pipeline: what a unit of work queues its command on. */
 type Commands = ChainableCommander | RedisClient;
@@ -36,7 +36,7 @@ export interface RedisDictOptions<V> {
   tombstoneTtlMs?: number;
   /** Most keys per script call or MGET. Default 500. */
   batchSize?: number;
-  /** Wall clock in ms used for version stamps; injectable for tests. Default `Date.now`. */
+  /** Wall clock in ms used for version stamps and expiry times; injectable for tests. Default `Date.now`. */
   clock?: () => number;
   /**
    * How far ahead of the Redis server's clock a change's stamp may be, in ms. A change stamped
@@ -58,10 +58,32 @@ export interface RedisDictOptions<V> {
    * @defaultValue 20000 (longer than a failover under Redis's default `cluster-node-timeout` of 15 s)
    */
   retryTimeoutMs?: number;
+  /**
+   * Time to live of every value written without its own `ttlMs`, in ms: the key expires in Redis
+   * (and in every near cache) that long after the write. 0 = no expiry.
+   *
+   * @defaultValue 0
+   */
+  defaultTtlMs?: number;
 }
 
 /** Keys of {@link RedisDictOptions}, for validation. */
-export const REDIS_DICT_OPTION_KEYS = ['codec', 'maxValueBytes', 'tombstoneTtlMs', 'batchSize', 'clock', 'maxDriftMs', 'retryTimeoutMs'] as const;
+export const REDIS_DICT_OPTION_KEYS = ['codec', 'maxValueBytes', 'tombstoneTtlMs', 'batchSize', 'clock', 'maxDriftMs', 'retryTimeoutMs', 'defaultTtlMs'] as const;
+
+/** Options of one write: `set(key, value, options)` and `setMany(entries, options)` of every class. */
+export interface SetOptions {
+  /**
+   * Time to live in ms: the entry expires at the write's time plus this, in Redis (PEXPIREAT) and
+   * in every near cache, which stops serving it at that moment without waiting for a message.
+   * 0 = no expiry.
+   *
+   * @defaultValue the dictionary's `defaultTtlMs`
+   */
+  ttlMs?: number;
+}
+
+/** Keys of {@link SetOptions}, for validation. */
+export const SET_OPTION_KEYS = ['ttlMs'] as const;
 
 /** One change for {@link RedisDict.writeVersioned}. */
 export interface VersionedChange<V> {
@@ -77,6 +99,8 @@ export interface VersionedChange<V> {
   readonly value?: V;
   /** The value already encoded by {@link RedisDict.encodeValue}, to avoid encoding it twice. */
   readonly payload?: Uint8Array;
+  /** Expiry time of the value (ms since the epoch), fixed when the change was made; none when undefined or `Infinity`. */
+  readonly expiresAt?: number | undefined;
 }
 
 /**
@@ -93,6 +117,8 @@ export interface StoredState<V> {
   readonly deleted: boolean;
   /** The stored value when live. */
   readonly value?: V;
+  /** Expiry time of the stored value, when it has one. */
+  readonly expiresAt?: number | undefined;
 }
 
 /** Outcome of one {@link VersionedChange}. */
@@ -160,6 +186,10 @@ export class RedisDict<V = unknown> implements AsyncIterable<[string, V]> {
   readonly isCluster: boolean;
   /** On a Cluster, how long a command is resent through redirections and reconnections, in ms. */
   readonly retryTimeoutMs: number;
+  /** Time to live of writes without their own `ttlMs`, in ms (0 = none). */
+  readonly defaultTtlMs: number;
+  /** @internal The wall clock (ms) of stamps and expiry times. */
+  readonly wallClock: () => number;
   private readonly prefix: string;
   /**
    * The client's `keyPrefix` option ('' when none). ioredis adds it to the keys of the commands it
@@ -199,7 +229,29 @@ export class RedisDict<V = unknown> implements AsyncIterable<[string, V]> {
     this.batchSize = integerOption(where, 'batchSize', opts['batchSize'], 500);
     this.maxDriftMs = integerOption(where, 'maxDriftMs', opts['maxDriftMs'], MAX_DRIFT_MS, 0);
     this.retryTimeoutMs = integerOption(where, 'retryTimeoutMs', opts['retryTimeoutMs'], DEFAULT_RETRY_TIMEOUT_MS);
-    this.clock = new HybridClock(undefined, functionOption(where, 'clock', opts['clock'], Date.now), this.maxDriftMs);
+    this.wallClock = functionOption(where, 'clock', opts['clock'], Date.now);
+    this.defaultTtlMs = integerOption(where, 'defaultTtlMs', opts['defaultTtlMs'], 0, 0);
+    this.clock = new HybridClock(undefined, this.wallClock, this.maxDriftMs);
+  }
+
+  /**
+   * The expiry time of a write made now with `options` (its `ttlMs`, else `defaultTtlMs`), or
+   * undefined for none. Refuses unknown options and bad values with `E_INVALID_OPTION`.
+   *
+   * @internal
+   */
+  expiryOf(where: string, options: SetOptions | undefined): number | undefined {
+    let ttl = this.defaultTtlMs;
+    if (options !== undefined) ttl = integerOption(where, 'ttlMs', checkOptions(where, options, SET_OPTION_KEYS)['ttlMs'], ttl, 0);
+    if (ttl === 0) return undefined;
+    const expiresAt = Math.floor(this.wallClock()) + ttl;
+    if (!(expiresAt <= MAX_EXPIRES_AT)) invalidOption(where, 'ttlMs', 'a time to live that ends before the year 287,000', ttl);
+    return expiresAt;
+  }
+
+  /** True when a value with this expiry time has expired by this dictionary's clock. @internal */
+  isExpired(expiresAt: number | undefined): boolean {
+    return expiresAt !== undefined && expiresAt <= this.wallClock();
   }
 
   /** Option names this class accepts; subclasses extend the list. */
@@ -220,6 +272,28 @@ export class RedisDict<V = unknown> implements AsyncIterable<[string, V]> {
   /** The Redis key of a dictionary key. */
   redisKey(key: string): string {
     return this.prefix + key;
+  }
+
+  /**
+   * The Redis key of the load lock of `key` (see `getOrSet`): `<namespace>#lock/<key>`, or on a
+   * Cluster `<namespace>#lock{<tag>}/<key>` with a tag that puts it in the slot of the key. `#` is
+   * not a namespace character, so the lock is outside every namespace's SCAN pattern.
+   *
+   * @internal
+   */
+  lockKey(key: string): string {
+    if (!this.isCluster) return `${this.namespace}#lock/${key}`;
+    return `${this.namespace}#lock{${slotTag(slotOf(this.keyPrefix + this.redisKey(key)))}}/${key}`;
+  }
+
+  /** Takes the load lock of `key` for `ttlMs` unless someone holds it; true when taken. @internal */
+  async acquireLock(key: string, token: string, ttlMs: number): Promise<boolean> {
+    return (await this.redis.set(this.lockKey(key), token, 'PX', ttlMs, 'NX')) === 'OK';
+  }
+
+  /** Releases the load lock of `key` if `token` still holds it. @internal */
+  async releaseLock(key: string, token: string): Promise<void> {
+    await this.redis.eval(RELEASE_LOCK_LUA, 1, this.lockKey(key), token);
   }
 
   /** Encodes a value with the codec; throws `E_SERIALIZE` / `E_VALUE_TOO_LARGE` naming the key. */
@@ -260,10 +334,16 @@ export class RedisDict<V = unknown> implements AsyncIterable<[string, V]> {
     return found?.value;
   }
 
-  /** Stores `value` under `key`. */
-  async set(key: DictKey, value: V): Promise<void> {
+  /**
+   * Stores `value` under `key`.
+   *
+   * @param options - `ttlMs`: expire the entry that long after now (see {@link SetOptions}).
+   * @throws InvalidArgumentError `E_INVALID_OPTION` for an unknown option or a bad `ttlMs`.
+   */
+  async set(key: DictKey, value: V, options?: SetOptions): Promise<void> {
     const k = normalizeKey(key);
-    const prepared = this.prepare([{ key: k, stamp: this.clock.now(), deleted: false, value }]);
+    const expiresAt = this.expiryOf('set', options);
+    const prepared = this.prepare([{ key: k, stamp: this.clock.now(), deleted: false, value, expiresAt }]);
     throwFailure(await this.applyPrepared(prepared));
   }
 
@@ -289,9 +369,10 @@ export class RedisDict<V = unknown> implements AsyncIterable<[string, V]> {
     return found.map((f) => f?.value);
   }
 
-  /** Stores every `[key, value]` pair; all are validated before anything is written. */
-  async setMany(entries: Iterable<readonly [DictKey, V]>): Promise<void> {
-    const changes = collectEntries(entries).map(([key, value]) => ({ key, stamp: this.clock.now(), deleted: false, value }));
+  /** Stores every `[key, value]` pair, with the same `ttlMs` if given; all are validated before anything is written. */
+  async setMany(entries: Iterable<readonly [DictKey, V]>, options?: SetOptions): Promise<void> {
+    const expiresAt = this.expiryOf('setMany', options);
+    const changes = collectEntries(entries).map(([key, value]) => ({ key, stamp: this.clock.now(), deleted: false, value, expiresAt }));
     throwFailure(await this.applyPrepared(this.prepare(lastPerKey(changes))));
   }
 
@@ -353,17 +434,24 @@ export class RedisDict<V = unknown> implements AsyncIterable<[string, V]> {
    */
   async readVersioned(keys: readonly string[]): Promise<(VersionedValue<V> | undefined)[]> {
     const records = await this.readRecords(keys);
-    return records.map((record, i) => (record === undefined ? undefined : { stamp: record.stamp, value: this.decodeValue(keys[i]!, record.payload) }));
+    return records.map((record, i) =>
+      record === undefined
+        ? undefined
+        : record.expiresAt === undefined
+          ? { stamp: record.stamp, value: this.decodeValue(keys[i]!, record.payload) }
+          : { stamp: record.stamp, value: this.decodeValue(keys[i]!, record.payload), expiresAt: record.expiresAt },
+    );
   }
 
   /**
-   * The stored records of `keys` (stamp and undecoded payload), aligned with them; `undefined`
-   * for missing or deleted. Observes every stamp read.
+   * The stored records of `keys` (stamp, expiry and undecoded payload), aligned with them;
+   * `undefined` for missing, deleted or expired by this dictionary's clock (Redis may not have
+   * expired the key yet, its clock may be behind). Observes every stamp read.
    *
    * @throws CorruptDataError when a stored value is not a record of this library.
    */
-  private async readRecords(keys: readonly string[]): Promise<({ stamp: Stamp; payload: Buffer } | undefined)[]> {
-    const out: ({ stamp: Stamp; payload: Buffer } | undefined)[] = new Array(keys.length).fill(undefined);
+  private async readRecords(keys: readonly string[]): Promise<(SplitRecord | undefined)[]> {
+    const out: (SplitRecord | undefined)[] = new Array(keys.length).fill(undefined);
     if (keys.length === 0) return out;
     const indexed = keys.map((key, index) => ({ key, index, redisKey: this.redisKey(key) }));
     const units = [...this.bySlot(indexed, (i) => i.redisKey)].flatMap(([slot, items]) =>
@@ -383,7 +471,7 @@ export class RedisDict<V = unknown> implements AsyncIterable<[string, V]> {
         if (raw === null) return;
         const record = splitRecord(key, raw);
         this.clock.observe(record.stamp);
-        out[index] = record;
+        if (record.expiresAt === undefined || !this.isExpired(record.expiresAt)) out[index] = record;
       });
     });
     return out;
@@ -471,7 +559,7 @@ export class RedisDict<V = unknown> implements AsyncIterable<[string, V]> {
     let current: PreparedChange<V>[] = [];
     let bytes = 0;
     for (const item of items) {
-      const size = (item.payload?.length ?? 0) + RECORD_HEADER_LENGTH + item.change.key.length;
+      const size = (item.payload?.length ?? 0) + changeHeaderLength(expiryOfChange(item.change)) + item.change.key.length;
       if (current.length >= this.batchSize || (current.length > 0 && bytes + size > MAX_BATCH_BYTES)) {
         parts.push(current);
         current = [];
@@ -503,8 +591,9 @@ export class RedisDict<V = unknown> implements AsyncIterable<[string, V]> {
     const raw: unknown = reply[1];
     if (!Buffer.isBuffer(raw)) return { status: 'conflict', stored: { stamp, deleted: true } };
     try {
-      const { payload } = splitRecord(key, raw);
-      return { status: 'conflict', stored: { stamp, deleted: false, value: this.decodeValue(key, payload) } };
+      const { payload, expiresAt } = splitRecord(key, raw);
+      const value = this.decodeValue(key, payload);
+      return { status: 'conflict', stored: expiresAt === undefined ? { stamp, deleted: false, value } : { stamp, deleted: false, value, expiresAt } };
     } catch (error) {
       // A newer record whose value cannot be decoded: this key fails, the rest of the batch stands.
       return { status: 'failed', error: asError(error) };
@@ -573,6 +662,9 @@ export class RedisDict<V = unknown> implements AsyncIterable<[string, V]> {
     }
   }
 }
+
+/** Deletes a lock (KEYS[1]) only if it still holds the caller's token (ARGV[1]). */
+const RELEASE_LOCK_LUA = "if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end return 0";
 
 /** Outcome of a change written over a live value (shared: outcomes are read-only). */
 const WRITTEN_OVER_VALUE = { status: 'written', existed: true } as const;
@@ -652,7 +744,7 @@ export class ApplyUnit<V> {
         const { change, payload } = part[j]!;
         const withValue = target.withValues && payload !== undefined && payload.length <= target.maxPublishedValueBytes;
         published[j] = withValue ? payload : undefined;
-        const size = entryLength(keyBytes[j]!, change.stamp, published[j]);
+        const size = entryLength(keyBytes[j]!, change.stamp, published[j], expiryOfChange(change));
         lengths.writeUInt32BE(size, 4 * j);
         if (change.deleted) deleteBytes += size;
         else updateBytes += size;
@@ -664,7 +756,7 @@ export class ApplyUnit<V> {
       for (let j = 0; j < n; j++) {
         const { change } = part[j]!;
         if (change.deleted) d = writeEntry(deletes, d, change.key, keyBytes[j]!, change.stamp, published[j]);
-        else u = writeEntry(updates, u, change.key, keyBytes[j]!, change.stamp, published[j]);
+        else u = writeEntry(updates, u, change.key, keyBytes[j]!, change.stamp, published[j], expiryOfChange(change));
       }
       // Sequence numbers are taken here, right before the call is sent (update first).
       const signer = target.signer;
@@ -712,7 +804,7 @@ export class ApplyUnit<V> {
     for (const arg of head) size += argLength(arg);
     for (let j = 0; j < n; j++) size += bulkLength(prefixBytes + keyBytes[j]!);
     for (const arg of fixed) size += argLength(arg);
-    for (const p of part) size += bulkLength(RECORD_HEADER_LENGTH + (p.payload?.length ?? 0));
+    for (const p of part) size += bulkLength(changeHeaderLength(expiryOfChange(p.change)) + (p.payload?.length ?? 0));
     for (const guard of guards) size += argLength(guard);
     const out = Buffer.allocUnsafe(size);
     let at = writeFrameStart(out, name, count);
@@ -727,8 +819,9 @@ export class ApplyUnit<V> {
     for (const arg of fixed) at = writeArg(out, at, arg);
     for (const p of part) {
       const { change, payload } = p;
-      at = writeBulkHeader(out, at, RECORD_HEADER_LENGTH + (payload?.length ?? 0));
-      at = writeCrlf(out, writeChange(out, at, change.stamp, payload));
+      const expiresAt = expiryOfChange(change);
+      at = writeBulkHeader(out, at, changeHeaderLength(expiresAt) + (payload?.length ?? 0));
+      at = writeCrlf(out, writeChange(out, at, change.stamp, payload, expiresAt));
     }
     for (const guard of guards) at = writeArg(out, at, guard);
     if (at !== size) throw new Error(`apply frame: wrote ${at} bytes of ${size}`);
@@ -738,6 +831,12 @@ export class ApplyUnit<V> {
 
 /** A guard: a stamp, possibly followed by `g` (just above that stamp: see the write-back manager). */
 const GUARD_PATTERN = /^[0-9a-f]{34}g?$/;
+
+/** The expiry time a change stores: its own for a value, none for a tombstone. */
+function expiryOfChange(change: VersionedChange<unknown>): number | undefined {
+  const { expiresAt } = change;
+  return change.deleted || expiresAt === undefined || expiresAt === Infinity ? undefined : expiresAt;
+}
 
 /** The guard argument of a change for the apply script: '' when it is the change's own stamp. */
 function guardArg(change: VersionedChange<unknown>): string {

@@ -96,6 +96,7 @@ export async function create(env, { namespace, sync = 'invalidate', writeBack = 
     cache,
     redis,
     get: (key) => cache.get(key),
+    getOrSet: (key, loader, options) => cache.getOrSet(key, loader, options),
     set: (key, value) => cache.set(key, value),
     flush: () => cache.flush(),
     close: async () => {

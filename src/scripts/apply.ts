@@ -11,7 +11,8 @@
  * is published); ARGV[10] '1' when every key has a guard argument, '' when none has; ARGV[11] '1'
  * when every change writes a value (no tombstone), else ''; ARGV[12] the dictionary's `maxDriftMs`.
  * Then per key, in key order, its change (ARGV[12 + i]): the record to store (`v` + stamp +
- * payload) or `t` + stamp for a tombstone. Then, only when ARGV[10] is '1', per key its guard
+ * payload, or `x` + stamp + 16-digit expiry time + payload, whose key then expires at that time by
+ * PEXPIREAT) or `t` + stamp for a tombstone. Then, only when ARGV[10] is '1', per key its guard
  * (ARGV[12 + n + i]; '' = the change's own stamp).
  *
  * Before its first write the script validates every argument (a malformed call is refused with an
@@ -87,8 +88,9 @@ local hzv, hzt = 'v' .. hz, 't' .. hz
 -- The change of key i is ARGV[12 + i]; its guard, when guarded, ARGV[12 + n + i]. Each is
 -- checked in place (one anchored pattern, no substring).
 local STAMP = '^' .. string.rep('[0-9a-f]', 34)
+local EXPIRY = '^' .. string.rep('%d', 16)
 local changes, skewed = {}, {}
-local nv, nt, lv, lt, nskewed = 0, 0, 0, 0, 0
+local nv, nt, lv, lt, nskewed, nx = 0, 0, 0, 0, 0, 0
 local publishing = cmd ~= ''
 local lens = ARGV[9]
 if publishing then
@@ -100,7 +102,15 @@ for i = 1, n do
   local c = ARGV[12 + i]
   local kind = string.byte(c, 1)
   local far
-  if kind == 118 and #c >= 35 then far = c >= hzv elseif kind == 116 and #c == 35 then far = c >= hzt end
+  if kind == 118 and #c >= 35 then
+    far = c >= hzv
+  elseif kind == 116 and #c == 35 then
+    far = c >= hzt
+  elseif kind == 120 and #c >= 51 and string.find(c, EXPIRY, 36) then
+    -- An expiring record: 'x', the stamp, 16 digits of expiry time, the payload.
+    far = string.sub(c, 2, 35) >= hz
+    nx = nx + 1
+  end
   if far == nil or not string.find(c, STAMP, 2) then
     return refuse('change ' .. i .. ' is not a record or a tombstone with a valid stamp')
   end
@@ -115,7 +125,7 @@ for i = 1, n do
     len = len4(lens, i)
     if len < 1 then return refuse('entry ' .. i .. ' is empty') end
   end
-  if kind == 118 then nv, lv = nv + 1, lv + len else nt, lt = nt + 1, lt + len end
+  if kind ~= 116 then nv, lv = nv + 1, lv + len else nt, lt = nt + 1, lt + len end
   if far then
     skewed[i] = true
     nskewed = nskewed + 1
@@ -133,6 +143,7 @@ end
 local k1 = KEYS[1]
 local need = { { 'MGET', k1 }, { 'EXISTS', k1 }, { 'HGET', k1, 's' } }
 if nv > 0 then need[#need + 1] = { 'MSET', k1, 'v' } end
+if nx > 0 then need[#need + 1] = { 'PEXPIREAT', k1, '1' } end
 if ARGV[11] ~= '' then need[#need + 1] = { 'MSETNX', k1, 'v' } end
 if nt > 0 then
   need[#need + 1] = { 'DEL', k1 }
@@ -147,6 +158,12 @@ end
 if publishing then
   if nv > 0 and not allowed(cmd, ARGV[3], 'm') then return redis.error_reply('NOPERM apply script: the user may not ' .. cmd .. ' to channel ' .. ARGV[3]) end
   if nt > 0 and not allowed(cmd, ARGV[4], 'm') then return redis.error_reply('NOPERM apply script: the user may not ' .. cmd .. ' to channel ' .. ARGV[4]) end
+end
+-- An expiring record (tag x) sets the key's expiry; Redis refuses leading zeros in integers.
+local function expire(key, change)
+  if string.byte(change, 1) == 120 then
+    redis.call('PEXPIREAT', key, string.match(string.sub(change, 36, 51), '^0*(%d+)$'))
+  end
 end
 local function arr(c)
   if c < 16 then return string.char(144 + c) end
@@ -171,6 +188,7 @@ if ARGV[11] ~= '' and nskewed == 0 then
     kv[2 * i] = changes[i]
   end
   if redis.call('MSETNX', unpack(kv)) == 1 then
+    for i = 1, n do expire(KEYS[i], changes[i]) end
     if publishing then publish(ARGV[3], ARGV[5], n, ARGV[7], true) end
     return 2
   end
@@ -182,7 +200,8 @@ local stored, missing = {}, {}
 for i = 1, n do
   local v = values[i]
   if v then
-    if string.byte(v, 1) == 118 and #v >= 35 then
+    local tag = string.byte(v, 1)
+    if (tag == 118 or tag == 120) and #v >= 35 then
       local s = string.sub(v, 2, 35)
       if valid(s) and s < hz then stored[i] = s end
     end
@@ -227,7 +246,10 @@ for i = 1, n do
     result[i] = { cur, values[i] or false }
   end
 end
-if #sets > 0 then redis.call('MSET', unpack(sets)) end
+if #sets > 0 then
+  redis.call('MSET', unpack(sets))
+  for j = 2, #sets, 2 do expire(sets[j - 1], sets[j]) end
+end
 for j = 1, #dels do
   local key = KEYS[dels[j]]
   redis.call('DEL', key)
@@ -282,7 +304,7 @@ for i = 1, #KEYS do
   if type(head) == 'table' then
     local s = redis.pcall('HGET', key, 's')
     if type(s) == 'string' and valid(s) then stamp = 't' .. s end
-  elseif #head == 35 and string.byte(head, 1) == 118 and valid(string.sub(head, 2)) then
+  elseif #head == 35 and (string.byte(head, 1) == 118 or string.byte(head, 1) == 120) and valid(string.sub(head, 2)) then
     stamp = string.sub(head, 2)
   elseif #head > 0 then
     stamp = '?'

@@ -25,7 +25,7 @@ import { type DictKey, normalizeKey, normalizeKeys } from '../keys.js';
 import type { MessageEntry } from '../messages.js';
 import { checkOptions, enumOption, integerOption, invalidOption } from '../options.js';
 import type { PubSubRedisDict } from '../pubsub-redis-dict.js';
-import { collectEntries, type VersionedChange, type WriteOutcome } from '../redis-dict.js';
+import { collectEntries, type SetOptions, type VersionedChange, type WriteOutcome } from '../redis-dict.js';
 import type { Stamp } from '../stamp.js';
 import { isCluster } from '../topology.js';
 import { type Conflict, type ConflictPolicy, type ConflictPolicyName, type ConflictSide, conflicts, policyName } from './conflict.js';
@@ -92,11 +92,17 @@ interface DirtyEntry<V> extends CacheEntry<V> {
   since: string;
 }
 
-/** A dirty entry: a value write when `payload` is given, a delete otherwise. */
-function dirtyEntry<V>(key: string, value: V | undefined, stamp: Stamp, payload: Uint8Array | undefined, since: string): DirtyEntry<V> {
+/**
+ * A dirty entry: a value write when `payload` is given, a delete otherwise. `expiresAt` is the
+ * value's expiry time, fixed when the change was made and kept through the flush (`Infinity`: none).
+ */
+function dirtyEntry<V>(key: string, value: V | undefined, stamp: Stamp, payload: Uint8Array | undefined, since: string, expiresAt = Infinity): DirtyEntry<V> {
   const present = payload !== undefined;
-  return { key, value, stamp, present, deleted: !present, expiresAt: Infinity, payload, since };
+  return { key, value, stamp, present, deleted: !present, expiresAt: present ? expiresAt : Infinity, payload, since };
 }
+
+/** What a dirty change whose value has expired serves: nothing (not the clean entry it replaced). */
+const EXPIRED_CHANGE: CacheEntry<never> = Object.freeze({ value: undefined, stamp: '', present: false, expiresAt: Infinity });
 
 /** A change that could not be written before `close()` finished. */
 export interface UnwrittenChange<V> {
@@ -250,7 +256,8 @@ export class WriteBackCacheManager<V = unknown> extends PubSubCacheManager<V> {
 
   protected override lookup(k: string): CacheEntry<V> | undefined {
     const local = this.dirty.get(k);
-    return local !== undefined ? local : super.lookup(k);
+    if (local === undefined) return super.lookup(k);
+    return local.expiresAt !== Infinity && local.expiresAt <= this.now() ? EXPIRED_CHANGE : local;
   }
 
   protected override install(k: string, entry: CacheEntry<V>): boolean {
@@ -259,41 +266,48 @@ export class WriteBackCacheManager<V = unknown> extends PubSubCacheManager<V> {
 
   // ---------------------------------------------------------------- local writes
 
-  /** Changes `key` locally; written by the next flush. Rejects with `E_BACKPRESSURE` at `maxPending`. */
-  override set(key: DictKey, value: V): Promise<void> {
+  /**
+   * Changes `key` locally; written by the next flush. Rejects with `E_BACKPRESSURE` at `maxPending`.
+   * With `ttlMs`, the expiry time is fixed now and kept through the flush: the local change stops
+   * being served at that time, and Redis expires the key at that same time.
+   */
+  override set(key: DictKey, value: V, options?: SetOptions): Promise<void> {
     let k: string;
     let payload: Uint8Array;
+    let expiresAt: number | undefined;
     try {
       k = normalizeKey(key);
       this.assertOpen();
+      expiresAt = this.store.expiryOf('set', options);
       payload = this.store.encodeValue(k, value);
     } catch (error) {
       return Promise.reject(error as Error);
     }
     // The common case has room: recorded at once, answered with a settled promise.
     if (this.dirty.size < this.maxPending || this.dirty.has(k)) {
-      this.markDirty(k, value, payload);
+      this.markDirty(k, value, payload, expiresAt);
       return DONE;
     }
-    return this.setWhenRoom(k, value, payload);
+    return this.setWhenRoom(k, value, payload, expiresAt);
   }
 
-  private async setWhenRoom(k: string, value: V, payload: Uint8Array): Promise<void> {
+  private async setWhenRoom(k: string, value: V, payload: Uint8Array, expiresAt: number | undefined): Promise<void> {
     // Checked again after each wait, right before recording: changes woken by one flush share its room.
     while (!this.dirty.has(k) && this.dirty.size >= this.maxPending) await this.makeRoom(1);
-    this.markDirty(k, value, payload);
+    this.markDirty(k, value, payload, expiresAt);
   }
 
-  /** Changes every pair locally; all values are validated first. */
-  override async setMany(entries: Iterable<readonly [DictKey, V]>): Promise<void> {
+  /** Changes every pair locally (with the same `ttlMs` if given); all values are validated first. */
+  override async setMany(entries: Iterable<readonly [DictKey, V]>, options?: SetOptions): Promise<void> {
     this.assertOpen();
+    const expiresAt = this.store.expiryOf('setMany', options);
     const changes: [string, V, Uint8Array][] = [];
     for (const [k, value] of collectEntries(entries)) changes.push([k, value, this.store.encodeValue(k, value)]);
     const keys = new Set(changes.map(([k]) => k));
     for (let fresh = this.freshCount(keys); fresh > 0 && this.dirty.size + fresh > this.maxPending; fresh = this.freshCount(keys)) {
       await this.makeRoom(fresh);
     }
-    for (const [k, value, payload] of changes) this.markDirty(k, value, payload);
+    for (const [k, value, payload] of changes) this.markDirty(k, value, payload, expiresAt);
   }
 
   /** Deletes `key` locally (a tombstone written by the next flush); true when it had a value. */
@@ -360,13 +374,13 @@ export class WriteBackCacheManager<V = unknown> extends PubSubCacheManager<V> {
     if (this.closed || this.closing) throw new ClosedError(this.constructor.name);
   }
 
-  private markDirty(k: string, value: V | undefined, payload: Uint8Array | undefined): void {
+  private markDirty(k: string, value: V | undefined, payload: Uint8Array | undefined, expiresAt?: number): void {
     const stamp = this.store.clock.now();
     const previous = this.dirty.get(k);
     // The key's clean entry, if cached, stays under the change: lookups read the dirty map first,
     // install() refuses a dirty key, and the flush replaces (or drops) it. Not touching the LRU here
     // saves a lookup in a large map per change.
-    this.dirty.set(k, dirtyEntry(k, value, stamp, payload, previous?.since ?? stamp));
+    this.dirty.set(k, dirtyEntry(k, value, stamp, payload, previous?.since ?? stamp, expiresAt));
     this.noteWrite(k, stamp);
     if (this.dirty.size >= this.maxDirty && this.inFlight === 0 && this.retryTimer === undefined) this.autoFlush();
   }
@@ -549,7 +563,7 @@ export class WriteBackCacheManager<V = unknown> extends PubSubCacheManager<V> {
         again = true;
         return;
       }
-      const conflict = this.decide(key, { stamp: stored.stamp as Stamp, deleted: stored.deleted, value: stored.value, known: true }, 'flush', report, newest);
+      const conflict = this.decide(key, { stamp: stored.stamp as Stamp, deleted: stored.deleted, value: stored.value, known: true, expiresAt: stored.expiresAt }, 'flush', report, newest);
       if (conflict !== undefined && conflict.outcome !== 'remote') again = true;
     };
     try {
@@ -578,7 +592,7 @@ export class WriteBackCacheManager<V = unknown> extends PubSubCacheManager<V> {
       // Ours is in Redis: it replaces the clean entry the key had before it became dirty. Unless a
       // newer write announced while it was in flight (one the policy left undecided, e.g. a
       // resolver without the remote value) has overwritten it in Redis: then neither is current.
-      if (newestNoted <= entry.stamp) this.replace(key, { value: entry.value, stamp: entry.stamp, present: entry.present, expiresAt: Infinity });
+      if (newestNoted <= entry.stamp) this.replace(key, { value: entry.value, stamp: entry.stamp, present: entry.present, expiresAt: entry.expiresAt });
       else this.storage.delete(key);
     } else if (current !== undefined) {
       // Our own write is in Redis now; only writes above it are concurrent with the newer change.
@@ -621,7 +635,7 @@ export class WriteBackCacheManager<V = unknown> extends PubSubCacheManager<V> {
         known = true;
       }
     }
-    return this.decide(entry.key, { stamp: entry.stamp, deleted, value, known }, 'message') !== undefined;
+    return this.decide(entry.key, { stamp: entry.stamp, deleted, value, known, expiresAt: entry.expiresAt }, 'message') !== undefined;
   }
 
   /**
@@ -630,7 +644,7 @@ export class WriteBackCacheManager<V = unknown> extends PubSubCacheManager<V> {
    */
   private decide(
     key: string,
-    remote: ConflictSide<V> & { known: boolean },
+    remote: ConflictSide<V> & { known: boolean; expiresAt?: number | undefined },
     detectedBy: 'message' | 'flush',
     report?: FlushReport<V>,
     newestNoted: Stamp | '' = '',
@@ -661,7 +675,13 @@ export class WriteBackCacheManager<V = unknown> extends PubSubCacheManager<V> {
         stamp = this.store.clock.now();
         const merged = typeof decision === 'object' ? decision : undefined;
         outcome = merged ? 'merged' : 'local';
-        this.dirty.set(key, merged ? dirtyEntry(key, merged.value, stamp, payload, `${remote.stamp}g`) : dirtyEntry(key, local.value, stamp, local.payload, `${remote.stamp}g`));
+        // A kept or merged value keeps the local change's expiry time.
+        this.dirty.set(
+          key,
+          merged
+            ? dirtyEntry(key, merged.value, stamp, payload, `${remote.stamp}g`, local.expiresAt)
+            : dirtyEntry(key, local.value, stamp, local.payload, `${remote.stamp}g`, local.expiresAt),
+        );
         this.noteWrite(key, stamp);
       }
     }
@@ -670,7 +690,7 @@ export class WriteBackCacheManager<V = unknown> extends PubSubCacheManager<V> {
       this.storage.delete(key);
       // Not when a newer write was announced while the flush that found this one was in flight.
       if (remote.known && remote.stamp >= newestNoted) {
-        super.install(key, { value: remote.value, stamp: remote.stamp, present: !remote.deleted, expiresAt: Infinity });
+        super.install(key, { value: remote.value, stamp: remote.stamp, present: !remote.deleted, expiresAt: remote.expiresAt ?? Infinity });
       }
       this.wake();
     }

@@ -436,6 +436,11 @@ describe.each(variants)('PubSubCacheManager (%s)', (name, factory, sharded) => {
       gapResyncsDeferred: 0,
       size: 0,
       trackedOrigins: 0,
+      loads: 0,
+      loadErrors: 0,
+      staleServed: 0,
+      refreshes: 0,
+      lockWaits: 0,
     });
     await a!.set('{s}k', 'v'); // not cached by b yet: ignored
     expect(await b!.get('{s}k')).toBe('v');
@@ -460,6 +465,11 @@ describe.each(variants)('PubSubCacheManager (%s)', (name, factory, sharded) => {
       gapResyncsDeferred: 0,
       size: 0,
       trackedOrigins: 1, // a, one slot group
+      loads: 0,
+      loadErrors: 0,
+      staleServed: 0,
+      refreshes: 0,
+      lockWaits: 0,
     });
   });
 

@@ -38,6 +38,7 @@ describe('README examples', async () => {
     [/^published true$/m],
     [/^1$/m, /^2$/m],
     [/^10$/m, /^10 0$/m],
+    [/^Alice 1$/m, /^1$/m],
   ];
 
   blocks.forEach((block, index) => {

@@ -87,9 +87,10 @@ describe('protocol vectors (docs/protocol-vectors.json)', () => {
   it('records: v + stamp + payload; a tombstone change is t + stamp', () => {
     const codec = msgpackCodec<unknown>();
     for (const v of vectors.records) {
-      if (v.kind === 'live' && 'record' in v) {
-        const { stamp, payload } = splitRecord('k', bytes(v.record));
+      if ((v.kind === 'live' || v.kind === 'live, expiring') && 'record' in v) {
+        const { stamp, payload, expiresAt } = splitRecord('k', bytes(v.record));
         expect(stamp).toBe(v.stamp);
+        expect(expiresAt).toBe((v as { expiresAt?: number }).expiresAt);
         expect(payload.toString('hex')).toBe(v.payload);
         expect(codec.decode(payload)).toEqual(fromJson(v.value));
       } else if ('change' in v) {
@@ -114,13 +115,13 @@ describe('protocol vectors (docs/protocol-vectors.json)', () => {
     for (const v of vectors.frames) {
       expect(v.frame.startsWith(v.header), v.name).toBe(true);
       const message = decoder.decode(bytes(v.frame));
-      expect({ ...message, entries: message.entries.map((e) => ({ key: e.key, stamp: e.stamp, payload: e.payload && Buffer.from(e.payload).toString('hex') })) }, v.name).toEqual({
+      expect({ ...message, entries: message.entries.map((e) => ({ key: e.key, stamp: e.stamp, payload: e.payload && Buffer.from(e.payload).toString('hex'), expiresAt: e.expiresAt })) }, v.name).toEqual({
         type: v.type,
         origin: v.origin,
         seq: v.seq,
         group: v.group,
         partial: false, // unsigned frames are never partial (only signed ones carry the flag)
-        entries: v.entries.map((e) => ({ key: e.key, stamp: e.stamp, payload: e.payload })),
+        entries: v.entries.map((e) => ({ key: e.key, stamp: e.stamp, payload: e.payload, expiresAt: (e as { expiresAt?: number }).expiresAt })),
       });
     }
   });
