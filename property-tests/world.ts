@@ -566,7 +566,17 @@ export class World {
     for (const inst of this.instances) {
       for (const key of KEYS) {
         const state = states.get(key)!;
-        const served = await inst.manager.get(key);
+        let served: unknown;
+        try {
+          served = await inst.manager.get(key);
+        } catch (error) {
+          // A read that misses goes to Redis on the instance's own connection, whose short
+          // `commandTimeout` (pause) can fire on a loaded host even after the heal: like every
+          // command's, such a failure is accepted (and counted); it tells nothing about the cache.
+          if (!this.tolerates(error)) throw error;
+          exercised.callsFailed++;
+          continue;
+        }
         expect(served, `I1: instance ${inst.index} serves ${key}`).toEqual(state.kind === 'live' ? state.value : undefined);
       }
     }
