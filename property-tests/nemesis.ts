@@ -117,6 +117,7 @@ export class Nemesis implements NemesisControl {
     await this.target.server.shutdownNoSave();
     await pollUntil(() => world.recorder.epoch > epoch, { timeoutMs: 10_000, intervalMs: 5, message: 'restart: the recorder saw its connection cut' });
     world.restartMark = { seq: world.writes.length === 0 ? 0 : world.writes[world.writes.length - 1]!.seq, epoch: world.recorder.epoch };
+    for (const inst of world.instances) inst.serverRestarted();
     await this.target.server.restart();
     nemesisStats.restarts++;
     await this.barrier(world);

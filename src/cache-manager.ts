@@ -376,6 +376,12 @@ export class PubSubCacheManager<V = unknown> extends EventEmitter<CacheManagerEv
   private readonly writing = new Map<string, { pending: number; newest: Stamp | '' }>();
   /** Bumped by every gap and resync; reads started before a bump are not cached. */
   private generation = 0;
+  /**
+   * Bumped by every change of the link (down, up, gap): a resync that saw one meanwhile leaves
+   * serving to the resync that change causes. Not bumped by `clear()`, which bumps
+   * {@link PubSubCacheManager.generation} only: a resync it overlaps still completes.
+   */
+  private linkEpoch = 0;
   /** True when cached entries may be served. */
   private serving = false;
   private resyncing = false;
@@ -1140,12 +1146,14 @@ export class PubSubCacheManager<V = unknown> extends EventEmitter<CacheManagerEv
 
   private onDown(reason: ResyncReason): void {
     this.generation++;
+    this.linkEpoch++;
     if (!this.serveStale) this.serving = false;
     this.emit('down', reason);
   }
 
   private onUp(reason: ResyncReason | 'initial'): void {
     this.generation++;
+    this.linkEpoch++;
     if (reason === 'initial') {
       this.serving = true;
       return;
@@ -1162,6 +1170,7 @@ export class PubSubCacheManager<V = unknown> extends EventEmitter<CacheManagerEv
             this.gapTimer = undefined;
             if (this.closed) return;
             this.generation++;
+            this.linkEpoch++;
             this.lastGapResyncAt = performance.now();
             void this.resync('sequence-gap');
           }, Math.max(0, wait));
@@ -1193,7 +1202,7 @@ export class PubSubCacheManager<V = unknown> extends EventEmitter<CacheManagerEv
   }
 
   private async resyncOnce(reason: ResyncReason): Promise<void> {
-    const generation = this.generation;
+    const epoch = this.linkEpoch;
     const started = performance.now();
     if (!this.serveStale) this.serving = false;
     this.counters.resyncs++;
@@ -1225,7 +1234,10 @@ export class PubSubCacheManager<V = unknown> extends EventEmitter<CacheManagerEv
       }
     }
     this.afterResync();
-    if (generation !== this.generation || this.closed) return;
+    // A down, up or gap meanwhile has its own resync coming (or the link is down): leave serving
+    // to it. Anything else (a clear() say, which only invalidates reads in flight) must not stop
+    // this one from serving again: no other resync would.
+    if (epoch !== this.linkEpoch || this.closed) return;
     if (this.subscriber.healthy) this.serving = true;
     this.emit('resync', { reason, mode: this.onReconnect, dropped, kept, durationMs: performance.now() - started });
   }

@@ -363,6 +363,46 @@ describe('near cache under faults (private redis-server)', () => {
     }
   });
 
+  /**
+   * Nemesis counterexample (seed 465169785): a restart, then `clear()` on a manager while its
+   * revalidation after the reconnect was still reading stamps. The resync gave up its result
+   * because `clear()` had bumped the read generation, and nothing ever made the manager serve
+   * again. Made deterministic here: a BLPOP on the manager's own data connection holds the
+   * revalidation's stamp read (and the clear) until the test releases it.
+   */
+  it('(c2) clear() during the resync after a reconnect: the manager serves again', async () => {
+    const ns = uniqueNamespace('f-clear-resync');
+    const data = direct();
+    const a = managerOn(direct(), ns, HB);
+    const b = managerOn(data, ns, { ...HB, onReconnect: 'revalidate' });
+    await Promise.all([a.ready(), b.ready()]);
+    const keys = keysOf(5);
+    await a.setMany(keys.map((k) => [k, { gen: 1 }]));
+    await b.getMany(keys);
+    expect(b.cache.size).toBe(keys.length);
+
+    const admin = direct();
+    const gate = `${ns}:gate`;
+    // Everything b sends on its data connection after this waits until the gate opens.
+    const held = data.blpop(gate, 0);
+    const down = nextEvent(b, 'down', 10_000);
+    const resynced = nextEvent(b, 'resync', 20_000);
+    expect(Number(await admin.call('CLIENT', 'KILL', 'TYPE', 'pubsub'))).toBeGreaterThanOrEqual(2);
+    await down;
+    // Test-only look (as the nemesis quiesce does): the revalidation is under way, held by the gate.
+    await pollUntil(() => (b as unknown as { resyncing: boolean }).resyncing, { timeoutMs: 10_000, message: 'b never started its resync' });
+    const cleared = b.clear();
+    await admin.lpush(gate, 'open');
+    await held;
+    await cleared;
+    await pollUntil(() => b.isServing, { timeoutMs: 10_000, message: 'b does not serve again after clear() during its resync' });
+    const [info] = (await resynced) as [ResyncInfo];
+    expect(info).toMatchObject({ reason: 'reconnect', mode: 'revalidate' });
+    await a.set('after', { gen: 2 });
+    await sentinelRoundTrip(a, b, 'sentinel');
+    expect(await staleReads(b, truthOf(ns), [...keys, 'after'])).toEqual([]);
+  });
+
   // ------------------------------------------------------------------ (d) slow subscriber cut off
 
   it('(d) a stalled subscriber cut off by client-output-buffer-limit resyncs, no stale value afterwards', async () => {
