@@ -197,7 +197,9 @@ export function corpus(): Buffer[] {
     Buffer.from(schemaEncoder.encode([1, 'u', origin, 1, 0, [['', stamp]]])),
     Buffer.from(schemaEncoder.encode([1, 'u', origin, 1, 0, [['k', stamp.toUpperCase()]]])),
     Buffer.from(schemaEncoder.encode([1, 'u', origin, 1, 0, [['k', stamp, 'not bytes']]])),
-    Buffer.from(schemaEncoder.encode([1, 'u', origin, 1, 0, [['k', stamp, new Uint8Array(1), 4]]])),
+    Buffer.from(schemaEncoder.encode([1, 'u', origin, 1, 0, [['k', stamp, new Uint8Array(1), 4, 5]]])), // five items (the fourth, an expiry time, is valid)
+    Buffer.from(schemaEncoder.encode([1, 'u', origin, 1, 0, [['k', stamp, new Uint8Array(1), -4]]])), // negative expiry time
+    Buffer.from(schemaEncoder.encode([1, 'u', origin, 1, 0, [['k', stamp, new Uint8Array(1), 4.5]]])), // fractional expiry time
     Buffer.from(schemaEncoder.encode([1, 'u', origin, 1, 0, {}])),
     Buffer.from(schemaEncoder.encode(JSON.parse('[1,"u","0123456789abcdef",1,0,[{"__proto__":{"polluted":"yes"}}]]'))),
   ];
