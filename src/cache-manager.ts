@@ -271,8 +271,9 @@ export interface CacheManagerEvents<V> {
 export interface ReadyOptions extends WaitOptions {
   /**
    * Reject with `E_TIMEOUT` after this many ms (the subscription keeps trying in the background);
-   * 0 = no time limit.
-   * @defaultValue 30000
+   * 0 = no time limit. The default leaves room for sharded pub/sub, whose subscription (2 x 16,384
+   * channels, one SSUBSCRIBE per slot) took up to 20-30 s on a loaded 2-core host with ioredis 6.
+   * @defaultValue 60000
    */
   timeoutMs?: number;
   /** Reject with `E_ABORTED` when this signal is aborted. */
@@ -280,7 +281,7 @@ export interface ReadyOptions extends WaitOptions {
 }
 
 /** Default bound of {@link PubSubCacheManager.ready}, in ms. */
-export const DEFAULT_READY_TIMEOUT_MS = 30_000;
+export const DEFAULT_READY_TIMEOUT_MS = 60_000;
 
 interface PendingRead<V> {
   promise: Promise<VersionedValue<V> | undefined>;
@@ -483,7 +484,7 @@ export class PubSubCacheManager<V = unknown> extends EventEmitter<CacheManagerEv
    * retrying will not fix: wrong credentials, or a server TLS certificate that does not verify; with
    * a `PermissionError` (`E_NOPERM`) when the ACL refuses the subscription (the user lacks the
    * channel pattern). The manager keeps retrying in the background and works uncached meanwhile.
-   * Rejects with `E_TIMEOUT` after `timeoutMs` (default 30 s; an unreachable Redis, say), with
+   * Rejects with `E_TIMEOUT` after `timeoutMs` (default 60 s; an unreachable Redis, say), with
    * `E_ABORTED` when `signal` fires, and with `E_CLOSED` once the manager is closed (also when it is
    * closed while waiting).
    *

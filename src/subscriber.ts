@@ -236,6 +236,12 @@ export class Subscriber {
     conn.on('ready', () => {
       if (this.conn !== conn) return;
       this.retryDelay = 0;
+      // A retry scheduled for the previous connection is moot: this one subscribes now (a pending
+      // retry would also keep the heartbeat from restarting a connection that hangs).
+      if (this.retryTimer !== undefined) {
+        clearTimeout(this.retryTimer);
+        this.retryTimer = undefined;
+      }
       void this.subscribe(conn);
     });
     conn.on('close', () => {
@@ -316,9 +322,12 @@ export class Subscriber {
       // try again soon; a connection that is really gone reconnects by itself.
       const permanent = isPermanentConnectionError(error);
       if (permanent && !this.everUp) this.rejectWaiters(permanentConnectionError(error, 'The subscription was refused'));
+      this.notReadySince = Date.now();
+      // The connection itself went away (closed, or restarted by the heartbeat): ioredis reconnects
+      // and 'ready' subscribes again; backing off here would only delay that.
+      if (!permanent && conn.status !== 'ready') return;
       const first = permanent ? 1000 : 100;
       this.retryDelay = Math.min(this.retryDelay === 0 ? first : this.retryDelay * 2, 30_000);
-      this.notReadySince = Date.now();
       this.retryTimer = setTimeout(() => {
         this.retryTimer = undefined;
         if (this.conn === conn && !this.closed && conn.status === 'ready') void this.subscribe(conn);
