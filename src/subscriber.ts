@@ -227,6 +227,7 @@ export class Subscriber {
     const conn = this.createConnection();
     this.conn = conn;
     conn.on('error', (error: Error) => {
+      guardSocket(conn);
       if (this.conn !== conn) return;
       this.listener.onError(error);
       // A certificate that does not verify (or refused credentials) will not verify on the next
@@ -562,6 +563,22 @@ export class Subscriber {
       this.listener.onUp('sequence-gap');
     }
   }
+}
+
+const guardedSockets = new WeakSet<object>();
+
+/**
+ * ioredis listens to its socket's `error` with `once` (twice: the connector and the connection),
+ * and a failed TLS handshake can emit more errors than that on one socket (a refused certificate,
+ * then the server's alert): the extra one is an uncaught exception that ends the process
+ * (ioredis pull requests #961/#962, not merged). On the first error of a connection the library
+ * owns, the socket gets a listener of its own; ioredis still reports the connection's errors.
+ */
+function guardSocket(conn: Redis | Cluster): void {
+  const socket = (conn as { stream?: { on?: unknown } }).stream;
+  if (socket === undefined || typeof socket.on !== 'function' || guardedSockets.has(socket)) return;
+  guardedSockets.add(socket);
+  (socket as { on(event: 'error', listener: () => void): void }).on('error', () => {});
 }
 
 /** Sequence number reserved for heartbeat probes (real messages start at 1). */

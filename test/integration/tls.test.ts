@@ -60,7 +60,10 @@ describe.skipIf(openssl === undefined || redisServer === undefined)('TLS (redis-
   /** A client of the TLS port that trusts `ca`. */
   function tlsClient(ca: Buffer, extra: RedisOptions = {}): Redis {
     const client = new Redis({ host: '127.0.0.1', port: tlsPort, tls: { ca, servername: 'localhost' }, ...extra });
-    client.on('error', () => {});
+    // The test's own clients get what docs/security.md advises for an application's TLS clients:
+    // a listener on the socket of a failed handshake, which can err again after ioredis's
+    // `once('error')` listeners fired (an uncaught exception otherwise).
+    client.on('error', () => (client as unknown as { stream?: NodeJS.EventEmitter }).stream?.on('error', () => {}));
     clients.push(client);
     return client;
   }
@@ -90,6 +93,22 @@ describe.skipIf(openssl === undefined || redisServer === undefined)('TLS (redis-
       await writer.set('a', { n: 2 });
       expect(await invalidated).toBe('a');
       expect(await manager.get('a')).toEqual({ n: 2 });
+    } finally {
+      await manager.close();
+    }
+  });
+
+  it("a failed TLS handshake's socket that errs again does not crash the process (ioredis listens with once)", async () => {
+    const manager = new PubSubCacheManager(new PubSubRedisDict<unknown>(tlsClient(certs.otherCa), uniqueNamespace('tls-second-error')));
+    manager.on('error', () => {});
+    try {
+      // A test-only look at the subscriber's connection (the library's own duplicate of the client):
+      // the socket of its first failed handshake, once ioredis's `once('error')` listeners have fired.
+      const conn = (manager as unknown as { subscriber: { conn?: Redis } }).subscriber.conn;
+      expect(conn).toBeDefined();
+      const failed = await new Promise<NodeJS.EventEmitter>((resolve) => conn!.once('error', () => resolve((conn as unknown as { stream: NodeJS.EventEmitter }).stream)));
+      // A TLS peer can send an alert after the refused certificate: a second error on that socket.
+      expect(() => failed.emit('error', new Error('second error of the failed handshake'))).not.toThrow();
     } finally {
       await manager.close();
     }
