@@ -6,10 +6,10 @@
  */
 import fc from 'fast-check';
 import { afterAll, describe, expect, it } from 'vitest';
-import { PubSubCacheManager } from '../src/cache-manager.js';
-import { MalformedMessageError, type Message, MessageDecoder } from '../src/messages.js';
-import { PubSubRedisDict } from '../src/pubsub-redis-dict.js';
-import { isStamp } from '../src/stamp.js';
+import { PubSubCacheManager } from '../src/cache/cache-manager.js';
+import { MalformedMessageError, type Message, MessageDecoder } from '../src/protocol/messages.js';
+import { PubSubRedisDict } from '../src/store/pubsub-redis-dict.js';
+import { isStamp } from '../src/protocol/stamp.js';
 import { topologies, uniqueNamespace } from '../test/helpers/connections.js';
 import { isCampaign, params, runsOf, seedOf, timeoutOf } from './config.js';
 import { buildFrame, corpus, frameSpecArb, mutatedFrameArb, randomBytesArb, wrongSchemaArb } from './frames.js';

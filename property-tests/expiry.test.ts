@@ -13,9 +13,9 @@
 import fc from 'fast-check';
 import { Redis } from 'ioredis';
 import { afterAll, describe, expect, it } from 'vitest';
-import { PubSubCacheManager } from '../src/cache-manager.js';
-import { PubSubRedisDict } from '../src/pubsub-redis-dict.js';
-import type { RedisClient } from '../src/topology.js';
+import { PubSubCacheManager } from '../src/cache/cache-manager.js';
+import { PubSubRedisDict } from '../src/store/pubsub-redis-dict.js';
+import type { RedisClient } from '../src/store/topology.js';
 import { WriteBackCacheManager } from '../src/write-back/manager.js';
 import { closeClient, topologies, uniqueNamespace } from '../test/helpers/connections.js';
 import { params, seedOf, timeoutOf } from './config.js';

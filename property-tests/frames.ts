@@ -7,8 +7,8 @@
  */
 import { Encoder } from '@msgpack/msgpack';
 import fc from 'fast-check';
-import { encodeEntry, encodeHeader, type MessageType } from '../src/messages.js';
-import { formatStamp } from '../src/stamp.js';
+import { encodeEntry, encodeHeader, type MessageType } from '../src/protocol/messages.js';
+import { formatStamp } from '../src/protocol/stamp.js';
 
 /** A frame before encoding. */
 export interface FrameSpec {
@@ -19,7 +19,7 @@ export interface FrameSpec {
   readonly entries: readonly { readonly key: string; readonly stamp: string; readonly payload: Uint8Array | undefined }[];
 }
 
-/** The array header the apply script appends (`arr()` in src/scripts/apply.ts). */
+/** The array header the apply script appends (`arr()` in src/store/scripts.ts). */
 export function arrayHeader(count: number): Buffer {
   if (count < 16) return Buffer.from([0x90 + count]);
   if (count < 65536) return Buffer.from([0xdc, count >> 8, count & 0xff]);

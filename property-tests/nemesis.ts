@@ -24,7 +24,7 @@ import { type Cmd, type Model, count, instArb } from './commands.js';
 import type { FaultKind } from './config.js';
 import { RECORDER_NAME, fenceKeys } from './support.js';
 import type { NemesisControl, World } from './world.js';
-import type { Stamp } from '../src/stamp.js';
+import type { Stamp } from '../src/protocol/stamp.js';
 import { Cluster } from 'ioredis';
 
 /** Faults injected (printed at the end of the file, for campaign figures). */

@@ -6,7 +6,7 @@
 import fc from 'fast-check';
 import type { Redis } from 'ioredis';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { HybridClock, MAX_DRIFT_MS, STAMP_LENGTH, formatStamp, isStamp, parseStamp, type Stamp } from '../src/stamp.js';
+import { HybridClock, MAX_DRIFT_MS, STAMP_LENGTH, formatStamp, isStamp, parseStamp, type Stamp } from '../src/protocol/stamp.js';
 import { standaloneClient } from '../test/helpers/connections.js';
 import { params, seedOf, timeoutOf } from './config.js';
 
@@ -58,7 +58,7 @@ function clampWall(wall: number): number {
 
 describe('HybridClock', () => {
   /*
-   * The contract (src/stamp.ts): every stamp is well-formed and greater than every stamp the clock
+   * The contract (src/protocol/stamp.ts): every stamp is well-formed and greater than every stamp the clock
    * made or observed before. Two documented limits: an observed stamp more than MAX_DRIFT_MS
    * ahead of the wall clock is followed only up to wall + MAX_DRIFT_MS (so one bogus stamp cannot
    * push the clock into the far future), and at the very end of the range (ms = 2^48-1, counter

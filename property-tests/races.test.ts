@@ -18,12 +18,12 @@
 import fc from 'fast-check';
 import type { Redis } from 'ioredis';
 import { afterAll, describe, expect, it } from 'vitest';
-import { PubSubCacheManager } from '../src/cache-manager.js';
-import { type MessageEntry, encodeEntry, encodeHeader } from '../src/messages.js';
-import { PubSubRedisDict } from '../src/pubsub-redis-dict.js';
-import type { VersionedValue } from '../src/record.js';
-import type { VersionedChange, WriteOutcome } from '../src/redis-dict.js';
-import { HybridClock, type Stamp } from '../src/stamp.js';
+import { PubSubCacheManager } from '../src/cache/cache-manager.js';
+import { type MessageEntry, encodeEntry, encodeHeader } from '../src/protocol/messages.js';
+import { PubSubRedisDict } from '../src/store/pubsub-redis-dict.js';
+import type { VersionedValue } from '../src/protocol/record.js';
+import type { VersionedChange, WriteOutcome } from '../src/store/redis-dict.js';
+import { HybridClock, type Stamp } from '../src/protocol/stamp.js';
 import type { Conflict, ConflictResolver } from '../src/write-back/conflict.js';
 import { WriteBackCacheManager } from '../src/write-back/manager.js';
 import { pollUntil, standaloneClient, uniqueNamespace } from '../test/helpers/connections.js';

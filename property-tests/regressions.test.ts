@@ -5,14 +5,14 @@
  */
 import type { Redis } from 'ioredis';
 import { afterEach, describe, expect, it } from 'vitest';
-import { PubSubCacheManager } from '../src/cache-manager.js';
-import { encodeEntry, encodeHeader } from '../src/messages.js';
-import { PubSubRedisDict } from '../src/pubsub-redis-dict.js';
+import { PubSubCacheManager } from '../src/cache/cache-manager.js';
+import { encodeEntry, encodeHeader } from '../src/protocol/messages.js';
+import { PubSubRedisDict } from '../src/store/pubsub-redis-dict.js';
 import type { ConflictResolver } from '../src/write-back/conflict.js';
 import { WriteBackCacheManager } from '../src/write-back/manager.js';
-import type { VersionedValue } from '../src/record.js';
-import type { VersionedChange, WriteOutcome } from '../src/redis-dict.js';
-import { HybridClock, MAX_DRIFT_MS, parseStamp } from '../src/stamp.js';
+import type { VersionedValue } from '../src/protocol/record.js';
+import type { VersionedChange, WriteOutcome } from '../src/store/redis-dict.js';
+import { HybridClock, MAX_DRIFT_MS, parseStamp } from '../src/protocol/stamp.js';
 import { pollUntil, standaloneClient, uniqueNamespace } from '../test/helpers/connections.js';
 import { arrayHeader } from './frames.js';
 import { redisState } from './support.js';

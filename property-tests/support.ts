@@ -7,12 +7,12 @@
  */
 import type { EventEmitter } from 'node:events';
 import { Cluster, Redis } from 'ioredis';
-import type { PubSubCacheManager } from '../src/cache-manager.js';
-import { MessageDecoder } from '../src/messages.js';
-import { splitRecord } from '../src/record.js';
-import type { RedisDict } from '../src/redis-dict.js';
-import type { Stamp } from '../src/stamp.js';
-import { slotOf, slotTag, type RedisClient } from '../src/topology.js';
+import type { PubSubCacheManager } from '../src/cache/cache-manager.js';
+import { MessageDecoder } from '../src/protocol/messages.js';
+import { splitRecord } from '../src/protocol/record.js';
+import type { RedisDict } from '../src/store/redis-dict.js';
+import type { Stamp } from '../src/protocol/stamp.js';
+import { slotOf, slotTag, type RedisClient } from '../src/store/topology.js';
 
 /** Own properties of the built-in prototypes, to prove nothing was polluted. */
 export function prototypesSnapshot(): Record<string, string[]> {

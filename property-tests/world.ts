@@ -14,11 +14,11 @@
 import type { Cluster, Redis } from 'ioredis';
 import { isDeepStrictEqual } from 'node:util';
 import { expect } from 'vitest';
-import { PubSubCacheManager } from '../src/cache-manager.js';
-import type { MessageEntry } from '../src/messages.js';
-import { PubSubRedisDict } from '../src/pubsub-redis-dict.js';
-import type { VersionedChange, WriteOutcome } from '../src/redis-dict.js';
-import { HybridClock, type Stamp } from '../src/stamp.js';
+import { PubSubCacheManager } from '../src/cache/cache-manager.js';
+import type { MessageEntry } from '../src/protocol/messages.js';
+import { PubSubRedisDict } from '../src/store/pubsub-redis-dict.js';
+import type { VersionedChange, WriteOutcome } from '../src/store/redis-dict.js';
+import { HybridClock, type Stamp } from '../src/protocol/stamp.js';
 import type { Conflict, ConflictResolver } from '../src/write-back/conflict.js';
 import { WriteBackCacheManager } from '../src/write-back/manager.js';
 import { pollUntil } from '../test/helpers/connections.js';

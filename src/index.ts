@@ -4,8 +4,8 @@
  *
  * @packageDocumentation
  */
-export { RedisDict, type RedisDictOptions, type VersionedChange, type WriteOutcome, type OutcomeListener, type StoredState, type SetOptions } from './redis-dict.js';
-export { PubSubRedisDict, type PubSubRedisDictOptions } from './pubsub-redis-dict.js';
+export { RedisDict, type RedisDictOptions, type VersionedChange, type WriteOutcome, type OutcomeListener, type StoredState, type SetOptions } from './store/redis-dict.js';
+export { PubSubRedisDict, type PubSubRedisDictOptions } from './store/pubsub-redis-dict.js';
 export {
   PubSubCacheManager,
   CacheView,
@@ -20,9 +20,9 @@ export {
   DEFAULT_READY_TIMEOUT_MS,
   type GetOrSetOptions,
   type StaleReason,
-} from './cache-manager.js';
+} from './cache/cache-manager.js';
 export type { WaitOptions } from './deadline.js';
-export type { ResyncReason } from './subscriber.js';
+export type { ResyncReason } from './cache/subscriber.js';
 export {
   WriteBackCacheManager,
   CloseFlushError,
@@ -32,11 +32,11 @@ export {
   type WriteBackStats,
 } from './write-back/manager.js';
 export type { Conflict, ConflictPolicy, ConflictResolver, ConflictSide, ConflictPolicyName } from './write-back/conflict.js';
-export { type Codec, msgpackCodec, assertSerializable, MAX_DEPTH } from './codec.js';
-export type { RedisClient, RedisClientLike } from './topology.js';
-export { type DictKey, MAX_KEY_LENGTH } from './keys.js';
-export type { VersionedValue } from './record.js';
-export { HybridClock, MAX_DRIFT_MS, type Stamp, type StampParts, compareStamps, isStamp, parseStamp, ZERO_STAMP } from './stamp.js';
+export { type Codec, msgpackCodec, assertSerializable, MAX_DEPTH } from './protocol/codec.js';
+export type { RedisClient, RedisClientLike } from './store/topology.js';
+export { type DictKey, MAX_KEY_LENGTH } from './protocol/keys.js';
+export type { VersionedValue } from './protocol/record.js';
+export { HybridClock, MAX_DRIFT_MS, type Stamp, type StampParts, compareStamps, isStamp, parseStamp, ZERO_STAMP } from './protocol/stamp.js';
 export {
   RedisDictError,
   InvalidArgumentError,
@@ -56,4 +56,4 @@ export {
   type WarningCode,
   type DictWarning,
 } from './errors.js';
-export { MalformedMessageError } from './messages.js';
+export { MalformedMessageError } from './protocol/messages.js';

@@ -22,7 +22,7 @@
  * @module
  */
 import type { Attributes, BatchObservableCallback, Histogram, Meter, Observable } from '@opentelemetry/api';
-import type { CacheStats, PubSubCacheManager, ResyncInfo } from './cache-manager.js';
+import type { CacheStats, PubSubCacheManager, ResyncInfo } from './cache/cache-manager.js';
 import { InvalidArgumentError } from './errors.js';
 import { describe } from './options.js';
 import type { Conflict } from './write-back/conflict.js';

@@ -17,7 +17,7 @@
  *
  * @module
  */
-import type { Stamp } from '../stamp.js';
+import type { Stamp } from '../protocol/stamp.js';
 
 /** One side of a conflict. */
 export interface ConflictSide<V> {

@@ -17,17 +17,17 @@
  *
  * @module
  */
-import type { CacheEntry, PubSubCacheManagerOptions } from '../cache-manager.js';
-import { CACHE_MANAGER_OPTION_KEYS, PubSubCacheManager } from '../cache-manager.js';
+import type { CacheEntry, PubSubCacheManagerOptions } from '../cache/cache-manager.js';
+import { CACHE_MANAGER_OPTION_KEYS, PubSubCacheManager } from '../cache/cache-manager.js';
 import { bounded, type WaitOptions, waitOptions } from '../deadline.js';
 import { BackpressureError, ClockSkewError, ClosedError, FlushError, TimeoutError, asError } from '../errors.js';
-import { type DictKey, normalizeKey, normalizeKeys } from '../keys.js';
-import type { MessageEntry } from '../messages.js';
+import { type DictKey, normalizeKey, normalizeKeys } from '../protocol/keys.js';
+import type { MessageEntry } from '../protocol/messages.js';
 import { checkOptions, enumOption, integerOption, invalidOption } from '../options.js';
-import type { PubSubRedisDict } from '../pubsub-redis-dict.js';
-import { collectEntries, type SetOptions, type VersionedChange, type WriteOutcome } from '../redis-dict.js';
-import type { Stamp } from '../stamp.js';
-import { isCluster } from '../topology.js';
+import type { PubSubRedisDict } from '../store/pubsub-redis-dict.js';
+import { collectEntries, type SetOptions, type VersionedChange, type WriteOutcome } from '../store/redis-dict.js';
+import type { Stamp } from '../protocol/stamp.js';
+import { isCluster } from '../store/topology.js';
 import { type Conflict, type ConflictPolicy, type ConflictPolicyName, type ConflictSide, conflicts, policyName } from './conflict.js';
 
 /** Options of {@link WriteBackCacheManager}. */

@@ -16,11 +16,11 @@
  */
 import { Cluster, Redis } from 'ioredis';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { PubSubCacheManager, type PubSubCacheManagerOptions, type ResyncInfo } from '../../src/cache-manager.js';
-import { PubSubRedisDict } from '../../src/pubsub-redis-dict.js';
-import { RedisDict } from '../../src/redis-dict.js';
-import { formatStamp } from '../../src/stamp.js';
-import { slotOf } from '../../src/topology.js';
+import { PubSubCacheManager, type PubSubCacheManagerOptions, type ResyncInfo } from '../../src/cache/cache-manager.js';
+import { PubSubRedisDict } from '../../src/store/pubsub-redis-dict.js';
+import { RedisDict } from '../../src/store/redis-dict.js';
+import { formatStamp } from '../../src/protocol/stamp.js';
+import { slotOf } from '../../src/store/topology.js';
 import { WriteBackCacheManager } from '../../src/write-back/manager.js';
 import { pollUntil, standaloneClient, uniqueNamespace, withClients } from '../helpers/connections.js';
 import { startCluster, type RedisClusterHandle } from '../helpers/harness.js';

@@ -20,13 +20,13 @@ import { Encoder, encode } from '@msgpack/msgpack';
 import fc from 'fast-check';
 import { Cluster, Redis, type RedisOptions } from 'ioredis';
 import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
-import { PubSubCacheManager, type PubSubCacheManagerOptions, type ResyncInfo } from '../../src/cache-manager.js';
-import { encodeEntry, encodeHeader, type MessageType } from '../../src/messages.js';
-import { PubSubRedisDict } from '../../src/pubsub-redis-dict.js';
-import { RedisDict } from '../../src/redis-dict.js';
-import type { ResyncReason } from '../../src/subscriber.js';
-import { formatStamp, MAX_DRIFT_MS, parseStamp, type Stamp } from '../../src/stamp.js';
-import { slotOf, type RedisClient } from '../../src/topology.js';
+import { PubSubCacheManager, type PubSubCacheManagerOptions, type ResyncInfo } from '../../src/cache/cache-manager.js';
+import { encodeEntry, encodeHeader, type MessageType } from '../../src/protocol/messages.js';
+import { PubSubRedisDict } from '../../src/store/pubsub-redis-dict.js';
+import { RedisDict } from '../../src/store/redis-dict.js';
+import type { ResyncReason } from '../../src/cache/subscriber.js';
+import { formatStamp, MAX_DRIFT_MS, parseStamp, type Stamp } from '../../src/protocol/stamp.js';
+import { slotOf, type RedisClient } from '../../src/store/topology.js';
 import { pollUntil, uniqueNamespace, withClients } from '../helpers/connections.js';
 import { startCluster, startServer, type RedisServerHandle } from '../helpers/harness.js';
 import { startTcpProxy, type TcpProxy } from '../helpers/tcp-proxy.js';
@@ -629,7 +629,7 @@ describe('near cache under faults (private redis-server)', () => {
     });
 
     /**
-     * Regression (fixed in src/cache-manager.ts `onMessage`): the clock now follows an
+     * Regression (fixed in src/cache/cache-manager.ts `onMessage`): the clock now follows an
      * observed stamp only up to `MAX_DRIFT_MS` (1 day) ahead, but the cache still applies the entry
      * with its stamp as is. One forged, schema-valid message with a far-future stamp (sync:
      * 'update') installs its value with that stamp, and since I4 keeps the newer stamp, every real
@@ -662,7 +662,7 @@ describe('near cache under faults (private redis-server)', () => {
   // ------------------------------------------------------------------ (g) ACL confinement
 
   /**
-   * Regression (fixed in src/subscriber.ts `subscribe()`): a SUBSCRIBE refused with NOPERM is treated like a
+   * Regression (fixed in src/cache/subscriber.ts `subscribe()`): a SUBSCRIBE refused with NOPERM is treated like a
    * transient failure: the subscriber disconnects and reconnects at once, forever (about 7 new
    * connections per second here, each one also refused), and ready() never settles, so an
    * application awaiting it hangs with no error. A permission error is permanent: ready() should

@@ -13,10 +13,10 @@
  */
 import { Redis, type RedisOptions } from 'ioredis';
 import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
-import { PubSubCacheManager } from '../../src/cache-manager.js';
+import { PubSubCacheManager } from '../../src/cache/cache-manager.js';
 import type { DictWarning } from '../../src/errors.js';
-import { PubSubRedisDict } from '../../src/pubsub-redis-dict.js';
-import { RedisDict } from '../../src/redis-dict.js';
+import { PubSubRedisDict } from '../../src/store/pubsub-redis-dict.js';
+import { RedisDict } from '../../src/store/redis-dict.js';
 import type { Conflict, ConflictPolicy } from '../../src/write-back/conflict.js';
 import { CloseFlushError, WriteBackCacheManager, type WriteBackCacheManagerOptions } from '../../src/write-back/manager.js';
 import { rejection } from '../helpers/assertions.js';

@@ -4,11 +4,11 @@
  */
 import type { Cluster } from 'ioredis';
 import { randomBytes } from 'node:crypto';
-import type { PubSubCacheManager, ResyncInfo } from '../../src/cache-manager.js';
-import { encodeEntry, encodeHeader } from '../../src/messages.js';
-import type { PubSubRedisDict } from '../../src/pubsub-redis-dict.js';
-import { formatStamp } from '../../src/stamp.js';
-import { type RedisClient, slotOf } from '../../src/topology.js';
+import type { PubSubCacheManager, ResyncInfo } from '../../src/cache/cache-manager.js';
+import { encodeEntry, encodeHeader } from '../../src/protocol/messages.js';
+import type { PubSubRedisDict } from '../../src/store/pubsub-redis-dict.js';
+import { formatStamp } from '../../src/protocol/stamp.js';
+import { type RedisClient, slotOf } from '../../src/store/topology.js';
 import { pollUntil } from './poll.js';
 
 /**

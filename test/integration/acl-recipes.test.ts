@@ -14,9 +14,9 @@ import { randomBytes } from 'node:crypto';
 import { readFileSync } from 'node:fs';
 import { Cluster, Redis } from 'ioredis';
 import { afterAll, describe, expect, it } from 'vitest';
-import { PubSubCacheManager, type PubSubCacheManagerOptions, type ResyncInfo } from '../../src/cache-manager.js';
-import { PubSubRedisDict } from '../../src/pubsub-redis-dict.js';
-import type { RedisClient } from '../../src/topology.js';
+import { PubSubCacheManager, type PubSubCacheManagerOptions, type ResyncInfo } from '../../src/cache/cache-manager.js';
+import { PubSubRedisDict } from '../../src/store/pubsub-redis-dict.js';
+import type { RedisClient } from '../../src/store/topology.js';
 import { WriteBackCacheManager } from '../../src/write-back/manager.js';
 import { clusterSeeds, redisEndpoints, topologies, uniqueNamespace, withClients, type Topology } from '../helpers/connections.js';
 

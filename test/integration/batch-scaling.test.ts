@@ -13,8 +13,8 @@
  * must stay below 1.5 times the count per key at n (a quadratic gives 4 times).
  */
 import { afterAll, describe, expect, it } from 'vitest';
-import { PubSubCacheManager } from '../../src/cache-manager.js';
-import { PubSubRedisDict } from '../../src/pubsub-redis-dict.js';
+import { PubSubCacheManager } from '../../src/cache/cache-manager.js';
+import { PubSubRedisDict } from '../../src/store/pubsub-redis-dict.js';
 import { WriteBackCacheManager } from '../../src/write-back/manager.js';
 import { standaloneClient, uniqueNamespace, withClients } from '../helpers/connections.js';
 import { forceResync } from '../helpers/resync.js';

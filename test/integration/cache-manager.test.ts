@@ -14,13 +14,13 @@ import { randomBytes } from 'node:crypto';
 import { Redis, type Cluster } from 'ioredis';
 import { LRUCache } from 'lru-cache';
 import { afterEach, describe, expect, it } from 'vitest';
-import { PubSubCacheManager, type PubSubCacheManagerOptions, type ResyncInfo } from '../../src/cache-manager.js';
+import { PubSubCacheManager, type PubSubCacheManagerOptions, type ResyncInfo } from '../../src/cache/cache-manager.js';
 import { InvalidArgumentError, RedisDictError } from '../../src/errors.js';
-import { encodeEntry, encodeHeader, type MessageType } from '../../src/messages.js';
-import { PubSubRedisDict, type PubSubRedisDictOptions } from '../../src/pubsub-redis-dict.js';
-import { RedisDict } from '../../src/redis-dict.js';
-import { formatStamp, parseStamp, type Stamp } from '../../src/stamp.js';
-import { isCluster, slotOf, type RedisClient } from '../../src/topology.js';
+import { encodeEntry, encodeHeader, type MessageType } from '../../src/protocol/messages.js';
+import { PubSubRedisDict, type PubSubRedisDictOptions } from '../../src/store/pubsub-redis-dict.js';
+import { RedisDict } from '../../src/store/redis-dict.js';
+import { formatStamp, parseStamp, type Stamp } from '../../src/protocol/stamp.js';
+import { isCluster, slotOf, type RedisClient } from '../../src/store/topology.js';
 import { pollUntil, redisEndpoints, topologies, uniqueNamespace, withClients, type ClientFactory } from '../helpers/connections.js';
 import { forceResync, onceAfterStampsRead } from '../helpers/resync.js';
 import { startTcpProxy, type TcpProxy } from '../helpers/tcp-proxy.js';
@@ -295,7 +295,7 @@ describe.each(variants)('PubSubCacheManager (%s)', (name, factory, sharded) => {
   });
 
   /**
-   * Regression (fixed in src/subscriber.ts, `heartbeat()`): while the link was not live, the watchdog meant
+   * Regression (fixed in src/cache/subscriber.ts, `heartbeat()`): while the link was not live, the watchdog meant
    * for a handshake swallowed by a partition calls `conn.disconnect(true)` once `heartbeatTimeoutMs`
    * has passed since the link went down, even when the connection is ready and merely busy
    * subscribing. With sharded pub/sub that subscription is 2 x 16384 SSUBSCRIBE channels (1-3 s),

@@ -14,11 +14,11 @@
  * Waiting is done on events, promises or `pollUntil` with a deadline, never by sleeping.
  */
 import { afterEach, describe, expect, it } from 'vitest';
-import { PubSubCacheManager, type PubSubCacheManagerOptions } from '../../src/cache-manager.js';
+import { PubSubCacheManager, type PubSubCacheManagerOptions } from '../../src/cache/cache-manager.js';
 import { RedisDictError } from '../../src/errors.js';
-import { PubSubRedisDict, type PubSubRedisDictOptions } from '../../src/pubsub-redis-dict.js';
-import { RedisDict } from '../../src/redis-dict.js';
-import type { RedisClient } from '../../src/topology.js';
+import { PubSubRedisDict, type PubSubRedisDictOptions } from '../../src/store/pubsub-redis-dict.js';
+import { RedisDict } from '../../src/store/redis-dict.js';
+import type { RedisClient } from '../../src/store/topology.js';
 import { WriteBackCacheManager, type WriteBackCacheManagerOptions } from '../../src/write-back/manager.js';
 import { pollUntil, topologies, uniqueNamespace, withClients } from '../helpers/connections.js';
 

@@ -9,11 +9,11 @@
  */
 import { Redis } from 'ioredis';
 import { afterEach, describe, expect, it } from 'vitest';
-import { PubSubCacheManager, type PubSubCacheManagerOptions, type StaleReason } from '../../src/cache-manager.js';
+import { PubSubCacheManager, type PubSubCacheManagerOptions, type StaleReason } from '../../src/cache/cache-manager.js';
 import { LoaderError, RedisDictError } from '../../src/errors.js';
-import { PubSubRedisDict, type PubSubRedisDictOptions } from '../../src/pubsub-redis-dict.js';
-import { RedisDict } from '../../src/redis-dict.js';
-import { isCluster, slotOf, type RedisClient } from '../../src/topology.js';
+import { PubSubRedisDict, type PubSubRedisDictOptions } from '../../src/store/pubsub-redis-dict.js';
+import { RedisDict } from '../../src/store/redis-dict.js';
+import { isCluster, slotOf, type RedisClient } from '../../src/store/topology.js';
 import { WriteBackCacheManager } from '../../src/write-back/manager.js';
 import { pollUntil, topologies, uniqueNamespace, withClients } from '../helpers/connections.js';
 import { type RedisServerHandle, startServer } from '../helpers/harness.js';

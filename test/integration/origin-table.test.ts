@@ -7,11 +7,11 @@
  * a real gap of a tracked origin is still detected.
  */
 import { afterEach, describe, expect, it } from 'vitest';
-import { PubSubCacheManager } from '../../src/cache-manager.js';
-import { encodeEntry, encodeHeader } from '../../src/messages.js';
-import { channelNames, PubSubRedisDict } from '../../src/pubsub-redis-dict.js';
-import { formatStamp } from '../../src/stamp.js';
-import { ORIGIN_TABLE_LIMIT, type ResyncReason, Subscriber } from '../../src/subscriber.js';
+import { PubSubCacheManager } from '../../src/cache/cache-manager.js';
+import { encodeEntry, encodeHeader } from '../../src/protocol/messages.js';
+import { channelNames, PubSubRedisDict } from '../../src/store/pubsub-redis-dict.js';
+import { formatStamp } from '../../src/protocol/stamp.js';
+import { ORIGIN_TABLE_LIMIT, type ResyncReason, Subscriber } from '../../src/cache/subscriber.js';
 import { pollUntil, standaloneClient, uniqueNamespace, withClients } from '../helpers/connections.js';
 
 describe('bounded per-origin sequence table', () => {

@@ -5,10 +5,10 @@
 import type { Attributes } from '@opentelemetry/api';
 import { DataPointType, MeterProvider, MetricReader, type MetricData } from '@opentelemetry/sdk-metrics';
 import { afterEach, describe, expect, it } from 'vitest';
-import { PubSubCacheManager } from '../../src/cache-manager.js';
+import { PubSubCacheManager } from '../../src/cache/cache-manager.js';
 import { InvalidArgumentError } from '../../src/errors.js';
 import { instrument, METRICS, NAMESPACE_ATTRIBUTE } from '../../src/otel.js';
-import { PubSubRedisDict } from '../../src/pubsub-redis-dict.js';
+import { PubSubRedisDict } from '../../src/store/pubsub-redis-dict.js';
 import type { Conflict } from '../../src/write-back/conflict.js';
 import { WriteBackCacheManager } from '../../src/write-back/manager.js';
 import { standaloneClient, uniqueNamespace, withClients } from '../helpers/connections.js';

@@ -5,10 +5,10 @@
  */
 import type { Cluster, Redis } from 'ioredis';
 import { describe, expect, it } from 'vitest';
-import { type Message, MessageDecoder } from '../../src/messages.js';
-import { PubSubCacheManager } from '../../src/cache-manager.js';
-import { PubSubRedisDict } from '../../src/pubsub-redis-dict.js';
-import { msgpackCodec } from '../../src/codec.js';
+import { type Message, MessageDecoder } from '../../src/protocol/messages.js';
+import { PubSubCacheManager } from '../../src/cache/cache-manager.js';
+import { PubSubRedisDict } from '../../src/store/pubsub-redis-dict.js';
+import { msgpackCodec } from '../../src/protocol/codec.js';
 import { pollUntil, topologies, uniqueNamespace, withClients } from '../helpers/connections.js';
 
 const decoder = new MessageDecoder({ maxMessageBytes: 1 << 24, maxValueBytes: 1 << 20, maxEntries: 100_000 });

@@ -6,9 +6,9 @@
 import type { Cluster, Redis } from 'ioredis';
 import { describe, expect, it, vi } from 'vitest';
 import { CorruptDataError, InvalidArgumentError, RedisDictError, SerializationError } from '../../src/errors.js';
-import { RedisDict, type RedisDictOptions } from '../../src/redis-dict.js';
-import { formatStamp, isStamp, parseStamp } from '../../src/stamp.js';
-import type { RedisClient } from '../../src/topology.js';
+import { RedisDict, type RedisDictOptions } from '../../src/store/redis-dict.js';
+import { formatStamp, isStamp, parseStamp } from '../../src/protocol/stamp.js';
+import type { RedisClient } from '../../src/store/topology.js';
 import { rejection } from '../helpers/assertions.js';
 import { topologies, uniqueNamespace, withClients } from '../helpers/connections.js';
 
@@ -427,7 +427,7 @@ describe.each(topologies())('RedisDict contract (%s)', (topology, factory) => {
       expect(remaining.some((k) => seen.get(k)! < 1000)).toBe(false);
     });
 
-    // On a Cluster this fails until fixed in src/redis-dict.ts (scanBatches): it reads
+    // On a Cluster this fails until fixed in src/store/redis-dict.ts (scanBatches): it reads
     // `cluster.nodes('master')` without waiting for the cluster to be ready, so on a new Cluster
     // client size() is 0, keys() yields nothing and clear() deletes nothing, silently (or a SCAN
     // goes to a seed connection that is then closed: "Connection is closed.").
@@ -850,7 +850,7 @@ describe.each(topologies())('RedisDict contract (%s)', (topology, factory) => {
       expect(await raw.type(`${namespace}/k2`)).toBe('hash');
     });
 
-    // Fails until fixed in src/scripts/apply.ts: the script takes any 34 bytes after a `v` as a
+    // Fails until fixed in src/store/scripts.ts: the script takes any 34 bytes after a `v` as a
     // stamp without checking they are hex, so `v` + 34 × `Z` counts as a stamp above every real
     // one: set() and delete() are refused and then reject with E_CORRUPT, forever. Data with no
     // `v` tag is overwritten (test above), so the two kinds of foreign data behave differently.
@@ -867,7 +867,7 @@ describe.each(topologies())('RedisDict contract (%s)', (topology, factory) => {
       expect(await raw.type(`${namespace}/k2`)).toBe('hash');
     });
 
-    // Fails until fixed in src/redis-dict.ts (outcomeOf): when a compare-and-set is refused by a
+    // Fails until fixed in src/store/redis-dict.ts (outcomeOf): when a compare-and-set is refused by a
     // stored record whose value cannot be decoded, writeVersioned() rejects with a
     // CorruptDataError although the other keys of the batch were written, so the caller (a
     // write-back flush) cannot tell which changes reached Redis. Documented contract: one outcome

@@ -13,13 +13,13 @@
 import { randomBytes } from 'node:crypto';
 import { type ClusterOptions, Redis } from 'ioredis';
 import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
-import { PubSubCacheManager, type PubSubCacheManagerOptions } from '../../src/cache-manager.js';
+import { PubSubCacheManager, type PubSubCacheManagerOptions } from '../../src/cache/cache-manager.js';
 import { InvalidArgumentError } from '../../src/errors.js';
-import { encodeEntry, encodeHeader, type MalformedMessageError, type MessageType } from '../../src/messages.js';
-import { PubSubRedisDict, type PubSubRedisDictOptions } from '../../src/pubsub-redis-dict.js';
-import { FrameSigner, TAG_BYTES } from '../../src/signing.js';
-import { formatStamp, parseStamp, type Stamp } from '../../src/stamp.js';
-import { slotOf } from '../../src/topology.js';
+import { encodeEntry, encodeHeader, type MalformedMessageError, type MessageType } from '../../src/protocol/messages.js';
+import { PubSubRedisDict, type PubSubRedisDictOptions } from '../../src/store/pubsub-redis-dict.js';
+import { FrameSigner, TAG_BYTES } from '../../src/protocol/signing.js';
+import { formatStamp, parseStamp, type Stamp } from '../../src/protocol/stamp.js';
+import { slotOf } from '../../src/store/topology.js';
 import { WriteBackCacheManager } from '../../src/write-back/manager.js';
 import { clusterClient, hasCluster, pollUntil, redisEndpoints, standaloneClient, uniqueNamespace, withClients } from '../helpers/connections.js';
 

@@ -13,12 +13,12 @@
 import { randomBytes } from 'node:crypto';
 import type { Cluster, Redis } from 'ioredis';
 import { afterEach, describe, expect, it } from 'vitest';
-import { PubSubCacheManager } from '../../src/cache-manager.js';
+import { PubSubCacheManager } from '../../src/cache/cache-manager.js';
 import { InvalidArgumentError } from '../../src/errors.js';
-import { encodeEntry, encodeHeader } from '../../src/messages.js';
-import { PubSubRedisDict, type PubSubRedisDictOptions } from '../../src/pubsub-redis-dict.js';
-import { ZERO_STAMP } from '../../src/stamp.js';
-import { isCluster, slotOf, type RedisClient } from '../../src/topology.js';
+import { encodeEntry, encodeHeader } from '../../src/protocol/messages.js';
+import { PubSubRedisDict, type PubSubRedisDictOptions } from '../../src/store/pubsub-redis-dict.js';
+import { ZERO_STAMP } from '../../src/protocol/stamp.js';
+import { isCluster, slotOf, type RedisClient } from '../../src/store/topology.js';
 import { WriteBackCacheManager } from '../../src/write-back/manager.js';
 import { clusterClient, hasCluster, pollUntil, standaloneClient, uniqueNamespace, withClients } from '../helpers/connections.js';
 

@@ -1,6 +1,6 @@
 import fc from 'fast-check';
 import { describe, expect, it } from 'vitest';
-import { MAX_DEPTH, assertSerializable, msgpackCodec } from '../../src/codec.js';
+import { MAX_DEPTH, assertSerializable, msgpackCodec } from '../../src/protocol/codec.js';
 import { RedisDictError, SerializationError } from '../../src/errors.js';
 
 const codec = msgpackCodec<unknown>();

@@ -7,9 +7,9 @@ import { encode } from '@msgpack/msgpack';
 import fc from 'fast-check';
 import { describe, expect, it } from 'vitest';
 import { CorruptDataError } from '../../src/errors.js';
-import { MalformedMessageError, MessageDecoder, encodeEntry, encodeHeader, entryLength } from '../../src/messages.js';
-import { changeHeaderLength, splitRecord, writeChange } from '../../src/record.js';
-import { formatStamp } from '../../src/stamp.js';
+import { MalformedMessageError, MessageDecoder, encodeEntry, encodeHeader, entryLength } from '../../src/protocol/messages.js';
+import { changeHeaderLength, splitRecord, writeChange } from '../../src/protocol/record.js';
+import { formatStamp } from '../../src/protocol/stamp.js';
 
 const ORIGIN = '0123456789abcdef';
 const STAMP = formatStamp(1_700_000_000_000, 3, ORIGIN);

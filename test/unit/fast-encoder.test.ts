@@ -5,8 +5,8 @@
 import { Encoder } from '@msgpack/msgpack';
 import fc from 'fast-check';
 import { describe, expect, it } from 'vitest';
-import { MAX_DEPTH, assertSerializable, msgpackCodec } from '../../src/codec.js';
-import { FastEncoder } from '../../src/fast-encoder.js';
+import { MAX_DEPTH, assertSerializable, msgpackCodec } from '../../src/protocol/codec.js';
+import { FastEncoder } from '../../src/protocol/fast-encoder.js';
 
 const general = new Encoder({ ignoreUndefined: true, maxDepth: MAX_DEPTH + 1 });
 const fast = new FastEncoder(MAX_DEPTH + 1, 16); // a tiny start buffer exercises growing it

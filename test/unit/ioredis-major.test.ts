@@ -15,7 +15,7 @@ describe('ioredis major under test', () => {
     expect(version.split('.')[0]).toBe(major);
     // The module the tests import is that package's, and so is the library's (same alias).
     expect(ioredis.Redis).toBe((require(name) as typeof ioredis).Redis);
-    const resp = await import('../../src/resp.js');
+    const resp = await import('../../src/store/resp.js');
     expect(Object.getPrototypeOf(resp.FramedCommand)).toBe((require(name) as typeof ioredis).Command);
   });
 });

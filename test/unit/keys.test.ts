@@ -1,6 +1,6 @@
 import { describe, expect, it } from 'vitest';
 import { InvalidArgumentError, RedisDictError } from '../../src/errors.js';
-import { MAX_KEY_LENGTH, checkNamespace, normalizeKey, normalizeKeys } from '../../src/keys.js';
+import { MAX_KEY_LENGTH, checkNamespace, normalizeKey, normalizeKeys } from '../../src/protocol/keys.js';
 
 function codeOf(fn: () => unknown): string | undefined {
   try {

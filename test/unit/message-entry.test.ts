@@ -1,6 +1,6 @@
 import { encode } from '@msgpack/msgpack';
 import { describe, expect, it } from 'vitest';
-import { encodeEntry, encodeHeader } from '../../src/messages.js';
+import { encodeEntry, encodeHeader } from '../../src/protocol/messages.js';
 
 // encodeEntry writes MessagePack by hand for speed; it must produce exactly the generic encoder's bytes.
 describe('encodeEntry', () => {

@@ -8,15 +8,15 @@ import {
   MessageDecoder,
   encodeEntry,
   encodeHeader,
-} from '../../src/messages.js';
-import { formatStamp } from '../../src/stamp.js';
+} from '../../src/protocol/messages.js';
+import { formatStamp } from '../../src/protocol/stamp.js';
 
 const ORIGIN = '0123456789abcdef';
 const LIMITS: DecodeLimits = { maxMessageBytes: 1 << 20, maxValueBytes: 4096, maxEntries: 1000 };
 const STAMP_A = formatStamp(1_700_000_000_000, 0, ORIGIN);
 const STAMP_B = formatStamp(1_700_000_000_001, 5, ORIGIN);
 
-/** The array header the apply script writes (`arr()` in src/scripts/apply.ts), ported byte for byte. */
+/** The array header the apply script writes (`arr()` in src/store/scripts.ts), ported byte for byte. */
 function luaArrayHeader(count: number): Buffer {
   if (count < 16) return Buffer.from([144 + count]);
   if (count < 65536) return Buffer.from([220, Math.floor(count / 256), count % 256]);

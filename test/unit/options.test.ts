@@ -10,7 +10,7 @@ import {
   integerOption,
   invalidOption,
 } from '../../src/options.js';
-import { RedisDict } from '../../src/redis-dict.js';
+import { RedisDict } from '../../src/store/redis-dict.js';
 
 function caught(fn: () => unknown): InvalidArgumentError {
   try {

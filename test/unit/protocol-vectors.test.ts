@@ -9,15 +9,15 @@ import { createHash, createHmac } from 'node:crypto';
 import { readFileSync } from 'node:fs';
 import calculateSlot from 'cluster-key-slot';
 import { describe, expect, it } from 'vitest';
-import { msgpackCodec } from '../../src/codec.js';
-import { normalizeKey } from '../../src/keys.js';
-import { MessageDecoder } from '../../src/messages.js';
-import { splitRecord } from '../../src/record.js';
-import { APPLY_LUA } from '../../src/scripts/apply.js';
-import { compareStamps, formatStamp, HybridClock, isStamp, MAX_DRIFT_MS, parseStamp } from '../../src/stamp.js';
-import { channelNames } from '../../src/pubsub-redis-dict.js';
-import { FrameSigner } from '../../src/signing.js';
-import { slotTag } from '../../src/topology.js';
+import { msgpackCodec } from '../../src/protocol/codec.js';
+import { normalizeKey } from '../../src/protocol/keys.js';
+import { MessageDecoder } from '../../src/protocol/messages.js';
+import { splitRecord } from '../../src/protocol/record.js';
+import { APPLY_LUA } from '../../src/store/scripts.js';
+import { compareStamps, formatStamp, HybridClock, isStamp, MAX_DRIFT_MS, parseStamp } from '../../src/protocol/stamp.js';
+import { channelNames } from '../../src/store/pubsub-redis-dict.js';
+import { FrameSigner } from '../../src/protocol/signing.js';
+import { slotTag } from '../../src/store/topology.js';
 import { fromJson, type JsonValue, renderVectors, VECTORS_PATH } from '../../scripts/protocol-vectors.js';
 
 interface Vectors {
@@ -132,7 +132,7 @@ describe('protocol vectors (docs/protocol-vectors.json)', () => {
       const key = v.key.utf8 !== undefined ? Buffer.from(v.key.utf8, 'utf8') : Buffer.from(v.key.hex!, 'hex');
       const channel = Buffer.from(v.channel, 'utf8');
       const body = bytes(v.body);
-      // Independently of src/signing.ts, from the construction in docs/protocol.md.
+      // Independently of src/protocol/signing.ts, from the construction in docs/protocol.md.
       const keyId = createHmac('sha256', key).update('redis-pubsub-dict key id', 'latin1').digest().subarray(0, 4);
       const length = Buffer.alloc(4);
       length.writeUInt32BE(channel.length, 0);

@@ -5,7 +5,7 @@
 import { Command } from 'ioredis';
 import fc from 'fast-check';
 import { describe, expect, it } from 'vitest';
-import { FramedCommand, frameCommand } from '../../src/resp.js';
+import { FramedCommand, frameCommand } from '../../src/store/resp.js';
 
 const ioredisFrame = (name: string, args: (string | Buffer | number)[]): Buffer => {
   const written = new Command(name, args, { replyEncoding: null }).toWritable(undefined as never);

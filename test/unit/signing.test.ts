@@ -1,6 +1,6 @@
 import { describe, expect, it } from 'vitest';
-import { arrayHeader, encodeEntry, encodeHeader, MessageDecoder } from '../../src/messages.js';
-import { FrameSigner, TAG_BYTES } from '../../src/signing.js';
+import { arrayHeader, encodeEntry, encodeHeader, MessageDecoder } from '../../src/protocol/messages.js';
+import { FrameSigner, TAG_BYTES } from '../../src/protocol/signing.js';
 
 const ORIGIN = '0123456789abcdef';
 const STAMP = `${'0'.repeat(12)}000000${ORIGIN}`;

@@ -12,7 +12,7 @@ import {
   newNodeId,
   parseStamp,
   type Stamp,
-} from '../../src/stamp.js';
+} from '../../src/protocol/stamp.js';
 
 const NODE_A = '00000000000000aa';
 const NODE_B = '00000000000000bb';

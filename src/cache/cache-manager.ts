@@ -15,18 +15,18 @@
 import { randomBytes } from 'node:crypto';
 import { EventEmitter } from 'node:events';
 import { LRUCache } from 'lru-cache';
-import { bounded, type WaitOptions, waitOptions } from './deadline.js';
-import { ClosedError, type DictWarning, InvalidArgumentError, LoaderError, TimeoutError, asError } from './errors.js';
-import { type DictKey, normalizeKey, normalizeKeys } from './keys.js';
-import { MalformedMessageError, type Message, type MessageEntry } from './messages.js';
-import { booleanOption, checkOptions, describe, enumOption, functionOption, integerOption, invalidOption } from './options.js';
-import { PubSubRedisDict } from './pubsub-redis-dict.js';
-import { collectEntries, type SetOptions, type WriteOutcome } from './redis-dict.js';
-import type { VersionedValue } from './record.js';
-import { type Stamp } from './stamp.js';
+import { bounded, type WaitOptions, waitOptions } from '../deadline.js';
+import { ClosedError, type DictWarning, InvalidArgumentError, LoaderError, TimeoutError, asError } from '../errors.js';
+import { type DictKey, normalizeKey, normalizeKeys } from '../protocol/keys.js';
+import { MalformedMessageError, type Message, type MessageEntry } from '../protocol/messages.js';
+import { booleanOption, checkOptions, describe, enumOption, functionOption, integerOption, invalidOption } from '../options.js';
+import { PubSubRedisDict } from '../store/pubsub-redis-dict.js';
+import { collectEntries, type SetOptions, type WriteOutcome } from '../store/redis-dict.js';
+import type { VersionedValue } from '../protocol/record.js';
+import { type Stamp } from '../protocol/stamp.js';
 import { type ResyncReason, Subscriber } from './subscriber.js';
-import type { Conflict } from './write-back/conflict.js';
-import type { FlushReport } from './write-back/manager.js';
+import type { Conflict } from '../write-back/conflict.js';
+import type { FlushReport } from '../write-back/manager.js';
 
 /** A cached entry: a value (or a cached miss) and the stamp of the write it shows. */
 export interface CacheEntry<V> {

@@ -24,7 +24,7 @@
  *
  * With `signingKeys`, ARGV[5] and ARGV[6] (when not '') start with the message's two 23-byte
  * signature tags, 'all applied' and 'partly refused', before the header: the script appends one,
- * and publishes a partly refused signed message whole (see `publish` and `src/signing.ts`).
+ * and publishes a partly refused signed message whole (see `publish` and `src/protocol/signing.ts`).
  *
  * Each change is its own argument: the client frames the whole call in one buffer (resp.ts), so an
  * argument costs it a header only, and Redis makes each one a Lua string in C, which is cheaper

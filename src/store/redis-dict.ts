@@ -6,16 +6,16 @@
  *
  * @module
  */
-import { type Codec, msgpackCodec } from './codec.js';
-import { ClockSkewError, CorruptDataError, InvalidArgumentError, SerializationError, asError, redisError } from './errors.js';
-import { type DictKey, checkNamespace, normalizeKey, normalizeKeys } from './keys.js';
-import { arrayHeader, encodeHeader, entryLength, type MessageType, writeEntry } from './messages.js';
-import type { FrameSigner } from './signing.js';
-import { checkOptions, describe, functionOption, integerOption, invalidOption } from './options.js';
-import { MAX_EXPIRES_AT, type SplitRecord, changeHeaderLength, splitRecord, type VersionedValue, writeChange } from './record.js';
+import { type Codec, msgpackCodec } from '../protocol/codec.js';
+import { ClockSkewError, CorruptDataError, InvalidArgumentError, SerializationError, asError, redisError } from '../errors.js';
+import { type DictKey, checkNamespace, normalizeKey, normalizeKeys } from '../protocol/keys.js';
+import { arrayHeader, encodeHeader, entryLength, type MessageType, writeEntry } from '../protocol/messages.js';
+import type { FrameSigner } from '../protocol/signing.js';
+import { checkOptions, describe, functionOption, integerOption, invalidOption } from '../options.js';
+import { MAX_EXPIRES_AT, type SplitRecord, changeHeaderLength, splitRecord, type VersionedValue, writeChange } from '../protocol/record.js';
 import { type FrameArg, FramedCommand, argLength, bulkLength, frameLength, writeArg, writeBulkHeader, writeCrlf, writeFrameStart } from './resp.js';
-import { APPLY_LUA, APPLY_SHA, STAMPS_LUA, STAMPS_SHA } from './scripts/apply.js';
-import { HybridClock, MAX_DRIFT_MS, type Stamp, isStamp, parseStamp } from './stamp.js';
+import { APPLY_LUA, APPLY_SHA, STAMPS_LUA, STAMPS_SHA } from './scripts.js';
+import { HybridClock, MAX_DRIFT_MS, type Stamp, isStamp, parseStamp } from '../protocol/stamp.js';
 import type { ChainableCommander } from 'ioredis';
 import { DEFAULT_RETRY_TIMEOUT_MS, type RedisClient, type RedisClientLike, chunk, clusterReady, groupBySlot, isCluster, runPerNode, scanTargets, slotOf, slotTag } from './topology.js';
 

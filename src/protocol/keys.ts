@@ -8,8 +8,8 @@
  *
  * @module
  */
-import { InvalidArgumentError } from './errors.js';
-import { describe } from './options.js';
+import { InvalidArgumentError } from '../errors.js';
+import { describe } from '../options.js';
 
 /** A dictionary key: strings, or finite numbers converted with `String()` (`1` and `'1'` are one entry). */
 export type DictKey = string | number;

@@ -12,7 +12,7 @@
  *   `[key, stamp, payload | nil, expiresAt]` (ms since the epoch, writer's clock).
  *
  * With `signingKeys`, the format version is 2 and a 7th item follows the entries: the signature
- * tag (see `src/signing.ts`).
+ * tag (see `src/protocol/signing.ts`).
  *
  * The writer encodes the header and one fragment per entry; the Lua script that applies the batch
  * appends an array header and the fragments of the entries it actually wrote, then publishes.
@@ -70,7 +70,7 @@ export class MalformedMessageError extends Error {
 /**
  * Encodes the message header, everything before the entries array: `[1, type, origin, seq, group, `
  * (an array of 6 whose sixth item the script appends), or with `signed`, `[2, type, origin, seq,
- * group, ` (an array of 7: the entries, then the signature tag, see `src/signing.ts`). Written by
+ * group, ` (an array of 7: the entries, then the signature tag, see `src/protocol/signing.ts`). Written by
  * hand, like {@link encodeEntry}.
  */
 export function encodeHeader(type: MessageType, origin: string, seq: number, group: number, signed = false): Buffer {

@@ -10,7 +10,7 @@
  */
 import calculateSlot from 'cluster-key-slot';
 import { Cluster, type ChainableCommander, type Redis } from 'ioredis';
-import { ClusterError, ConnectionError, RedisDictError, TimeoutError, asError } from './errors.js';
+import { ClusterError, ConnectionError, RedisDictError, TimeoutError, asError } from '../errors.js';
 
 /** An ioredis client: a standalone `Redis` or a `Cluster`. */
 export type RedisClient = Redis | Cluster;

@@ -11,7 +11,7 @@
  *
  * @module
  */
-import { CorruptDataError } from './errors.js';
+import { CorruptDataError } from '../errors.js';
 import { STAMP_LENGTH, isStamp, type Stamp } from './stamp.js';
 
 /** First byte of a live record (`v`). */

@@ -22,7 +22,7 @@
  * @module
  */
 import { createHmac, timingSafeEqual } from 'node:crypto';
-import { InvalidArgumentError } from './errors.js';
+import { InvalidArgumentError } from '../errors.js';
 
 /** Bytes of the tag item: bin8 header (2), flag (1), key id (4), MAC (16). */
 export const TAG_BYTES = 23;

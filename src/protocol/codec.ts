@@ -8,7 +8,7 @@
  * @module
  */
 import { Decoder, Encoder } from '@msgpack/msgpack';
-import { SerializationError } from './errors.js';
+import { SerializationError } from '../errors.js';
 import { FastEncoder } from './fast-encoder.js';
 
 /** Converts values to bytes and back. `encode` must throw for values it cannot represent. */

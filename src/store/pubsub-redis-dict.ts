@@ -8,9 +8,9 @@
  *
  * @module
  */
-import { booleanOption, integerOption, invalidOption } from './options.js';
+import { booleanOption, integerOption, invalidOption } from '../options.js';
 import { type PublishTarget, REDIS_DICT_OPTION_KEYS, RedisDict, type RedisDictOptions } from './redis-dict.js';
-import { FrameSigner } from './signing.js';
+import { FrameSigner } from '../protocol/signing.js';
 import { isCluster, type RedisClient, type RedisClientLike, slotTag } from './topology.js';
 
 /** Options of {@link PubSubRedisDict}. */

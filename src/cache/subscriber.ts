@@ -19,11 +19,11 @@
  */
 import { randomBytes } from 'node:crypto';
 import { Redis, type Cluster } from 'ioredis';
-import { asError, isPermanentConnectionError, permanentConnectionError } from './errors.js';
-import { encodeEntry, encodeHeader, MalformedMessageError, type Message, MessageDecoder } from './messages.js';
-import { type FrameSigner, TAG_BYTES } from './signing.js';
-import { ZERO_STAMP } from './stamp.js';
-import { type RedisClient, isCluster } from './topology.js';
+import { asError, isPermanentConnectionError, permanentConnectionError } from '../errors.js';
+import { encodeEntry, encodeHeader, MalformedMessageError, type Message, MessageDecoder } from '../protocol/messages.js';
+import { type FrameSigner, TAG_BYTES } from '../protocol/signing.js';
+import { ZERO_STAMP } from '../protocol/stamp.js';
+import { type RedisClient, isCluster } from '../store/topology.js';
 
 /** Why the cache had to resynchronise. */
 export type ResyncReason = 'reconnect' | 'heartbeat-timeout' | 'sequence-gap' | 'run-id-changed' | 'topology-changed';
