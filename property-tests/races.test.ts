@@ -24,12 +24,13 @@ import { PubSubRedisDict } from '../src/store/pubsub-redis-dict.js';
 import type { VersionedValue } from '../src/protocol/record.js';
 import type { VersionedChange, WriteOutcome } from '../src/store/redis-dict.js';
 import { HybridClock, type Stamp } from '../src/protocol/stamp.js';
-import type { Conflict, ConflictResolver } from '../src/write-back/conflict.js';
+import type { ConflictResolver } from '../src/write-back/conflict.js';
 import { WriteBackCacheManager } from '../src/write-back/manager.js';
 import { pollUntil, standaloneClient, uniqueNamespace } from '../test/helpers/connections.js';
 import { params, seedOf, timeoutOf } from './config.js';
 import { arrayHeader } from './frames.js';
 import { MessageRecorder, redisState } from './support.js';
+import { type Conflict } from '../src/cache/types.js';
 
 const FILE = import.meta.url;
 seedOf(FILE);

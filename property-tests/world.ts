@@ -19,10 +19,11 @@ import type { MessageEntry } from '../src/protocol/messages.js';
 import { PubSubRedisDict } from '../src/store/pubsub-redis-dict.js';
 import type { VersionedChange, WriteOutcome } from '../src/store/redis-dict.js';
 import { HybridClock, type Stamp } from '../src/protocol/stamp.js';
-import type { Conflict, ConflictResolver } from '../src/write-back/conflict.js';
+import type { ConflictResolver } from '../src/write-back/conflict.js';
 import { WriteBackCacheManager } from '../src/write-back/manager.js';
 import { pollUntil } from '../test/helpers/connections.js';
 import { MessageRecorder, clusterReady, fenceKeys, killSubscriber, redisState, waitForEvent, type RedisState } from './support.js';
+import { type Conflict } from '../src/cache/types.js';
 
 export type Kind = 'pc' | 'wb';
 export type PolicyName = 'last-writer-wins' | 'discard-on-remote-update' | 'custom';

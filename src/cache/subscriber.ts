@@ -67,7 +67,7 @@ export interface SubscriberSettings {
 export const ORIGIN_TABLE_LIMIT = 10_000;
 
 /** Default {@link SubscriberSettings.originIdleMs}: 10 minutes. */
-export const ORIGIN_IDLE_MS = 600_000;
+const ORIGIN_IDLE_MS = 600_000;
 
 
 /** A probe is an update message from this origin with seq 0 and a nonce as its only key. */

@@ -83,7 +83,7 @@ export interface SetOptions {
 }
 
 /** Keys of {@link SetOptions}, for validation. */
-export const SET_OPTION_KEYS = ['ttlMs'] as const;
+const SET_OPTION_KEYS = ['ttlMs'] as const;
 
 /** One change for {@link RedisDict.writeVersioned}. */
 export interface VersionedChange<V> {
@@ -869,7 +869,7 @@ export function collectEntries<V>(entries: Iterable<readonly [DictKey, V]>): [st
 }
 
 /** Keeps the last change of each key (a batch writes each key once). */
-export function lastPerKey<T extends { key: string }>(changes: readonly T[]): T[] {
+function lastPerKey<T extends { key: string }>(changes: readonly T[]): T[] {
   const byKey = new Map<string, T>();
   for (const change of changes) {
     byKey.delete(change.key);

@@ -97,7 +97,7 @@ export const DEFAULT_RETRY_TIMEOUT_MS = 20_000;
  * Keys per chunk of commands sent to one node. A large batch is sent chunk by chunk, each as soon
  * as it is built, so that the server executes one chunk while the next is being encoded.
  */
-export const STREAM_CHUNK_KEYS = 500;
+const STREAM_CHUNK_KEYS = 500;
 
 /** What to do about a unit's error. */
 type Verdict = 'final' | 'noscript' | 'moved' | 'ask' | 'busy' | 'connection';
@@ -110,7 +110,7 @@ type Verdict = 'final' | 'noscript' | 'moved' | 'ask' | 'busy' | 'connection';
  * - `busy`: TRYAGAIN, CLUSTERDOWN, LOADING, MASTERDOWN, READONLY: resend after a back-off;
  * - `connection`: a dropped or refused connection: refresh the slot map, resend after a back-off.
  */
-export function verdictOf(error: Error): Verdict {
+function verdictOf(error: Error): Verdict {
   let message = error.message;
   // ioredis's own routing gave up on a single command: judge by the last answer it got.
   const last = /^Too many Cluster redirections\. Last error: (?:\w*Error: )?(.*)$/s.exec(message);

@@ -17,44 +17,14 @@
  *
  * @module
  */
+import type { ConflictPolicyName, ConflictSide } from '../cache/types.js';
 import type { Stamp } from '../protocol/stamp.js';
-
-/** One side of a conflict. */
-export interface ConflictSide<V> {
-  /** The value (`undefined` when deleted, or when a remote value was not carried by its message). */
-  readonly value: V | undefined;
-  /** True when this side is a delete. */
-  readonly deleted: boolean;
-  /** Stamp of the write. */
-  readonly stamp: Stamp;
-}
 
 /** Decides a conflict: keep the local change, take the remote one, or merge into a new value. */
 export type ConflictResolver<V> = (local: ConflictSide<V>, remote: ConflictSide<V>, key: string) => 'local' | 'remote' | { value: V };
 
 /** How conflicts are decided. */
 export type ConflictPolicy<V> = 'last-writer-wins' | 'discard-on-remote-update' | ConflictResolver<V>;
-
-/** Name of a policy, as reported. */
-export type ConflictPolicyName = 'last-writer-wins' | 'discard-on-remote-update' | 'custom';
-
-/** A reported conflict. */
-export interface Conflict<V> {
-  /** The key. */
-  readonly key: string;
-  /** Policy that decided it. */
-  readonly policy: ConflictPolicyName;
-  /** The local change at the time of the conflict. */
-  readonly local: ConflictSide<V>;
-  /** The remote write. */
-  readonly remote: ConflictSide<V> & { /** False when the remote value was not known (message without value). */ readonly known: boolean };
-  /** `'remote'`: the local change was discarded; `'local'`: kept; `'merged'`: replaced by the resolver's value. */
-  readonly outcome: 'local' | 'remote' | 'merged';
-  /** Stamp of the kept or merged change (written by the next flush), for `'local'` and `'merged'`. */
-  readonly stamp: Stamp | undefined;
-  /** How the conflict was found. */
-  readonly detectedBy: 'message' | 'flush';
-}
 
 /** Name of a policy. */
 export function policyName(policy: ConflictPolicy<unknown>): ConflictPolicyName {

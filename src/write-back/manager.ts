@@ -17,8 +17,8 @@
  *
  * @module
  */
-import type { CacheEntry, PubSubCacheManagerOptions } from '../cache/cache-manager.js';
-import { CACHE_MANAGER_OPTION_KEYS, PubSubCacheManager } from '../cache/cache-manager.js';
+import { PubSubCacheManager } from '../cache/cache-manager.js';
+import { CACHE_MANAGER_OPTION_KEYS, type CacheEntry, type Conflict, type ConflictPolicyName, type ConflictSide, type FlushReport, type PubSubCacheManagerOptions } from '../cache/types.js';
 import { bounded, type WaitOptions, waitOptions } from '../deadline.js';
 import { BackpressureError, ClockSkewError, ClosedError, FlushError, TimeoutError, asError } from '../errors.js';
 import { type DictKey, normalizeKey, normalizeKeys } from '../protocol/keys.js';
@@ -28,7 +28,7 @@ import type { PubSubRedisDict } from '../store/pubsub-redis-dict.js';
 import { collectEntries, type SetOptions, type VersionedChange, type WriteOutcome } from '../store/redis-dict.js';
 import type { Stamp } from '../protocol/stamp.js';
 import { isCluster } from '../store/topology.js';
-import { type Conflict, type ConflictPolicy, type ConflictPolicyName, type ConflictSide, conflicts, policyName } from './conflict.js';
+import { type ConflictPolicy, conflicts, policyName } from './conflict.js';
 
 /** Options of {@link WriteBackCacheManager}. */
 export interface WriteBackCacheManagerOptions<V> extends PubSubCacheManagerOptions {
@@ -64,17 +64,6 @@ const OPTION_KEYS = [
   'retryDelayMs',
 ] as const;
 
-/** What a flush did. */
-export interface FlushReport<V> {
-  /** Keys written to Redis. */
-  readonly written: string[];
-  /** Conflicts decided during this flush, and those detected by messages since the previous flush. */
-  readonly conflicts: Conflict<V>[];
-  /** Keys that could not be written (they stay dirty and are retried). */
-  readonly failed: { key: string; error: Error }[];
-  /** How long the flush took, in ms (waiting for a flush already running not included). */
-  readonly durationMs: number;
-}
 
 /** The answer of a local change recorded at once. */
 const DONE: Promise<void> = Promise.resolve();
