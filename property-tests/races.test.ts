@@ -22,7 +22,6 @@ import { PubSubCacheManager } from '../src/cache/cache-manager.js';
 import { type MessageEntry, encodeEntry, encodeHeader } from '../src/protocol/messages.js';
 import { PubSubRedisDict } from '../src/store/pubsub-redis-dict.js';
 import type { VersionedValue } from '../src/protocol/record.js';
-import type { VersionedChange, WriteOutcome } from '../src/store/redis-dict.js';
 import { HybridClock, type Stamp } from '../src/protocol/stamp.js';
 import type { ConflictResolver } from '../src/write-back/conflict.js';
 import { WriteBackCacheManager } from '../src/write-back/manager.js';
@@ -31,6 +30,7 @@ import { params, seedOf, timeoutOf } from './config.js';
 import { arrayHeader } from './frames.js';
 import { MessageRecorder, redisState } from './support.js';
 import { type Conflict } from '../src/cache/types.js';
+import { type VersionedChange, type WriteOutcome } from '../src/store/types.js';
 
 const FILE = import.meta.url;
 seedOf(FILE);

@@ -4,7 +4,7 @@
  *
  * @packageDocumentation
  */
-export { RedisDict, type RedisDictOptions, type VersionedChange, type WriteOutcome, type OutcomeListener, type StoredState, type SetOptions } from './store/redis-dict.js';
+export { RedisDict, type RedisDictOptions } from './store/redis-dict.js';
 export { PubSubRedisDict, type PubSubRedisDictOptions } from './store/pubsub-redis-dict.js';
 export { PubSubCacheManager, CacheView } from './cache/cache-manager.js';
 export {
@@ -59,3 +59,4 @@ export {
   type DictWarning,
 } from './errors.js';
 export { MalformedMessageError } from './protocol/messages.js';
+export { type VersionedChange, type WriteOutcome, type OutcomeListener, type StoredState, type SetOptions } from './store/types.js';

@@ -21,7 +21,7 @@ import { type DictKey, normalizeKey, normalizeKeys } from '../protocol/keys.js';
 import { MalformedMessageError, type Message, type MessageEntry } from '../protocol/messages.js';
 import { booleanOption, checkOptions, describe, enumOption, functionOption, integerOption, invalidOption } from '../options.js';
 import { PubSubRedisDict } from '../store/pubsub-redis-dict.js';
-import { collectEntries, type SetOptions, type WriteOutcome } from '../store/redis-dict.js';
+import { collectEntries } from '../store/redis-dict.js';
 import type { VersionedValue } from '../protocol/record.js';
 import { type Stamp } from '../protocol/stamp.js';
 import { type ResyncReason, Subscriber } from './subscriber.js';
@@ -37,6 +37,7 @@ import {
   type ReadyOptions,
   type StaleReason,
 } from './types.js';
+import { type SetOptions, type WriteOutcome } from '../store/types.js';
 
 /** Option names of {@link GetOrSetOptions}, for validation. */
 const GET_OR_SET_OPTION_KEYS = ['ttlMs', 'staleWhileRevalidateMs', 'graceMs', 'timeoutMs', 'lockTtlMs'] as const;

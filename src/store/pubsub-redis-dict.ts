@@ -9,9 +9,10 @@
  * @module
  */
 import { booleanOption, integerOption, invalidOption } from '../options.js';
-import { type PublishTarget, REDIS_DICT_OPTION_KEYS, RedisDict, type RedisDictOptions } from './redis-dict.js';
+import { REDIS_DICT_OPTION_KEYS, RedisDict, type RedisDictOptions } from './redis-dict.js';
 import { FrameSigner } from '../protocol/signing.js';
 import { isCluster, type RedisClient, type RedisClientLike, slotTag } from './topology.js';
+import { type PublishTarget } from './types.js';
 
 /** Options of {@link PubSubRedisDict}. */
 export interface PubSubRedisDictOptions<V> extends RedisDictOptions<V> {

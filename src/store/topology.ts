@@ -58,6 +58,9 @@ export function groupBySlot<T>(cluster: boolean, items: readonly T[], redisKeyOf
   return groups;
 }
 
+/** A client or a pipeline: what a unit of work queues its command on. */
+export type Commands = ChainableCommander | RedisClient;
+
 /** Splits an array into chunks of at most `size`. */
 export function chunk<T>(items: readonly T[], size: number): T[][] {
   const out: T[][] = [];

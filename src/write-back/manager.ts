@@ -25,10 +25,11 @@ import { type DictKey, normalizeKey, normalizeKeys } from '../protocol/keys.js';
 import type { MessageEntry } from '../protocol/messages.js';
 import { checkOptions, enumOption, integerOption, invalidOption } from '../options.js';
 import type { PubSubRedisDict } from '../store/pubsub-redis-dict.js';
-import { collectEntries, type SetOptions, type VersionedChange, type WriteOutcome } from '../store/redis-dict.js';
+import { collectEntries } from '../store/redis-dict.js';
 import type { Stamp } from '../protocol/stamp.js';
 import { isCluster } from '../store/topology.js';
 import { type ConflictPolicy, conflicts, policyName } from './conflict.js';
+import { type SetOptions, type VersionedChange, type WriteOutcome } from '../store/types.js';
 
 /** Options of {@link WriteBackCacheManager}. */
 export interface WriteBackCacheManagerOptions<V> extends PubSubCacheManagerOptions {
