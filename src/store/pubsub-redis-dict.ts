@@ -11,7 +11,8 @@
 import { booleanOption, integerOption, invalidOption } from '../options.js';
 import { REDIS_DICT_OPTION_KEYS, RedisDict, type RedisDictOptions } from './redis-dict.js';
 import { FrameSigner } from '../protocol/signing.js';
-import { isCluster, type RedisClient, type RedisClientLike, slotTag } from './topology.js';
+import { isCluster, type RedisClient, type RedisClientLike } from './topology.js';
+import { CHANNEL_PREFIX, type ChannelScope, channelNames, shardableScope } from '../protocol/channels.js';
 import { type PublishTarget } from './types.js';
 
 /** Options of {@link PubSubRedisDict}. */
@@ -51,45 +52,6 @@ export interface PubSubRedisDictOptions<V> extends RedisDictOptions<V> {
 }
 
 const OPTION_KEYS = [...REDIS_DICT_OPTION_KEYS, 'shardedPubSub', 'publishValues', 'maxPublishedValueBytes', 'channelPrefix', 'signingKeys'] as const;
-
-/** A channel prefix: printable ASCII without space or braces (a brace would move a sharded channel's hash slot). */
-const CHANNEL_PREFIX = /^[\x21-\x7a\x7c\x7e]{1,128}$/;
-
-/**
- * True when sharded channel names built on `scope` hash to the slot of their `{tag}`, or to the one
- * slot every key of the scope lives in: `scope` has no `{`, or its first `{` opens a non-empty hash
- * tag closed inside it (then every key and every channel hash to that tag).
- */
-function shardableScope(scope: string): boolean {
-  const open = scope.indexOf('{');
-  if (open < 0) return true;
-  const close = scope.indexOf('}', open + 1);
-  return close > open + 1;
-}
-
-/** What scopes a namespace's channel names (see {@link channelNames}). */
-export interface ChannelScope {
-  /** The namespace. */
-  readonly namespace: string;
-  /** The client's `keyPrefix` ('' or absent when none). */
-  readonly keyPrefix?: string;
-  /** The store's `channelPrefix` ('' or absent when none). */
-  readonly channelPrefix?: string;
-  /** The database of a standalone client (0 or absent for database 0, and on a Cluster). */
-  readonly db?: number;
-}
-
-/**
- * The update and delete channel names of a scope as Redis sees them (`docs/protocol.md`):
- * `<keyPrefix><channelPrefix><ns>/update[@<db>]` and `…/delete[@<db>]`, or for sharded pub/sub
- * (`slot` given) those of one slot, `…/update{<tag>}`, where `<tag>` hashes to `slot`.
- */
-export function channelNames(scope: ChannelScope, slot?: number): { update: string; delete: string } {
-  const base = `${scope.keyPrefix ?? ''}${scope.channelPrefix ?? ''}${scope.namespace}/`;
-  const db = scope.db !== undefined && scope.db !== 0 ? `@${scope.db}` : '';
-  const tag = slot === undefined ? '' : `{${slotTag(slot)}}`;
-  return { update: `${base}update${db}${tag}`, delete: `${base}delete${db}${tag}` };
-}
 
 /**
  * A {@link RedisDict} that publishes every change (set, delete, batch, clear) atomically with it.

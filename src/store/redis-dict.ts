@@ -14,7 +14,8 @@ import { MAX_EXPIRES_AT, type SplitRecord, splitRecord, type VersionedValue } fr
 import { ApplyUnit, applyOutcome, GUARD_PATTERN, type OutcomeContext, RELEASE_LOCK_LUA, splitApplyBatches, stampOfReply, stampsCall, WRITTEN_NEW } from './scripts.js';
 import { type OutcomeListener, type PreparedChange, type PublishTarget, SET_OPTION_KEYS, type SetOptions, type VersionedChange, type WriteOutcome } from './types.js';
 import { HybridClock, MAX_DRIFT_MS, type Stamp, isStamp } from '../protocol/stamp.js';
-import { type Commands, DEFAULT_RETRY_TIMEOUT_MS, type RedisClient, type RedisClientLike, chunk, clusterReady, groupBySlot, isCluster, runPerNode, scanTargets, slotOf, slotTag } from './topology.js';
+import { type Commands, DEFAULT_RETRY_TIMEOUT_MS, type RedisClient, type RedisClientLike, chunk, clusterReady, groupBySlot, isCluster, runPerNode, scanTargets, slotOf } from './topology.js';
+import { slotTag } from '../protocol/channels.js';
 
 
 /** Options of {@link RedisDict}. */

@@ -388,26 +388,3 @@ export function clusterReady(cluster: Cluster): Promise<void> {
 export function scanTargets(client: RedisClient): Redis[] {
   return isCluster(client) ? client.nodes('master') : [client];
 }
-
-let slotTags: string[] | undefined;
-
-/**
- * A short string whose hash slot is `slot`, for naming sharded channels that live in the same slot
- * as the keys they announce (SPUBLISH from a script must stay inside the script's slot).
- */
-export function slotTag(slot: number): string {
-  if (!slotTags) {
-    const tags: string[] = new Array(16384);
-    let found = 0;
-    for (let i = 0; found < 16384; i++) {
-      const tag = i.toString(36);
-      const s = calculateSlot(tag);
-      if (tags[s] === undefined) {
-        tags[s] = tag;
-        found++;
-      }
-    }
-    slotTags = tags;
-  }
-  return slotTags[slot]!;
-}
