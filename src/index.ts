@@ -6,7 +6,7 @@
  */
 export { RedisDict, type RedisDictOptions } from './store/redis-dict.js';
 export { PubSubRedisDict, type PubSubRedisDictOptions } from './store/pubsub-redis-dict.js';
-export { PubSubCacheManager, CacheView } from './cache/cache-manager.js';
+export { PubSubCacheManager } from './cache/cache-manager.js';
 export {
   type PubSubCacheManagerOptions,
   type CacheEntry,
@@ -60,3 +60,4 @@ export {
 } from './errors.js';
 export { MalformedMessageError } from './protocol/messages.js';
 export { type VersionedChange, type WriteOutcome, type OutcomeListener, type StoredState, type SetOptions } from './store/types.js';
+export { CacheView } from './cache/storage.js';

@@ -14,7 +14,6 @@
  */
 import { randomBytes } from 'node:crypto';
 import { EventEmitter } from 'node:events';
-import { LRUCache } from 'lru-cache';
 import { bounded, waitOptions } from '../deadline.js';
 import { ClosedError, InvalidArgumentError, LoaderError, TimeoutError, asError } from '../errors.js';
 import { type DictKey, normalizeKey, normalizeKeys } from '../protocol/keys.js';
@@ -25,6 +24,7 @@ import { collectEntries } from '../store/redis-dict.js';
 import type { VersionedValue } from '../protocol/record.js';
 import { type Stamp } from '../protocol/stamp.js';
 import { type ResyncReason, Subscriber } from './subscriber.js';
+import { CacheView, makeStorage, type Storage } from './storage.js';
 import {
   CACHE_MANAGER_OPTION_KEYS,
   type CacheEntry,
@@ -32,7 +32,6 @@ import {
   type CacheStats,
   DEFAULT_READY_TIMEOUT_MS,
   type GetOrSetOptions,
-  type LRUCacheLike,
   type PubSubCacheManagerOptions,
   type ReadyOptions,
   type StaleReason,
@@ -62,64 +61,7 @@ interface PendingRead<V> {
   readonly generation: number;
 }
 
-/** Storage behind the cache: `Map` or `LRUCache`, both seen through the calls used here. */
-interface Storage<V> {
-  get(key: string): CacheEntry<V> | undefined;
-  peek(key: string): CacheEntry<V> | undefined;
-  set(key: string, entry: CacheEntry<V>): void;
-  delete(key: string): boolean;
-  clear(): void;
-  has(key: string): boolean;
-  keys(): IterableIterator<string>;
-  entries(): IterableIterator<[string, CacheEntry<V>]>;
-  readonly size: number;
-}
 
-function mapStorage<V>(): Storage<V> {
-  const map = new Map<string, CacheEntry<V>>();
-  return Object.assign(map, { peek: (key: string) => map.get(key) }) as unknown as Storage<V>;
-}
-
-/**
- * A read-only view of what a cache manager holds. For a `WriteBackCacheManager` it holds the
- * clean entries (what was last read from or written to Redis): a local change not flushed yet is
- * not in it, though reads see it (`dirtyKeys()` lists those keys), and the key's clean entry, if
- * any, stays until the flush replaces it.
- */
-export class CacheView<V> {
-  /** @internal */
-  constructor(private readonly storage: Storage<V>) {}
-
-  /** Number of cached entries (cached misses included). */
-  get size(): number {
-    return this.storage.size;
-  }
-
-  /** True when `key` has a cached entry (a value or a cached miss). */
-  has(key: DictKey): boolean {
-    return this.storage.has(normalizeKey(key));
-  }
-
-  /** The cached entry of `key` without touching its LRU position. */
-  peek(key: DictKey): CacheEntry<V> | undefined {
-    return this.storage.peek(normalizeKey(key));
-  }
-
-  /** Cached keys (cached misses included). */
-  keys(): IterableIterator<string> {
-    return this.storage.keys();
-  }
-
-  /** Cached `[key, value]` pairs (values only, no cached misses). */
-  *entries(): IterableIterator<[string, V]> {
-    for (const [key, entry] of this.storage.entries()) if (entry.present) yield [key, entry.value as V];
-  }
-
-  /** Cached values. */
-  *values(): IterableIterator<V> {
-    for (const [, value] of this.entries()) yield value;
-  }
-}
 
 /**
  * A write-through near cache: reads are served from local memory, misses go to Redis (concurrent
@@ -1083,32 +1025,3 @@ const SETTLED = Symbol('settled');
 type Settled<V> = CacheEntry<V> & { [SETTLED]?: Promise<V | undefined> };
 
 const missEntry: CacheEntry<never> = Object.freeze({ value: undefined, stamp: '', present: false, expiresAt: Infinity });
-
-/** The methods of a user's cache that the manager calls (see {@link LRUCacheLike}). */
-const LRU_METHODS = ['get', 'peek', 'set', 'delete', 'clear', 'has', 'keys', 'entries'] as const;
-
-/** True for an object with every method of {@link LRUCacheLike} and a numeric `size`. */
-function isLRUCacheLike(option: unknown): option is LRUCacheLike {
-  if (option === null || typeof option !== 'object') return false;
-  const candidate = option as Record<string, unknown>;
-  return LRU_METHODS.every((name) => typeof candidate[name] === 'function') && typeof candidate['size'] === 'number';
-}
-
-function makeStorage<V>(where: string, option: unknown, onEvict: () => void): Storage<V> {
-  const lru = (max: number): Storage<V> =>
-    new LRUCache<string, CacheEntry<V>>({
-      max,
-      dispose: (_entry, _key, reason) => {
-        if (reason === 'evict') onEvict();
-      },
-    }) as unknown as Storage<V>;
-  if (option === undefined) return lru(10_000);
-  if (option === 'unbounded') return mapStorage<V>();
-  if (typeof option === 'number') {
-    if (!Number.isSafeInteger(option) || option < 1) invalidOption(where, 'cache', "a positive integer, an LRUCache or 'unbounded'", option);
-    return lru(option);
-  }
-  // Duck typing, not instanceof: an LRUCache of another version or copy of lru-cache is welcome.
-  if (isLRUCacheLike(option)) return option as unknown as Storage<V>;
-  return invalidOption(where, 'cache', "a positive integer, an LRUCache or 'unbounded'", option);
-}
