@@ -109,7 +109,7 @@ function checkHistory(run: RunState): void {
 
 function observe<T extends PubSubCacheManager<unknown>>(manager: T, run: () => RunState | undefined): T {
   // I4: every replacement of an entry is by a stamp at least as new.
-  const storage = (manager as unknown as { storage: { set(k: string, e: { stamp: string }): unknown; peek(k: string): { stamp: string } | undefined } }).storage;
+  const storage = (manager.cache as unknown as { storage: { set(k: string, e: { stamp: string }): unknown; peek(k: string): { stamp: string } | undefined } }).storage;
   const set = storage.set.bind(storage);
   storage.set = (key, entry) => {
     const existing = storage.peek(key);

@@ -267,7 +267,7 @@ export class Instance {
 
   /** I4: every replacement of a cached entry is by a stamp at least as new. */
   private instrumentStorage(): void {
-    const storage = (this.manager as unknown as { storage: { set(k: string, e: { stamp: string; present: boolean }): unknown; peek(k: string): { stamp: string } | undefined } }).storage;
+    const storage = (this.manager.cache as unknown as { storage: { set(k: string, e: { stamp: string; present: boolean }): unknown; peek(k: string): { stamp: string } | undefined } }).storage;
     const set = storage.set.bind(storage);
     storage.set = (key, entry) => {
       const current = storage.peek(key);

@@ -24,7 +24,8 @@ import { collectEntries } from '../store/redis-dict.js';
 import type { VersionedValue } from '../protocol/record.js';
 import { type Stamp } from '../protocol/stamp.js';
 import { type ResyncReason, Subscriber } from './subscriber.js';
-import { CacheView, makeStorage, type Storage } from './storage.js';
+import { NearCache } from './near-cache.js';
+import { CacheView, makeStorage } from './storage.js';
 import {
   CACHE_MANAGER_OPTION_KEYS,
   type CacheEntry,
@@ -54,15 +55,6 @@ interface LoadOptions {
 /** How often a caller waiting for another instance's lock looks again (a message wakes it sooner), in ms. */
 const LOCK_POLL_MS = 50;
 
-interface PendingRead<V> {
-  promise: Promise<VersionedValue<V> | undefined>;
-  /** Newest stamp of an event or local write for this key seen while the read was in flight. */
-  newest: Stamp | '';
-  readonly generation: number;
-}
-
-
-
 /**
  * A write-through near cache: reads are served from local memory, misses go to Redis (concurrent
  * misses of one key share one read), writes go through the store and then update the local entry,
@@ -78,27 +70,25 @@ export class PubSubCacheManager<V = unknown> extends EventEmitter<CacheManagerEv
   /** Sync mode. */
   readonly sync: 'invalidate' | 'update';
 
-  /** @internal */ protected readonly storage: Storage<V>;
+  /**
+   * The near-cache core: entries, install/replace, read tracking (I5), generations. A write-back
+   * manager composes it too, attaching its dirty map as the layer of local changes.
+   *
+   * @internal
+   */
+  protected readonly core: NearCache<V>;
   /** @internal */ protected readonly subscriber: Subscriber;
   /** @internal */ protected closed = false;
-  /** @internal */ protected readonly now: () => number;
-  private readonly ttlMs: number;
-  private readonly cacheMisses: boolean;
+  /** True once a `close()` that finishes asynchronously (a write-back's final flush) has started. @internal */
+  protected closing = false;
   private readonly onReconnect: 'revalidate' | 'clear';
   private readonly serveStale: boolean;
-  private readonly reads = new Map<string, PendingRead<V>>();
-  /** Per key with write-through writes in flight: how many, and the newest stamp noted meanwhile. */
-  private readonly writing = new Map<string, { pending: number; newest: Stamp | '' }>();
-  /** Bumped by every gap and resync; reads started before a bump are not cached. */
-  private generation = 0;
   /**
    * Bumped by every change of the link (down, up, gap): a resync that saw one meanwhile leaves
-   * serving to the resync that change causes. Not bumped by `clear()`, which bumps
-   * {@link PubSubCacheManager.generation} only: a resync it overlaps still completes.
+   * serving to the resync that change causes. Not bumped by `clear()`, which bumps the core's
+   * generation only: a resync it overlaps still completes.
    */
   private linkEpoch = 0;
-  /** True when cached entries may be served. */
-  private serving = false;
   private resyncing = false;
   private resyncAgain: ResyncReason | undefined;
   private readonly counters = {
@@ -127,8 +117,6 @@ export class PubSubCacheManager<V = unknown> extends EventEmitter<CacheManagerEv
   private readonly flights = new Map<string, { promise: Promise<V>; fail: (error: Error) => void }>();
   /** Callers waiting for a write of a key (another instance's load). */
   private readonly writeWaiters = new Map<string, Set<() => void>>();
-  /** How long an expired entry is kept for `getOrSet`'s stale-while-revalidate and grace, in ms. */
-  private retainMs = 0;
 
   /**
    * @param store - a {@link PubSubRedisDict}; one cache manager per store.
@@ -140,11 +128,11 @@ export class PubSubCacheManager<V = unknown> extends EventEmitter<CacheManagerEv
     if (!(store instanceof PubSubRedisDict)) invalidOption(where, 'store', 'a PubSubRedisDict', store);
     const opts = checkOptions(where, options, this.optionKeys());
     this.store = store;
-    this.storage = makeStorage<V>(where, opts['cache'], () => this.counters.evictions++);
-    this.cache = new CacheView(this.storage);
+    const storage = makeStorage<V>(where, opts['cache'], () => this.counters.evictions++);
+    this.cache = new CacheView(storage);
     this.sync = enumOption(where, 'sync', opts['sync'], ['invalidate', 'update'] as const, 'invalidate');
-    this.ttlMs = integerOption(where, 'ttlMs', opts['ttlMs'], 0, 0);
-    this.cacheMisses = booleanOption(where, 'cacheMisses', opts['cacheMisses'], true);
+    const ttlMs = integerOption(where, 'ttlMs', opts['ttlMs'], 0, 0);
+    const cacheMisses = booleanOption(where, 'cacheMisses', opts['cacheMisses'], true);
     this.onReconnect = enumOption(where, 'onReconnect', opts['onReconnect'], ['revalidate', 'clear'] as const, 'revalidate');
     this.serveStale = booleanOption(where, 'serveStaleWhileDisconnected', opts['serveStaleWhileDisconnected'], false);
     const heartbeatIntervalMs = integerOption(where, 'heartbeatIntervalMs', opts['heartbeatIntervalMs'], 1000, 10);
@@ -154,7 +142,15 @@ export class PubSubCacheManager<V = unknown> extends EventEmitter<CacheManagerEv
       invalidOption(where, 'heartbeatTimeoutMs', `greater than \`heartbeatIntervalMs\` (${heartbeatIntervalMs})`, heartbeatTimeoutMs);
     }
     const maxMessageBytes = integerOption(where, 'maxMessageBytes', opts['maxMessageBytes'], 8 << 20);
-    this.now = functionOption(where, 'clock', opts['clock'], store.wallClock);
+    const now = functionOption(where, 'clock', opts['clock'], store.wallClock);
+    this.core = new NearCache<V>(storage, {
+      now,
+      ttlMs,
+      cacheMisses,
+      read: (keys) => store.readVersioned(keys),
+      isTooFarAhead: (stamp) => store.clock.isTooFarAhead(stamp),
+      onWrite: (k) => this.wakeWriteWaiters(k),
+    });
     this.gapResyncIntervalMs = integerOption(where, 'gapResyncIntervalMs', opts['gapResyncIntervalMs'], 1000, 0);
     store.claim(this);
     if (this.sync === 'update') store.setPublishValues(true);
@@ -213,7 +209,11 @@ export class PubSubCacheManager<V = unknown> extends EventEmitter<CacheManagerEv
     } catch (error) {
       return Promise.reject(error as Error);
     }
-    if (this.closed) return Promise.reject(new ClosedError(this.constructor.name));
+    try {
+      this.assertOpen();
+    } catch (error) {
+      return Promise.reject(error as Error);
+    }
     return bounded(this.whenReady(), where, timeoutMs, signal);
   }
 
@@ -221,12 +221,12 @@ export class PubSubCacheManager<V = unknown> extends EventEmitter<CacheManagerEv
   protected async whenReady(): Promise<void> {
     await this.subscriber.whenLive();
     // close() settles the subscriber's waiters: a closed manager is not ready.
-    if (this.closed) throw new ClosedError(this.constructor.name);
+    this.assertOpen();
   }
 
   /** True while cached entries are served (subscribed, heartbeat answering, not resyncing). */
   get isServing(): boolean {
-    return this.serving && !this.closed;
+    return this.core.serving && !this.closed;
   }
 
   // ---------------------------------------------------------------- reads
@@ -241,7 +241,7 @@ export class PubSubCacheManager<V = unknown> extends EventEmitter<CacheManagerEv
     // Hot path: a string key is looked up as is (only validated keys were ever cached); the full
     // validation runs on a miss, before anything reaches Redis.
     if (typeof key === 'string' && !this.closed) {
-      const entry = this.lookup(key) as Settled<V> | undefined;
+      const entry = this.core.lookup(key) as Settled<V> | undefined;
       if (entry !== undefined) {
         this.counters.hits++;
         if (!entry.present) return UNDEFINED;
@@ -252,34 +252,34 @@ export class PubSubCacheManager<V = unknown> extends EventEmitter<CacheManagerEv
   }
 
   private async getSlow(key: DictKey): Promise<V | undefined> {
-    if (this.closed) throw new ClosedError(this.constructor.name);
+    this.assertOpen();
     const k = normalizeKey(key);
-    const entry = this.lookup(k);
+    const entry = this.core.lookup(k);
     if (entry !== undefined) {
       this.counters.hits++;
       return entry.value;
     }
     this.counters.misses++;
-    return (await this.load(k))?.value;
+    return (await this.core.load(k))?.value;
   }
 
   /** True when `key` has a value (a cached miss never answers true). */
   async has(key: DictKey): Promise<boolean> {
     const k = normalizeKey(key);
-    if (this.closed) throw new ClosedError(this.constructor.name);
-    const entry = this.lookup(k);
+    this.assertOpen();
+    const entry = this.core.lookup(k);
     if (entry !== undefined) {
       this.counters.hits++;
       return entry.present;
     }
     this.counters.misses++;
-    return (await this.load(k)) !== undefined;
+    return (await this.core.load(k)) !== undefined;
   }
 
   /** Values of `keys`, aligned with them; the misses are read in one round trip per node. */
   async getMany(keys: Iterable<DictKey>): Promise<(V | undefined)[]> {
     const ks = normalizeKeys(keys);
-    if (this.closed) throw new ClosedError(this.constructor.name);
+    this.assertOpen();
     const out: (V | undefined)[] = new Array(ks.length);
     // Each missed key once (a Set: the batch costs O(n), not one scan of the misses per key),
     // either joining a read already in flight or in this call's own read.
@@ -288,7 +288,7 @@ export class PubSubCacheManager<V = unknown> extends EventEmitter<CacheManagerEv
     let missed = false;
     for (let i = 0; i < ks.length; i++) {
       const k = ks[i]!;
-      const entry = this.lookup(k);
+      const entry = this.core.lookup(k);
       if (entry !== undefined) {
         this.counters.hits++;
         out[i] = entry.value;
@@ -297,8 +297,8 @@ export class PubSubCacheManager<V = unknown> extends EventEmitter<CacheManagerEv
       this.counters.misses++;
       missed = true;
       if (missing.has(k) || joined.has(k)) continue;
-      const pending = this.reads.get(k);
-      if (pending) joined.set(k, pending.promise);
+      const pending = this.core.pendingRead(k);
+      if (pending) joined.set(k, pending);
       else missing.add(k);
     }
     if (!missed) return out;
@@ -309,7 +309,7 @@ export class PubSubCacheManager<V = unknown> extends EventEmitter<CacheManagerEv
       const batch = this.store.readVersioned(list);
       // One promise for the whole batch (not one per key): each key's read is tracked for I5, and
       // the results are collected once the batch is in.
-      const tracked = list.map((k, j) => this.track(k, batch.then((found) => found[j])));
+      const tracked = list.map((k, j) => this.core.track(k, batch.then((found) => found[j])));
       waits.push(
         Promise.all(tracked).then((found) => {
           for (let j = 0; j < list.length; j++) resolved.set(list[j]!, found[j]);
@@ -327,97 +327,13 @@ export class PubSubCacheManager<V = unknown> extends EventEmitter<CacheManagerEv
     return out;
   }
 
-  /** Hook: the entry to serve for `k`, or undefined for a miss. */
-  protected lookup(k: string): CacheEntry<V> | undefined {
-    if (!this.serving) return undefined;
-    const entry = this.storage.get(k);
-    if (entry === undefined) return undefined;
-    if (entry.expiresAt !== Infinity) {
-      const now = this.now();
-      if (entry.expiresAt <= now) {
-        // Kept a while for getOrSet's stale-while-revalidate and grace, never served by get().
-        if (now >= entry.expiresAt + this.retainMs) this.storage.delete(k);
-        return undefined;
-      }
-    }
-    return entry;
-  }
-
-  /** Reads `k` from Redis, sharing the read with concurrent callers, and caches the result when allowed. */
-  protected load(k: string): Promise<VersionedValue<V> | undefined> {
-    const pending = this.reads.get(k);
-    if (pending) return pending.promise;
-    return this.track(
-      k,
-      this.store.readVersioned([k]).then((found) => found[0]),
-    );
-  }
-
-  private track(k: string, read: Promise<VersionedValue<V> | undefined>): Promise<VersionedValue<V> | undefined> {
-    // A write of this key still in flight may reach Redis after this read (a NOSCRIPT retry, a
-    // redirection): the read must not cache anything older than it.
-    const pending: PendingRead<V> = { promise: read, newest: this.writing.get(k)?.newest ?? '', generation: this.generation };
-    pending.promise = read.then(
-      (found) => {
-        if (this.reads.get(k) === pending) this.reads.delete(k);
-        const stamp = found?.stamp ?? '';
-        // I5: an event or write newer than what was read arrived meanwhile: do not cache the read.
-        // A record stamped too far ahead is served but not cached: its stamp would hide later writes.
-        const cacheable = found === undefined ? this.cacheMisses : !this.store.clock.isTooFarAhead(stamp);
-        if (pending.generation === this.generation && pending.newest <= stamp && cacheable) {
-          this.install(k, found === undefined ? missEntry : { value: found.value, stamp, present: true, expiresAt: found.expiresAt ?? Infinity });
-        }
-        return found;
-      },
-      (error: unknown) => {
-        if (this.reads.get(k) === pending) this.reads.delete(k);
-        throw error;
-      },
-    );
-    this.reads.set(k, pending);
-    return pending.promise;
-  }
-
-  /**
-   * Installs an entry if it is newer than the cached one. While the cache is not serving (down or
-   * resyncing) nothing is installed and the key's cached entry is dropped instead (see
-   * {@link replace}).
-   */
-  protected install(k: string, entry: CacheEntry<V>): boolean {
-    if (this.serving) {
-      const current = this.storage.peek(k);
-      if (current !== undefined && current.stamp >= entry.stamp) return false;
-    }
-    return this.replace(k, entry);
-  }
-
-  /**
-   * Caches `entry` for `k` without comparing it with the cached entry, for a caller that knows it
-   * is the newest; true when cached. While the cache is not serving the key's entry is dropped
-   * instead: the caller knows of a state at least as new, and a resync in flight may already have
-   * checked that entry against a stamp read before it.
-   */
-  protected replace(k: string, entry: CacheEntry<V>): boolean {
-    if (this.closed) return false;
-    if (!this.serving) {
-      this.storage.delete(k);
-      return false;
-    }
-    this.storage.set(k, this.ttlMs > 0 ? { ...entry, expiresAt: Math.min(entry.expiresAt, this.now() + this.ttlMs) } : entry);
-    return true;
-  }
-
-  /** Records that a write with `stamp` happened to `k`, so that a read in flight does not cache an older value. */
-  protected noteWrite(k: string, stamp: Stamp): void {
+  /** Wakes the callers waiting for a write of `k` (see {@link waitForWrite}). */
+  private wakeWriteWaiters(k: string): void {
     const waiters = this.writeWaiters.get(k);
     if (waiters !== undefined) {
       this.writeWaiters.delete(k);
       for (const wake of waiters) wake();
     }
-    const pending = this.reads.get(k);
-    if (pending !== undefined && pending.newest < stamp) pending.newest = stamp;
-    const writing = this.writing.get(k);
-    if (writing !== undefined && writing.newest < stamp) writing.newest = stamp;
   }
 
   // ---------------------------------------------------------------- cache-aside
@@ -445,9 +361,9 @@ export class PubSubCacheManager<V = unknown> extends EventEmitter<CacheManagerEv
       // An expired entry must still be there for this call's stale-while-revalidate and grace.
       if (options !== undefined) {
         const keep = Math.max(options.staleWhileRevalidateMs ?? 0, options.graceMs ?? 0);
-        if (keep > this.retainMs) this.retainMs = keep;
+        this.core.retain(keep);
       }
-      const entry = this.lookup(key) as Settled<V> | undefined;
+      const entry = this.core.lookup(key) as Settled<V> | undefined;
       if (entry !== undefined && entry.present) {
         this.counters.hits++;
         return (entry[SETTLED] ??= Promise.resolve(entry.value)) as Promise<V>;
@@ -460,14 +376,14 @@ export class PubSubCacheManager<V = unknown> extends EventEmitter<CacheManagerEv
     let k: string;
     let opts: LoadOptions;
     try {
-      if (this.closed) throw new ClosedError(this.constructor.name);
+      this.assertOpen();
       k = normalizeKey(key);
       if (typeof loader !== 'function') throw new InvalidArgumentError('E_INVALID_ARGUMENT', `getOrSet: expected \`loader\` to be a function, got ${describe(loader)}`);
       opts = options === undefined ? this.defaultLoadOptions() : this.loadOptions(options);
     } catch (error) {
       return Promise.reject(error as Error);
     }
-    const entry = this.lookup(k) as Settled<V> | undefined;
+    const entry = this.core.lookup(k) as Settled<V> | undefined;
     if (entry !== undefined && entry.present) {
       this.counters.hits++;
       return (entry[SETTLED] ??= Promise.resolve(entry.value)) as Promise<V>;
@@ -491,17 +407,16 @@ export class PubSubCacheManager<V = unknown> extends EventEmitter<CacheManagerEv
     const grace = integerOption(where, 'graceMs', o['graceMs'], 0, 0);
     const timeoutMs = integerOption(where, 'timeoutMs', o['timeoutMs'], 0, 1);
     const lockTtlMs = integerOption(where, 'lockTtlMs', o['lockTtlMs'], 10_000, 1);
-    const keep = Math.max(swr, grace);
-    if (keep > this.retainMs) this.retainMs = keep;
+    this.core.retain(Math.max(swr, grace));
     return { expiresAt: undefined, ttlMs, swr, grace, timeoutMs, lockTtlMs };
   }
 
   /** The last known value of `k` if it is within `windowMs` of its expiry (expired or not). */
   private staleEntry(k: string, windowMs: number): CacheEntry<V> | undefined {
     if (windowMs <= 0) return undefined;
-    const entry = this.storage.peek(k);
+    const entry = this.core.peek(k);
     if (entry === undefined || !entry.present) return undefined;
-    return this.now() < entry.expiresAt + windowMs ? entry : undefined;
+    return this.core.now() < entry.expiresAt + windowMs ? entry : undefined;
   }
 
   private serveStaleValue(k: string, entry: CacheEntry<V>, reason: StaleReason, error?: Error): V {
@@ -512,9 +427,9 @@ export class PubSubCacheManager<V = unknown> extends EventEmitter<CacheManagerEv
 
   private async getOrLoad(k: string, loader: () => V | Promise<V>, opts: LoadOptions): Promise<V> {
     // Stale-while-revalidate: the previous value at once, one refresh in the background.
-    if (opts.swr > 0 && this.serving) {
+    if (opts.swr > 0 && this.core.serving) {
       const stale = this.staleEntry(k, opts.swr);
-      if (stale !== undefined && stale.expiresAt <= this.now()) {
+      if (stale !== undefined && stale.expiresAt <= this.core.now()) {
         if (!this.flights.has(k)) {
           this.counters.refreshes++;
           this.flight(k, loader, opts).promise.catch(() => undefined);
@@ -587,14 +502,14 @@ export class PubSubCacheManager<V = unknown> extends EventEmitter<CacheManagerEv
   private async loadAcrossFleet(k: string, loader: () => V | Promise<V>, opts: LoadOptions): Promise<V> {
     let waited = false;
     for (;;) {
-      if (this.closed) throw new ClosedError(this.constructor.name);
-      const found = await this.load(k);
+      this.assertOpen();
+      const found = await this.core.load(k);
       if (found !== undefined) return found.value;
       const token = randomBytes(12).toString('base64');
       if (await this.store.acquireLock(k, token, opts.lockTtlMs)) {
         try {
           // Written between our read and the lock: no load needed.
-          const again = await this.load(k);
+          const again = await this.core.load(k);
           if (again !== undefined) return again.value;
           return await this.callLoader(k, loader, opts);
         } finally {
@@ -657,7 +572,7 @@ export class PubSubCacheManager<V = unknown> extends EventEmitter<CacheManagerEv
    */
   async set(key: DictKey, value: V, options?: SetOptions): Promise<void> {
     const k = normalizeKey(key);
-    if (this.closed) throw new ClosedError(this.constructor.name);
+    this.assertOpen();
     const expiresAt = this.store.expiryOf('set', options);
     const payload = this.store.encodeValue(k, value);
     await this.writeThrough([{ key: k, stamp: this.store.clock.now(), deleted: false, value, payload, expiresAt }]);
@@ -665,7 +580,7 @@ export class PubSubCacheManager<V = unknown> extends EventEmitter<CacheManagerEv
 
   /** Writes every pair (with the same `ttlMs` if given) in one round trip per node, then caches them. */
   async setMany(entries: Iterable<readonly [DictKey, V]>, options?: SetOptions): Promise<void> {
-    if (this.closed) throw new ClosedError(this.constructor.name);
+    this.assertOpen();
     const expiresAt = this.store.expiryOf('setMany', options);
     const byKey = new Map<string, V>();
     for (const [k, value] of collectEntries(entries)) {
@@ -684,31 +599,24 @@ export class PubSubCacheManager<V = unknown> extends EventEmitter<CacheManagerEv
   /** Deletes every key; returns how many had a value. */
   async deleteMany(keys: Iterable<DictKey>): Promise<number> {
     const ks = [...new Set(normalizeKeys(keys))];
-    if (this.closed) throw new ClosedError(this.constructor.name);
+    this.assertOpen();
     const outcomes = await this.writeThrough(ks.map((k) => ({ key: k, stamp: this.store.clock.now(), deleted: true })));
     return outcomes.filter((o) => o.status === 'written' && o.existed).length;
   }
 
   private async writeThrough(changes: { key: string; stamp: Stamp; deleted: boolean; value?: V; payload?: Uint8Array; expiresAt?: number | undefined }[]) {
-    const generation = this.generation;
-    const marks = changes.map((change) => {
-      let mark = this.writing.get(change.key);
-      if (mark === undefined) this.writing.set(change.key, (mark = { pending: 0, newest: '' }));
-      mark.pending++;
-      return mark;
-    });
-    for (const change of changes) this.noteWrite(change.key, change.stamp);
+    const generation = this.core.generation;
+    const marks = changes.map((change) => this.core.startWrite(change.key));
+    for (const change of changes) this.core.noteWrite(change.key, change.stamp);
     let outcomes: WriteOutcome<V>[];
     try {
       outcomes = await this.store.writeVersioned(changes);
     } finally {
-      changes.forEach((change, i) => {
-        if (--marks[i]!.pending === 0 && this.writing.get(change.key) === marks[i]) this.writing.delete(change.key);
-      });
+      changes.forEach((change, i) => this.core.endWrite(change.key, marks[i]!));
     }
     // Like a read (I5): what this write knows is not cached when a newer write or event was noted
     // for the key while it was in flight, or a gap happened meanwhile.
-    const stale = (i: number, stamp: Stamp): boolean => generation !== this.generation || marks[i]!.newest > stamp;
+    const stale = (i: number, stamp: Stamp): boolean => generation !== this.core.generation || marks[i]!.newest > stamp;
     let failure: Error | undefined;
     outcomes.forEach((outcome, i) => {
       const change = changes[i]!;
@@ -717,21 +625,21 @@ export class PubSubCacheManager<V = unknown> extends EventEmitter<CacheManagerEv
         // (kept by a resync that compared it while this write was in flight, a failover say) would
         // stay stale, since a writer ignores its own events.
         if (stale(i, change.stamp)) {
-          this.storage.delete(change.key);
+          this.core.drop(change.key);
           return;
         }
-        if (change.deleted) this.install(change.key, { value: undefined, stamp: change.stamp, present: false, expiresAt: Infinity });
-        else this.install(change.key, { value: this.store.decodeValue(change.key, change.payload!), stamp: change.stamp, present: true, expiresAt: change.expiresAt ?? Infinity });
+        if (change.deleted) this.core.install(change.key, { value: undefined, stamp: change.stamp, present: false, expiresAt: Infinity });
+        else this.core.install(change.key, { value: this.store.decodeValue(change.key, change.payload!), stamp: change.stamp, present: true, expiresAt: change.expiresAt ?? Infinity });
       } else if (outcome.status === 'conflict') {
         // Redis holds a newer write: it wins (last-writer-wins); cache what Redis holds.
         const { stored } = outcome;
         if (stored.stamp !== '') {
-          this.noteWrite(change.key, stored.stamp);
-          if (!stale(i, stored.stamp)) this.install(change.key, { value: stored.value, stamp: stored.stamp, present: !stored.deleted, expiresAt: stored.expiresAt ?? Infinity });
-          else this.storage.delete(change.key);
-        } else this.storage.delete(change.key);
+          this.core.noteWrite(change.key, stored.stamp);
+          if (!stale(i, stored.stamp)) this.core.install(change.key, { value: stored.value, stamp: stored.stamp, present: !stored.deleted, expiresAt: stored.expiresAt ?? Infinity });
+          else this.core.drop(change.key);
+        } else this.core.drop(change.key);
       } else {
-        this.storage.delete(change.key);
+        this.core.drop(change.key);
         failure ??= outcome.error;
       }
     });
@@ -743,35 +651,35 @@ export class PubSubCacheManager<V = unknown> extends EventEmitter<CacheManagerEv
 
   /** Number of entries in Redis (SCAN); the cache is not involved. */
   async size(): Promise<number> {
-    if (this.closed) throw new ClosedError(this.constructor.name);
+    this.assertOpen();
     return this.store.size();
   }
 
   /** Deletes every entry of the namespace in Redis (published) and empties the local cache. */
   async clear(): Promise<void> {
-    if (this.closed) throw new ClosedError(this.constructor.name);
-    this.generation++;
-    this.storage.clear();
+    this.assertOpen();
+    this.core.invalidateReads();
+    this.core.clear();
     await this.store.clear();
-    this.generation++;
-    this.storage.clear();
+    this.core.invalidateReads();
+    this.core.clear();
   }
 
   /** Keys in Redis (SCAN). */
   async *keys(): AsyncGenerator<string, void, undefined> {
-    if (this.closed) throw new ClosedError(this.constructor.name);
+    this.assertOpen();
     yield* this.store.keys();
   }
 
   /** Values in Redis (SCAN). */
   async *values(): AsyncGenerator<V, void, undefined> {
-    if (this.closed) throw new ClosedError(this.constructor.name);
+    this.assertOpen();
     yield* this.store.values();
   }
 
   /** `[key, value]` pairs in Redis (SCAN). */
   async *entries(): AsyncGenerator<[string, V], void, undefined> {
-    if (this.closed) throw new ClosedError(this.constructor.name);
+    this.assertOpen();
     yield* this.store.entries();
   }
 
@@ -786,7 +694,7 @@ export class PubSubCacheManager<V = unknown> extends EventEmitter<CacheManagerEv
     return {
       ...this.counters,
       hitRatio: hits + misses === 0 ? 0 : hits / (hits + misses),
-      size: this.storage.size,
+      size: this.core.size,
       trackedOrigins: this.subscriber.trackedOrigins,
     };
   }
@@ -801,8 +709,8 @@ export class PubSubCacheManager<V = unknown> extends EventEmitter<CacheManagerEv
       // Redis), and take no stamp for the clock.
       for (const entry of message.entries) {
         this.counters.eventsReceived++;
-        this.noteWrite(entry.key, entry.stamp);
-        if (this.storage.delete(entry.key)) {
+        this.core.noteWrite(entry.key, entry.stamp);
+        if (this.core.drop(entry.key)) {
           this.counters.eventsApplied++;
           this.emit('invalidate', entry.key, entry.stamp);
         } else this.counters.eventsIgnored++;
@@ -817,39 +725,42 @@ export class PubSubCacheManager<V = unknown> extends EventEmitter<CacheManagerEv
         // flight from caching what it finds.
         this.counters.malformed++;
         this.emit('malformed', new MalformedMessageError(`stamp ${entry.stamp} of key is more than maxDriftMs (${this.store.clock.maxDriftMs} ms) ahead`), channel);
-        this.noteWrite(entry.key, entry.stamp);
-        if (this.storage.delete(entry.key)) this.emit('invalidate', entry.key, entry.stamp);
+        this.core.noteWrite(entry.key, entry.stamp);
+        if (this.core.drop(entry.key)) this.emit('invalidate', entry.key, entry.stamp);
         continue;
       }
       this.counters.eventsReceived++;
       this.store.clock.observe(entry.stamp);
-      this.noteWrite(entry.key, entry.stamp);
+      this.core.noteWrite(entry.key, entry.stamp);
       if (this.applyRemote(entry, deleted)) this.counters.eventsApplied++;
       else this.counters.eventsIgnored++;
     }
   }
 
-  /** Hook: applies one remote change; true when it changed the cache. */
+  /** Applies one remote change (a key with a local change: its layer decides); true when it changed the cache. */
+  /** @internal */
   protected applyRemote(entry: MessageEntry, deleted: boolean): boolean {
-    const current = this.storage.peek(entry.key);
+    const local = this.core.local;
+    if (local !== undefined && local.has(entry.key)) return local.onRemote(entry, deleted, (e) => this.decodeRemote(e));
+    const current = this.core.peek(entry.key);
     if (current === undefined || current.stamp >= entry.stamp) return false;
     // A cached miss has no stamp (''), so every event looks newer than it, even a late copy of a
     // write older than the delete the miss was read after: drop the miss, never install over it.
-    if (current.present && !deleted && this.sync === 'update' && entry.payload !== undefined && this.serving) {
+    if (current.present && !deleted && this.sync === 'update' && entry.payload !== undefined && this.core.serving) {
       const value = this.decodeRemote(entry);
       if (value !== undefined) {
-        this.replace(entry.key, { value: value.value, stamp: entry.stamp, present: true, expiresAt: entry.expiresAt ?? Infinity });
+        this.core.replace(entry.key, { value: value.value, stamp: entry.stamp, present: true, expiresAt: entry.expiresAt ?? Infinity });
         this.emit('update', entry.key, value.value, entry.stamp);
         return true;
       }
     }
-    this.storage.delete(entry.key);
+    this.core.drop(entry.key);
     this.emit('invalidate', entry.key, entry.stamp);
     return true;
   }
 
   /** Decodes a value carried by a message; undefined (and counted as malformed) when it cannot be decoded. */
-  protected decodeRemote(entry: MessageEntry): { value: V } | undefined {
+  private decodeRemote(entry: MessageEntry): { value: V } | undefined {
     try {
       return { value: this.store.decodeValue(entry.key, entry.payload!) };
     } catch (error) {
@@ -860,17 +771,17 @@ export class PubSubCacheManager<V = unknown> extends EventEmitter<CacheManagerEv
   }
 
   private onDown(reason: ResyncReason): void {
-    this.generation++;
+    this.core.invalidateReads();
     this.linkEpoch++;
-    if (!this.serveStale) this.serving = false;
+    if (!this.serveStale) this.core.serving = false;
     this.emit('down', reason);
   }
 
   private onUp(reason: ResyncReason | 'initial'): void {
-    this.generation++;
+    this.core.invalidateReads();
     this.linkEpoch++;
     if (reason === 'initial') {
-      this.serving = true;
+      this.core.serving = true;
       return;
     }
     if (reason === 'sequence-gap') {
@@ -879,12 +790,12 @@ export class PubSubCacheManager<V = unknown> extends EventEmitter<CacheManagerEv
       const wait = this.lastGapResyncAt + this.gapResyncIntervalMs - performance.now();
       if (wait > 0 || this.gapTimer !== undefined) {
         this.counters.gapResyncsDeferred++;
-        if (!this.serveStale) this.serving = false;
+        if (!this.serveStale) this.core.serving = false;
         if (this.gapTimer === undefined && !this.closed) {
           this.gapTimer = setTimeout(() => {
             this.gapTimer = undefined;
             if (this.closed) return;
-            this.generation++;
+            this.core.invalidateReads();
             this.linkEpoch++;
             this.lastGapResyncAt = performance.now();
             void this.resync('sequence-gap');
@@ -902,7 +813,7 @@ export class PubSubCacheManager<V = unknown> extends EventEmitter<CacheManagerEv
     // One resync at a time: gaps reported meanwhile (a burst of topology events) make one more.
     if (this.resyncing) {
       this.resyncAgain = reason;
-      if (!this.serveStale) this.serving = false;
+      if (!this.serveStale) this.core.serving = false;
       return;
     }
     this.resyncing = true;
@@ -919,46 +830,52 @@ export class PubSubCacheManager<V = unknown> extends EventEmitter<CacheManagerEv
   private async resyncOnce(reason: ResyncReason): Promise<void> {
     const epoch = this.linkEpoch;
     const started = performance.now();
-    if (!this.serveStale) this.serving = false;
+    if (!this.serveStale) this.core.serving = false;
     this.counters.resyncs++;
     let dropped = 0;
     let kept = 0;
     if (this.onReconnect === 'clear') {
-      dropped = this.storage.size;
-      this.storage.clear();
+      dropped = this.core.size;
+      this.core.clear();
     } else {
-      const keys = [...this.storage.keys()];
+      const keys = [...this.core.keys()];
       try {
         const stamps = await this.store.readStamps(keys);
         keys.forEach((k, i) => {
-          const entry = this.storage.peek(k);
+          const entry = this.core.peek(k);
           if (entry === undefined) return;
           const stored = stamps[i];
           const same = entry.present ? stored === entry.stamp : stored === '';
           if (same) kept++;
           else {
-            this.storage.delete(k);
+            this.core.drop(k);
             dropped++;
           }
         });
       } catch (error) {
         // Cannot compare: an empty cache is a coherent cache.
-        dropped = this.storage.size;
-        this.storage.clear();
+        dropped = this.core.size;
+        this.core.clear();
         this.reportError(error as Error);
       }
     }
-    this.afterResync();
     // A down, up or gap meanwhile has its own resync coming (or the link is down): leave serving
     // to it. Anything else (a clear() say, which only invalidates reads in flight) must not stop
     // this one from serving again: no other resync would.
     if (epoch !== this.linkEpoch || this.closed) return;
-    if (this.subscriber.healthy) this.serving = true;
+    if (this.subscriber.healthy) this.core.serving = true;
     this.emit('resync', { reason, mode: this.onReconnect, dropped, kept, durationMs: performance.now() - started });
   }
 
-  /** Hook for subclasses, run after each resync. */
-  protected afterResync(): void {}
+  /**
+   * Throws `E_CLOSED` once the manager is closed; with `refuseWhileClosing`, also while a `close()`
+   * is finishing (a write-back manager refuses new changes during its final flush).
+   *
+   * @internal
+   */
+  protected assertOpen(refuseWhileClosing = false): void {
+    if (this.closed || (refuseWhileClosing && this.closing)) throw new ClosedError(this.constructor.name);
+  }
 
   /** @internal */
   protected reportError(error: Error): void {
@@ -971,14 +888,14 @@ export class PubSubCacheManager<V = unknown> extends EventEmitter<CacheManagerEv
   async close(): Promise<void> {
     if (this.closed) return;
     this.closed = true;
-    this.serving = false;
+    this.core.close();
     if (this.gapTimer !== undefined) clearTimeout(this.gapTimer);
     this.gapTimer = undefined;
     for (const { fail } of this.flights.values()) fail(new ClosedError(this.constructor.name));
     this.flights.clear();
     await this.subscriber.close();
     this.store.release(this);
-    this.storage.clear();
+    this.core.clear();
   }
 
   /** Same as {@link PubSubCacheManager.close}, for `await using`. */
@@ -1024,4 +941,3 @@ const SETTLED = Symbol('settled');
 /** A cached entry as the hot path sees it. */
 type Settled<V> = CacheEntry<V> & { [SETTLED]?: Promise<V | undefined> };
 
-const missEntry: CacheEntry<never> = Object.freeze({ value: undefined, stamp: '', present: false, expiresAt: Infinity });
