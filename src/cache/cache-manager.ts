@@ -18,16 +18,16 @@ import { bounded, waitOptions } from '../deadline.js';
 import { ClosedError, InvalidArgumentError, LoaderError, TimeoutError, asError } from '../errors.js';
 import { type DictKey, normalizeKey, normalizeKeys } from '../protocol/keys.js';
 import { MalformedMessageError, type Message, type MessageEntry } from '../protocol/messages.js';
-import { booleanOption, checkOptions, describe, enumOption, functionOption, integerOption, invalidOption } from '../options.js';
+import { checkOptions, describe, integerOption, invalidOption } from '../options.js';
 import { PubSubRedisDict } from '../store/pubsub-redis-dict.js';
 import { collectEntries } from '../store/redis-dict.js';
 import type { VersionedValue } from '../protocol/record.js';
 import { type Stamp } from '../protocol/stamp.js';
 import { type ResyncReason, Subscriber } from './subscriber.js';
 import { NearCache } from './near-cache.js';
+import { resolveCacheManagerOptions } from './resolve-options.js';
 import { CacheView, makeStorage } from './storage.js';
 import {
-  CACHE_MANAGER_OPTION_KEYS,
   type CacheEntry,
   type CacheManagerEvents,
   type CacheStats,
@@ -126,32 +126,22 @@ export class PubSubCacheManager<V = unknown> extends EventEmitter<CacheManagerEv
     super();
     const where = new.target.name;
     if (!(store instanceof PubSubRedisDict)) invalidOption(where, 'store', 'a PubSubRedisDict', store);
-    const opts = checkOptions(where, options, this.optionKeys());
+    const o = resolveCacheManagerOptions(options, where);
     this.store = store;
-    const storage = makeStorage<V>(where, opts['cache'], () => this.counters.evictions++);
+    const storage = makeStorage<V>(o.cache, () => this.counters.evictions++);
     this.cache = new CacheView(storage);
-    this.sync = enumOption(where, 'sync', opts['sync'], ['invalidate', 'update'] as const, 'invalidate');
-    const ttlMs = integerOption(where, 'ttlMs', opts['ttlMs'], 0, 0);
-    const cacheMisses = booleanOption(where, 'cacheMisses', opts['cacheMisses'], true);
-    this.onReconnect = enumOption(where, 'onReconnect', opts['onReconnect'], ['revalidate', 'clear'] as const, 'revalidate');
-    this.serveStale = booleanOption(where, 'serveStaleWhileDisconnected', opts['serveStaleWhileDisconnected'], false);
-    const heartbeatIntervalMs = integerOption(where, 'heartbeatIntervalMs', opts['heartbeatIntervalMs'], 1000, 10);
-    const heartbeatTimeoutMs = integerOption(where, 'heartbeatTimeoutMs', opts['heartbeatTimeoutMs'], 2 * heartbeatIntervalMs, 10);
-    // A timeout within one period would declare every answered heartbeat late.
-    if (heartbeatTimeoutMs <= heartbeatIntervalMs) {
-      invalidOption(where, 'heartbeatTimeoutMs', `greater than \`heartbeatIntervalMs\` (${heartbeatIntervalMs})`, heartbeatTimeoutMs);
-    }
-    const maxMessageBytes = integerOption(where, 'maxMessageBytes', opts['maxMessageBytes'], 8 << 20);
-    const now = functionOption(where, 'clock', opts['clock'], store.wallClock);
+    this.sync = o.sync;
+    this.onReconnect = o.onReconnect;
+    this.serveStale = o.serveStaleWhileDisconnected;
     this.core = new NearCache<V>(storage, {
-      now,
-      ttlMs,
-      cacheMisses,
+      now: o.clock ?? store.wallClock,
+      ttlMs: o.ttlMs,
+      cacheMisses: o.cacheMisses,
       read: (keys) => store.readVersioned(keys),
       isTooFarAhead: (stamp) => store.clock.isTooFarAhead(stamp),
       onWrite: (k) => this.wakeWriteWaiters(k),
     });
-    this.gapResyncIntervalMs = integerOption(where, 'gapResyncIntervalMs', opts['gapResyncIntervalMs'], 1000, 0);
+    this.gapResyncIntervalMs = o.gapResyncIntervalMs;
     store.claim(this);
     if (this.sync === 'update') store.setPublishValues(true);
     this.subscriber = new Subscriber(
@@ -162,9 +152,9 @@ export class PubSubCacheManager<V = unknown> extends EventEmitter<CacheManagerEv
         commandKeyPrefix: store.commandKeyPrefix,
         signer: store.signer,
         sharded: store.shardedPubSub,
-        heartbeatIntervalMs,
-        heartbeatTimeoutMs,
-        maxMessageBytes,
+        heartbeatIntervalMs: o.heartbeatIntervalMs,
+        heartbeatTimeoutMs: o.heartbeatTimeoutMs,
+        maxMessageBytes: o.maxMessageBytes,
         maxValueBytes: store.maxValueBytes,
         maxEntries: Math.max(store.batchSize, 1000),
       },
@@ -181,11 +171,6 @@ export class PubSubCacheManager<V = unknown> extends EventEmitter<CacheManagerEv
       },
     );
     this.subscriber.start();
-  }
-
-  /** Option names this class accepts; subclasses extend the list. */
-  protected optionKeys(): readonly string[] {
-    return CACHE_MANAGER_OPTION_KEYS;
   }
 
   /**

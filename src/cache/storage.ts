@@ -79,21 +79,30 @@ function isLRUCacheLike(option: unknown): option is LRUCacheLike {
   return LRU_METHODS.every((name) => typeof candidate[name] === 'function') && typeof candidate['size'] === 'number';
 }
 
-export function makeStorage<V>(where: string, option: unknown, onEvict: () => void): Storage<V> {
-  const lru = (max: number): Storage<V> =>
-    new LRUCache<string, CacheEntry<V>>({
-      max,
-      dispose: (_entry, _key, reason) => {
-        if (reason === 'evict') onEvict();
-      },
-    }) as unknown as Storage<V>;
-  if (option === undefined) return lru(10_000);
-  if (option === 'unbounded') return mapStorage<V>();
+/** A validated `cache` option: an entry count, `'unbounded'`, or the caller's own LRU cache. */
+export type StorageSpec = number | 'unbounded' | LRUCacheLike;
+
+/** Validates the `cache` option (default: 10,000 entries); throws `E_INVALID_OPTION`. */
+export function checkCacheOption(where: string, option: unknown): StorageSpec {
+  if (option === undefined) return 10_000;
+  if (option === 'unbounded') return option;
   if (typeof option === 'number') {
     if (!Number.isSafeInteger(option) || option < 1) invalidOption(where, 'cache', "a positive integer, an LRUCache or 'unbounded'", option);
-    return lru(option);
+    return option;
   }
   // Duck typing, not instanceof: an LRUCache of another version or copy of lru-cache is welcome.
-  if (isLRUCacheLike(option)) return option as unknown as Storage<V>;
+  if (isLRUCacheLike(option)) return option;
   return invalidOption(where, 'cache', "a positive integer, an LRUCache or 'unbounded'", option);
+}
+
+/** The storage a validated `cache` option names; `onEvict` hears each entry the library's own LRU evicts. */
+export function makeStorage<V>(spec: StorageSpec, onEvict: () => void): Storage<V> {
+  if (spec === 'unbounded') return mapStorage<V>();
+  if (typeof spec !== 'number') return spec as unknown as Storage<V>;
+  return new LRUCache<string, CacheEntry<V>>({
+    max: spec,
+    dispose: (_entry, _key, reason) => {
+      if (reason === 'evict') onEvict();
+    },
+  }) as unknown as Storage<V>;
 }

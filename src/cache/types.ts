@@ -59,26 +59,58 @@ export interface PubSubCacheManagerOptions {
    * `'invalidate'`: events carry keys and stamps, peers drop their entry (default).
    * `'update'`: events carry values (up to the store's `maxPublishedValueBytes`), peers install
    * them without a round trip; switches the store's `publishValues` on.
+   *
+   * @defaultValue `'invalidate'`
    */
   sync?: 'invalidate' | 'update';
-  /** Local time-to-live of an entry in ms, a safety net; 0 = none. Default 0. */
+  /**
+   * Local time-to-live of an entry in ms, a safety net; 0 = none.
+   *
+   * @defaultValue `0` (none)
+   */
   ttlMs?: number;
-  /** Cache misses (a later write anywhere invalidates them through its event). Default true. */
+  /**
+   * Cache misses (a later write anywhere invalidates them through its event).
+   *
+   * @defaultValue `true`
+   */
   cacheMisses?: boolean;
-  /** After a gap: `'revalidate'` cached stamps in pipelined batches and drop what changed (default), or `'clear'`. */
+  /**
+   * After a gap: `'revalidate'` cached stamps in pipelined batches and drop what changed (default), or `'clear'`.
+   *
+   * @defaultValue `'revalidate'`
+   */
   onReconnect?: 'revalidate' | 'clear';
   /**
    * Keep serving cached entries while the subscription is down (they may be stale). Default false:
    * reads go to Redis until the link is back and the cache is resynced.
+   *
+   * @defaultValue `false`
    */
   serveStaleWhileDisconnected?: boolean;
-  /** Heartbeat period on the subscriber connection, in ms. Default 1000. */
+  /**
+   * Heartbeat period on the subscriber connection, in ms.
+   *
+   * @defaultValue `1000`
+   */
   heartbeatIntervalMs?: number;
-  /** A heartbeat unanswered this long means a silent partition, in ms. Default 2 × `heartbeatIntervalMs`. */
+  /**
+   * A heartbeat unanswered this long means a silent partition, in ms.
+   *
+   * @defaultValue 2 × `heartbeatIntervalMs`
+   */
   heartbeatTimeoutMs?: number;
-  /** Largest message decoded, in bytes; larger ones are counted as malformed. Default 8 MiB. */
+  /**
+   * Largest message decoded, in bytes; larger ones are counted as malformed.
+   *
+   * @defaultValue `8388608` (8 MiB)
+   */
   maxMessageBytes?: number;
-  /** Clock in ms for `ttlMs` and expiry times; injectable for tests. Default: the store's `clock`. */
+  /**
+   * Clock in ms for `ttlMs` and expiry times; injectable for tests. Default: the store's `clock`.
+   *
+   * @defaultValue the store's `clock`
+   */
   clock?: () => number;
   /**
    * Least time between two resyncs caused by sequence gaps, in ms. Gaps noticed meanwhile are
@@ -244,7 +276,11 @@ export interface ReadyOptions extends WaitOptions {
    * @defaultValue 60000
    */
   timeoutMs?: number;
-  /** Reject with `E_ABORTED` when this signal is aborted. */
+  /**
+   * Reject with `E_ABORTED` when this signal is aborted.
+   *
+   * @defaultValue none
+   */
   signal?: AbortSignal;
 }
 

@@ -8,11 +8,12 @@
  *
  * @module
  */
-import { booleanOption, integerOption, invalidOption } from '../options.js';
-import { REDIS_DICT_OPTION_KEYS, RedisDict, type RedisDictOptions } from './redis-dict.js';
+import { booleanOption, invalidOption, pickOptions } from '../options.js';
+import { RedisDict, type RedisDictOptions } from './redis-dict.js';
+import { REDIS_DICT_OPTION_KEYS, resolvePubSubRedisDictOptions } from './resolve-options.js';
 import { FrameSigner } from '../protocol/signing.js';
 import { isCluster, type RedisClient, type RedisClientLike } from './topology.js';
-import { CHANNEL_PREFIX, type ChannelScope, channelNames, shardableScope } from '../protocol/channels.js';
+import { type ChannelScope, channelNames, shardableScope } from '../protocol/channels.js';
 import { type PublishTarget } from './types.js';
 
 /** Options of {@link PubSubRedisDict}. */
@@ -20,15 +21,23 @@ export interface PubSubRedisDictOptions<V> extends RedisDictOptions<V> {
   /**
    * On a Cluster, publish with SPUBLISH on per-slot channels (`<ns>/update{tag}`) so events stay
    * inside their shard instead of being broadcast to every node. Every instance sharing the
-   * namespace must use the same setting. Requires Redis 7. Default `false`.
+   * namespace must use the same setting. Requires Redis 7.
+   *
+   * @defaultValue `false`
    */
   shardedPubSub?: boolean;
   /**
    * Put values in update messages so that peers install them without a round trip. Switched on by a
-   * {@link PubSubCacheManager} in `sync: 'update'` mode. Default `false`.
+   * {@link PubSubCacheManager} in `sync: 'update'` mode.
+   *
+   * @defaultValue `false`
    */
   publishValues?: boolean;
-  /** Values larger than this (encoded, bytes) are announced without their value. Default 64 KiB. */
+  /**
+   * Values larger than this (encoded, bytes) are announced without their value.
+   *
+   * @defaultValue `65536` (64 KiB)
+   */
   maxPublishedValueBytes?: number;
   /**
    * Extra text put in every channel name, after the client's `keyPrefix` and before the namespace
@@ -51,7 +60,6 @@ export interface PubSubRedisDictOptions<V> extends RedisDictOptions<V> {
   signingKeys?: readonly (string | Uint8Array)[];
 }
 
-const OPTION_KEYS = [...REDIS_DICT_OPTION_KEYS, 'shardedPubSub', 'publishValues', 'maxPublishedValueBytes', 'channelPrefix', 'signingKeys'] as const;
 
 /**
  * A {@link RedisDict} that publishes every change (set, delete, batch, clear) atomically with it.
@@ -81,17 +89,15 @@ export class PubSubRedisDict<V = unknown> extends RedisDict<V> {
    * @param options - see {@link PubSubRedisDictOptions}.
    */
   constructor(redis: RedisClientLike, namespace: string, options?: PubSubRedisDictOptions<V>) {
-    super(redis, namespace, options);
     const where = 'PubSubRedisDict';
-    this.shardedPubSub = booleanOption(where, 'shardedPubSub', options?.shardedPubSub, false);
+    const o = resolvePubSubRedisDictOptions<V>(options, where);
+    super(redis, namespace, pickOptions(options, REDIS_DICT_OPTION_KEYS));
+    this.shardedPubSub = o.shardedPubSub;
     if (this.shardedPubSub && !this.isCluster) invalidOption(where, 'shardedPubSub', '`false` on a standalone server (sharded pub/sub needs a Cluster)', true);
-    this.withValues = booleanOption(where, 'publishValues', options?.publishValues, false);
-    this.maxPublishedValueBytes = integerOption(where, 'maxPublishedValueBytes', options?.maxPublishedValueBytes, 64 * 1024, 0);
-    const channelPrefix = options?.channelPrefix;
-    if (channelPrefix !== undefined && (typeof channelPrefix !== 'string' || !CHANNEL_PREFIX.test(channelPrefix))) {
-      invalidOption(where, 'channelPrefix', '1-128 printable ASCII characters without space, `{` or `}`', channelPrefix);
-    }
-    this.signer = FrameSigner.fromOption(where, options?.signingKeys);
+    this.withValues = o.publishValues;
+    this.maxPublishedValueBytes = o.maxPublishedValueBytes;
+    const channelPrefix = o.channelPrefix;
+    this.signer = o.signer;
     const client = redis as { options?: { keyPrefix?: unknown; db?: unknown }; condition?: { select?: unknown } };
     const keyPrefix = client.options?.keyPrefix;
     this.clientKeyPrefix = typeof keyPrefix === 'string' ? keyPrefix : '';
@@ -99,16 +105,13 @@ export class PubSubRedisDict<V = unknown> extends RedisDict<V> {
     // database is the one selected when the dictionary is created (ioredis keeps it in `condition`
     // once connected, in `options.db` before).
     const db = isCluster(redis as RedisClient) ? 0 : (client.condition?.select ?? client.options?.db ?? 0);
-    this.scope = { namespace: this.namespace, keyPrefix: this.clientKeyPrefix, channelPrefix: channelPrefix ?? '', db: typeof db === 'number' ? db : 0 };
-    if (this.shardedPubSub && !shardableScope(`${this.clientKeyPrefix}${channelPrefix ?? ''}${this.namespace}/`)) {
+    this.scope = { namespace: this.namespace, keyPrefix: this.clientKeyPrefix, channelPrefix, db: typeof db === 'number' ? db : 0 };
+    if (this.shardedPubSub && !shardableScope(`${this.clientKeyPrefix}${channelPrefix}${this.namespace}/`)) {
       invalidOption(where, 'shardedPubSub', '`false` with a client keyPrefix whose first `{` opens no non-empty hash tag (sharded channels would hash to other slots than their keys)', true);
     }
     if (!this.shardedPubSub) this.classicTarget = this.makeTarget('PUBLISH', this.channels());
   }
 
-  protected override optionKeys(): readonly string[] {
-    return OPTION_KEYS;
-  }
 
   /** True when update messages carry values. */
   get publishValues(): boolean {

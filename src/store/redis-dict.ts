@@ -6,33 +6,52 @@
  *
  * @module
  */
-import { type Codec, msgpackCodec } from '../protocol/codec.js';
+import { type Codec,} from '../protocol/codec.js';
 import { CorruptDataError, InvalidArgumentError, SerializationError, asError, redisError } from '../errors.js';
 import { type DictKey, checkNamespace, normalizeKey, normalizeKeys } from '../protocol/keys.js';
-import { checkOptions, describe, functionOption, integerOption, invalidOption } from '../options.js';
+import { checkOptions, describe, integerOption, invalidOption } from '../options.js';
 import { MAX_EXPIRES_AT, type SplitRecord, splitRecord, type VersionedValue } from '../protocol/record.js';
+import { resolveRedisDictOptions } from './resolve-options.js';
 import { ApplyUnit, applyOutcome, GUARD_PATTERN, type OutcomeContext, RELEASE_LOCK_LUA, splitApplyBatches, stampOfReply, stampsCall, WRITTEN_NEW } from './scripts.js';
 import { type OutcomeListener, type PreparedChange, type PublishTarget, SET_OPTION_KEYS, type SetOptions, type VersionedChange, type WriteOutcome } from './types.js';
-import { HybridClock, MAX_DRIFT_MS, type Stamp, isStamp } from '../protocol/stamp.js';
-import { type Commands, DEFAULT_RETRY_TIMEOUT_MS, type RedisClient, type RedisClientLike, chunk, clusterReady, groupBySlot, isCluster, runPerNode, scanTargets, slotOf } from './topology.js';
+import { HybridClock, type Stamp, isStamp } from '../protocol/stamp.js';
+import { type Commands, type RedisClient, type RedisClientLike, chunk, clusterReady, groupBySlot, isCluster, runPerNode, scanTargets, slotOf } from './topology.js';
 import { slotTag } from '../protocol/channels.js';
 
 
 /** Options of {@link RedisDict}. */
 export interface RedisDictOptions<V> {
-  /** How values become bytes. Default: MessagePack ({@link msgpackCodec}), which refuses values it cannot round-trip. */
+  /**
+   * How values become bytes. Default: MessagePack ({@link msgpackCodec}), which refuses values it cannot round-trip.
+   *
+   * @defaultValue MessagePack ({@link msgpackCodec})
+   */
   codec?: Codec<V>;
-  /** Largest encoded value accepted, in bytes; larger ones are refused with `E_VALUE_TOO_LARGE`. Default 1 MiB. */
+  /**
+   * Largest encoded value accepted, in bytes; larger ones are refused with `E_VALUE_TOO_LARGE`.
+   *
+   * @defaultValue `1048576` (1 MiB)
+   */
   maxValueBytes?: number;
   /**
    * How long a delete's tombstone is kept, in ms. A write carrying an older stamp that arrives
    * later than this (a write-back flush delayed longer) can bring the deleted entry back.
    * Default 24 hours.
+   *
+   * @defaultValue `86400000` (24 hours)
    */
   tombstoneTtlMs?: number;
-  /** Most keys per script call or MGET. Default 500. */
+  /**
+   * Most keys per script call or MGET.
+   *
+   * @defaultValue `500`
+   */
   batchSize?: number;
-  /** Wall clock in ms used for version stamps and expiry times; injectable for tests. Default `Date.now`. */
+  /**
+   * Wall clock in ms used for version stamps and expiry times; injectable for tests. Default `Date.now`.
+   *
+   * @defaultValue `Date.now`
+   */
   clock?: () => number;
   /**
    * How far ahead of the Redis server's clock a change's stamp may be, in ms. A change stamped
@@ -63,8 +82,6 @@ export interface RedisDictOptions<V> {
   defaultTtlMs?: number;
 }
 
-/** Keys of {@link RedisDictOptions}, for validation. */
-export const REDIS_DICT_OPTION_KEYS = ['codec', 'maxValueBytes', 'tombstoneTtlMs', 'batchSize', 'clock', 'maxDriftMs', 'retryTimeoutMs', 'defaultTtlMs'] as const;
 
 
 
@@ -119,7 +136,7 @@ export class RedisDict<V = unknown> implements AsyncIterable<[string, V]> {
   constructor(redis: RedisClientLike, namespace: string, options?: RedisDictOptions<V>) {
     const where = new.target.name;
     this.namespace = checkNamespace(namespace);
-    const opts = checkOptions(where, options, this.optionKeys());
+    const o = resolveRedisDictOptions<V>(options, where);
     if (redis === null || typeof redis !== 'object' || typeof (redis as { pipeline?: unknown }).pipeline !== 'function') {
       invalidOption(where, 'redis', 'an ioredis Redis or Cluster', redis);
     }
@@ -129,18 +146,14 @@ export class RedisDict<V = unknown> implements AsyncIterable<[string, V]> {
     this.keyPrefix = typeof keyPrefix === 'string' ? keyPrefix : '';
     this.prefix = `${this.namespace}/`;
     this.wirePrefix = Buffer.from(this.keyPrefix + this.prefix, 'utf8');
-    const codec = opts['codec'];
-    if (codec !== undefined && (codec === null || typeof codec !== 'object' || typeof (codec as Codec<V>).encode !== 'function' || typeof (codec as Codec<V>).decode !== 'function')) {
-      invalidOption(where, 'codec', 'an object with encode() and decode()', codec);
-    }
-    this.codec = (codec as Codec<V> | undefined) ?? msgpackCodec<V>();
-    this.maxValueBytes = integerOption(where, 'maxValueBytes', opts['maxValueBytes'], 1 << 20);
-    this.tombstoneTtlMs = integerOption(where, 'tombstoneTtlMs', opts['tombstoneTtlMs'], 86_400_000);
-    this.batchSize = integerOption(where, 'batchSize', opts['batchSize'], 500);
-    this.maxDriftMs = integerOption(where, 'maxDriftMs', opts['maxDriftMs'], MAX_DRIFT_MS, 0);
-    this.retryTimeoutMs = integerOption(where, 'retryTimeoutMs', opts['retryTimeoutMs'], DEFAULT_RETRY_TIMEOUT_MS);
-    this.wallClock = functionOption(where, 'clock', opts['clock'], Date.now);
-    this.defaultTtlMs = integerOption(where, 'defaultTtlMs', opts['defaultTtlMs'], 0, 0);
+    this.codec = o.codec;
+    this.maxValueBytes = o.maxValueBytes;
+    this.tombstoneTtlMs = o.tombstoneTtlMs;
+    this.batchSize = o.batchSize;
+    this.maxDriftMs = o.maxDriftMs;
+    this.retryTimeoutMs = o.retryTimeoutMs;
+    this.wallClock = o.clock;
+    this.defaultTtlMs = o.defaultTtlMs;
     this.clock = new HybridClock(undefined, this.wallClock, this.maxDriftMs);
   }
 
@@ -162,11 +175,6 @@ export class RedisDict<V = unknown> implements AsyncIterable<[string, V]> {
   /** True when a value with this expiry time has expired by this dictionary's clock. @internal */
   isExpired(expiresAt: number | undefined): boolean {
     return expiresAt !== undefined && expiresAt <= this.wallClock();
-  }
-
-  /** Option names this class accepts; subclasses extend the list. */
-  protected optionKeys(): readonly string[] {
-    return REDIS_DICT_OPTION_KEYS;
   }
 
   /** Publishing of this dictionary's changes; none for a plain RedisDict. */

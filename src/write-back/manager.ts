@@ -24,20 +24,29 @@ import { bounded, type WaitOptions, waitOptions } from '../deadline.js';
 import { BackpressureError, ClockSkewError, ClosedError, FlushError, TimeoutError, asError } from '../errors.js';
 import { type DictKey, normalizeKey, normalizeKeys } from '../protocol/keys.js';
 import type { MessageEntry } from '../protocol/messages.js';
-import { checkOptions, enumOption, integerOption, invalidOption } from '../options.js';
+import { pickOptions } from '../options.js';
 import type { PubSubRedisDict } from '../store/pubsub-redis-dict.js';
 import { collectEntries } from '../store/redis-dict.js';
 import type { Stamp } from '../protocol/stamp.js';
 import { isCluster } from '../store/topology.js';
 import { type ConflictPolicy, decideConflict, policyName } from './conflict.js';
+import { resolveWriteBackOptions } from './resolve-options.js';
 import { FlushScheduler } from './scheduler.js';
 import { type SetOptions, type VersionedChange, type WriteOutcome } from '../store/types.js';
 
 /** Options of {@link WriteBackCacheManager}. */
 export interface WriteBackCacheManagerOptions<V> extends PubSubCacheManagerOptions {
-  /** How conflicts are decided. Default `'last-writer-wins'`. */
+  /**
+   * How conflicts are decided.
+   *
+   * @defaultValue `'last-writer-wins'`
+   */
   conflictPolicy?: ConflictPolicy<V>;
-  /** Flush automatically every this many ms; 0 = only explicit and size-triggered flushes. Default 1000. */
+  /**
+   * Flush automatically every this many ms; 0 = only explicit and size-triggered flushes.
+   *
+   * @defaultValue `1000`
+   */
   flushIntervalMs?: number;
   /**
    * Flush automatically when this many keys are dirty. With `flushIntervalMs: 0` it must not exceed
@@ -46,27 +55,31 @@ export interface WriteBackCacheManagerOptions<V> extends PubSubCacheManagerOptio
    * @defaultValue 10,000; with `flushIntervalMs: 0`, the smaller of 10,000 and `maxPending`
    */
   maxDirty?: number;
-  /** Most dirty keys held; beyond it a change of a clean key is refused (or waits). Default 100,000. */
+  /**
+   * Most dirty keys held; beyond it a change of a clean key is refused (or waits).
+   *
+   * @defaultValue `100000`
+   */
   maxPending?: number;
-  /** At `maxPending`: `'reject'` with `E_BACKPRESSURE` (default), or `'wait'` until a flush makes room. */
+  /**
+   * At `maxPending`: `'reject'` with `E_BACKPRESSURE` (default), or `'wait'` until a flush makes room.
+   *
+   * @defaultValue `'reject'`
+   */
   onBackpressure?: 'reject' | 'wait';
-  /** How long `close()` waits for its final flush, in ms. Default 10,000. */
+  /**
+   * How long `close()` waits for its final flush, in ms.
+   *
+   * @defaultValue `10000`
+   */
   closeTimeoutMs?: number;
-  /** First retry delay after a failed flush, doubled up to 30 s. Default 100 ms. */
+  /**
+   * First retry delay after a failed flush, doubled up to 30 s.
+   *
+   * @defaultValue `100`
+   */
   retryDelayMs?: number;
 }
-
-const OPTION_KEYS = [
-  ...CACHE_MANAGER_OPTION_KEYS,
-  'conflictPolicy',
-  'flushIntervalMs',
-  'maxDirty',
-  'maxPending',
-  'onBackpressure',
-  'closeTimeoutMs',
-  'retryDelayMs',
-] as const;
-
 
 /** The answer of a local change recorded at once. */
 const DONE: Promise<void> = Promise.resolve();
@@ -171,41 +184,16 @@ export class WriteBackCacheManager<V = unknown> extends PubSubCacheManager<V> {
    */
   constructor(store: PubSubRedisDict<V>, options?: WriteBackCacheManagerOptions<V>) {
     const where = 'WriteBackCacheManager';
-    const opts = checkOptions(where, options, OPTION_KEYS);
-    const {
-      conflictPolicy,
-      flushIntervalMs,
-      maxDirty,
-      maxPending,
-      onBackpressure,
-      closeTimeoutMs,
-      retryDelayMs,
-      ...base
-    } = opts as WriteBackCacheManagerOptions<V> & Record<string, unknown>;
-    // Validate before the base class opens a subscription.
-    const policy = conflictPolicy ?? 'last-writer-wins';
-    if (typeof policy !== 'function' && policy !== 'last-writer-wins' && policy !== 'discard-on-remote-update') {
-      invalidOption(where, 'conflictPolicy', "'last-writer-wins', 'discard-on-remote-update' or a function", policy);
-    }
-    const interval = integerOption(where, 'flushIntervalMs', flushIntervalMs, 1000, 0);
-    const pendingLimit = integerOption(where, 'maxPending', maxPending, 100_000);
-    // Without a timer, only the size trigger flushes by itself: it must fire before `maxPending`
-    // refuses changes, or every change past `maxPending` would wait for a manual flush.
-    const dirtyLimit = integerOption(where, 'maxDirty', maxDirty, interval === 0 ? Math.min(10_000, pendingLimit) : 10_000);
-    if (interval === 0 && dirtyLimit > pendingLimit) {
-      invalidOption(where, 'maxDirty', `at most \`maxPending\` (${pendingLimit}) when \`flushIntervalMs\` is 0`, dirtyLimit);
-    }
-    const backpressure = enumOption(where, 'onBackpressure', onBackpressure, ['reject', 'wait'] as const, 'reject');
-    const closeTimeout = integerOption(where, 'closeTimeoutMs', closeTimeoutMs, 10_000, 0);
-    const retry = integerOption(where, 'retryDelayMs', retryDelayMs, 100);
-    super(store, base as PubSubCacheManagerOptions);
+    // Everything is validated before the base class opens a subscription.
+    const o = resolveWriteBackOptions<V>(options, where);
+    super(store, pickOptions(options, CACHE_MANAGER_OPTION_KEYS) as PubSubCacheManagerOptions | undefined);
     this.core.attach(this.localChanges());
-    this.conflictPolicy = policy;
-    this.policy = policyName(policy as ConflictPolicy<unknown>);
-    this.maxDirty = dirtyLimit;
-    this.maxPending = pendingLimit;
-    this.onBackpressure = backpressure;
-    this.closeTimeoutMs = closeTimeout;
+    this.conflictPolicy = o.conflictPolicy;
+    this.policy = policyName(o.conflictPolicy as ConflictPolicy<unknown>);
+    this.maxDirty = o.maxDirty;
+    this.maxPending = o.maxPending;
+    this.onBackpressure = o.onBackpressure;
+    this.closeTimeoutMs = o.closeTimeoutMs;
     this.scheduler = new FlushScheduler<FlushReport<V>>(
       {
         run: () => this.runFlush(),
@@ -215,13 +203,9 @@ export class WriteBackCacheManager<V = unknown> extends PubSubCacheManager<V> {
         closed: () => this.closed,
         closedError: () => new ClosedError(this.constructor.name),
       },
-      interval,
-      retry,
+      o.flushIntervalMs,
+      o.retryDelayMs,
     );
-  }
-
-  protected override optionKeys(): readonly string[] {
-    return OPTION_KEYS;
   }
 
   // ---------------------------------------------------------------- dirty tracking
