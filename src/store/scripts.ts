@@ -305,7 +305,11 @@ return result
 /** SHA1 of {@link APPLY_LUA}, for EVALSHA. */
 export const APPLY_SHA = createHash('sha1').update(APPLY_LUA).digest('hex');
 
-/** Reads the stamps of keys: per key the record's stamp, the tombstone's stamp, or '' (used by resync). */
+/**
+ * Reads the stamps of keys (used by resync): per key the record's stamp, `t` + the tombstone's
+ * stamp, `''` for nothing, or `?` for foreign data of any Redis type (a string that is not a
+ * record, a hash that is not a tombstone, a list, a set...).
+ */
 const STAMPS_LUA = `
 local function valid(s) return #s == 34 and not string.find(s, '[^0-9a-f]') end
 local out = {}
@@ -314,8 +318,9 @@ for i = 1, #KEYS do
   local head = redis.pcall('GETRANGE', key, 0, 34)
   local stamp = ''
   if type(head) == 'table' then
+    -- Not a string: a tombstone (a hash whose s is a stamp), or data of another type, foreign.
     local s = redis.pcall('HGET', key, 's')
-    if type(s) == 'string' and valid(s) then stamp = 't' .. s end
+    if type(s) == 'string' and valid(s) then stamp = 't' .. s else stamp = '?' end
   elseif #head == 35 and (string.byte(head, 1) == 118 or string.byte(head, 1) == 120) and valid(string.sub(head, 2)) then
     stamp = string.sub(head, 2)
   elseif #head > 0 then
