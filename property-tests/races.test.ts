@@ -22,14 +22,15 @@ import { PubSubCacheManager } from '../src/cache/cache-manager.js';
 import { type MessageEntry, encodeEntry, encodeHeader } from '../src/protocol/messages.js';
 import { PubSubRedisDict } from '../src/store/pubsub-redis-dict.js';
 import type { VersionedValue } from '../src/protocol/record.js';
-import type { VersionedChange, WriteOutcome } from '../src/store/redis-dict.js';
 import { HybridClock, type Stamp } from '../src/protocol/stamp.js';
-import type { Conflict, ConflictResolver } from '../src/write-back/conflict.js';
+import type { ConflictResolver } from '../src/write-back/conflict.js';
 import { WriteBackCacheManager } from '../src/write-back/manager.js';
 import { pollUntil, standaloneClient, uniqueNamespace } from '../test/helpers/connections.js';
 import { params, seedOf, timeoutOf } from './config.js';
 import { arrayHeader } from './frames.js';
 import { MessageRecorder, redisState } from './support.js';
+import { type Conflict } from '../src/cache/types.js';
+import { type VersionedChange, type WriteOutcome } from '../src/store/types.js';
 
 const FILE = import.meta.url;
 seedOf(FILE);
@@ -108,7 +109,7 @@ function checkHistory(run: RunState): void {
 
 function observe<T extends PubSubCacheManager<unknown>>(manager: T, run: () => RunState | undefined): T {
   // I4: every replacement of an entry is by a stamp at least as new.
-  const storage = (manager as unknown as { storage: { set(k: string, e: { stamp: string }): unknown; peek(k: string): { stamp: string } | undefined } }).storage;
+  const storage = (manager.cache as unknown as { storage: { set(k: string, e: { stamp: string }): unknown; peek(k: string): { stamp: string } | undefined } }).storage;
   const set = storage.set.bind(storage);
   storage.set = (key, entry) => {
     const existing = storage.peek(key);

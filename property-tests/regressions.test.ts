@@ -11,11 +11,11 @@ import { PubSubRedisDict } from '../src/store/pubsub-redis-dict.js';
 import type { ConflictResolver } from '../src/write-back/conflict.js';
 import { WriteBackCacheManager } from '../src/write-back/manager.js';
 import type { VersionedValue } from '../src/protocol/record.js';
-import type { VersionedChange, WriteOutcome } from '../src/store/redis-dict.js';
 import { HybridClock, MAX_DRIFT_MS, parseStamp } from '../src/protocol/stamp.js';
 import { pollUntil, standaloneClient, uniqueNamespace } from '../test/helpers/connections.js';
 import { arrayHeader } from './frames.js';
 import { redisState } from './support.js';
+import { type VersionedChange, type WriteOutcome } from '../src/store/types.js';
 
 type Gate = 'read reply' | 'write send' | 'write reply';
 

@@ -12,7 +12,8 @@ import { MessageDecoder } from '../src/protocol/messages.js';
 import { splitRecord } from '../src/protocol/record.js';
 import type { RedisDict } from '../src/store/redis-dict.js';
 import type { Stamp } from '../src/protocol/stamp.js';
-import { slotOf, slotTag, type RedisClient } from '../src/store/topology.js';
+import { slotOf, type RedisClient } from '../src/store/topology.js';
+import { slotTag } from '../src/protocol/channels.js';
 
 /** Own properties of the built-in prototypes, to prove nothing was polluted. */
 export function prototypesSnapshot(): Record<string, string[]> {

@@ -17,12 +17,13 @@ import { expect } from 'vitest';
 import { PubSubCacheManager } from '../src/cache/cache-manager.js';
 import type { MessageEntry } from '../src/protocol/messages.js';
 import { PubSubRedisDict } from '../src/store/pubsub-redis-dict.js';
-import type { VersionedChange, WriteOutcome } from '../src/store/redis-dict.js';
 import { HybridClock, type Stamp } from '../src/protocol/stamp.js';
-import type { Conflict, ConflictResolver } from '../src/write-back/conflict.js';
+import type { ConflictResolver } from '../src/write-back/conflict.js';
 import { WriteBackCacheManager } from '../src/write-back/manager.js';
 import { pollUntil } from '../test/helpers/connections.js';
 import { MessageRecorder, clusterReady, fenceKeys, killSubscriber, redisState, waitForEvent, type RedisState } from './support.js';
+import { type Conflict } from '../src/cache/types.js';
+import { type VersionedChange, type WriteOutcome } from '../src/store/types.js';
 
 export type Kind = 'pc' | 'wb';
 export type PolicyName = 'last-writer-wins' | 'discard-on-remote-update' | 'custom';
@@ -266,7 +267,7 @@ export class Instance {
 
   /** I4: every replacement of a cached entry is by a stamp at least as new. */
   private instrumentStorage(): void {
-    const storage = (this.manager as unknown as { storage: { set(k: string, e: { stamp: string; present: boolean }): unknown; peek(k: string): { stamp: string } | undefined } }).storage;
+    const storage = (this.manager.cache as unknown as { storage: { set(k: string, e: { stamp: string; present: boolean }): unknown; peek(k: string): { stamp: string } | undefined } }).storage;
     const set = storage.set.bind(storage);
     storage.set = (key, entry) => {
       const current = storage.peek(key);

@@ -23,12 +23,11 @@ import { msgpackCodec } from '../src/protocol/codec.js';
 import { normalizeKey } from '../src/protocol/keys.js';
 import { encodeEntry, encodeHeader, type MessageType } from '../src/protocol/messages.js';
 import { EXPIRING_RECORD_TAG, RECORD_TAG, TOMBSTONE_TAG, changeHeaderLength, writeChange } from '../src/protocol/record.js';
-import { ApplyUnit, type PreparedChange, type PublishTarget } from '../src/store/redis-dict.js';
-import { APPLY_SHA } from '../src/store/scripts.js';
+import { APPLY_SHA, ApplyUnit } from '../src/store/scripts.js';
 import { formatStamp, HybridClock, MAX_DRIFT_MS, type Stamp, ZERO_STAMP } from '../src/protocol/stamp.js';
-import { channelNames } from '../src/store/pubsub-redis-dict.js';
 import { FrameSigner, TAG_BYTES } from '../src/protocol/signing.js';
-import { slotTag } from '../src/store/topology.js';
+import { type PreparedChange, type PublishTarget } from '../src/store/types.js';
+import { slotTag, channelNames } from '../src/protocol/channels.js';
 
 /** Where the vectors are committed. */
 export const VECTORS_PATH = fileURLToPath(new URL('../docs/protocol-vectors.json', import.meta.url));

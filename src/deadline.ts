@@ -15,7 +15,11 @@ export interface WaitOptions {
    * @defaultValue 0 for `onIdle()` (no limit); 30000 for `ready()` (see `ReadyOptions`)
    */
   timeoutMs?: number;
-  /** Give up with `E_ABORTED` when this signal is aborted. */
+  /**
+   * Give up with `E_ABORTED` when this signal is aborted.
+   *
+   * @defaultValue none
+   */
   signal?: AbortSignal;
 }
 

@@ -181,10 +181,14 @@ export class FlushError extends RedisDictError {
   /** Each key that could not be written, with the error Redis gave. */
   readonly failed: readonly { readonly key: string; readonly error: Error }[];
 
-  constructor(failed: readonly { key: string; error: Error }[], message?: string) {
+  /**
+   * @param code - `E_FLUSH`, or `E_TIMEOUT` for a flush that did not finish in time (`close()`'s
+   *   final flush past `closeTimeoutMs`).
+   */
+  constructor(failed: readonly { key: string; error: Error }[], message?: string, code: 'E_FLUSH' | 'E_TIMEOUT' = 'E_FLUSH') {
     const keys = failed.slice(0, 5).map((f) => `\`${f.key}\``).join(', ');
     const more = failed.length > 5 ? ` and ${failed.length - 5} more` : '';
-    super('E_FLUSH', message ?? `Could not write ${failed.length} key(s): ${keys}${more}; they stay dirty`, { cause: failed[0]?.error });
+    super(code, message ?? `Could not write ${failed.length} key(s): ${keys}${more}; they stay dirty`, { cause: failed[0]?.error });
     this.failed = failed;
   }
 }

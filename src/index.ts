@@ -4,11 +4,10 @@
  *
  * @packageDocumentation
  */
-export { RedisDict, type RedisDictOptions, type VersionedChange, type WriteOutcome, type OutcomeListener, type StoredState, type SetOptions } from './store/redis-dict.js';
+export { RedisDict, type RedisDictOptions } from './store/redis-dict.js';
 export { PubSubRedisDict, type PubSubRedisDictOptions } from './store/pubsub-redis-dict.js';
+export { PubSubCacheManager } from './cache/cache-manager.js';
 export {
-  PubSubCacheManager,
-  CacheView,
   type PubSubCacheManagerOptions,
   type CacheEntry,
   type CacheOption,
@@ -20,18 +19,21 @@ export {
   DEFAULT_READY_TIMEOUT_MS,
   type GetOrSetOptions,
   type StaleReason,
-} from './cache/cache-manager.js';
+  type Conflict,
+  type ConflictSide,
+  type ConflictPolicyName,
+  type FlushReport,
+} from './cache/types.js';
 export type { WaitOptions } from './deadline.js';
 export type { ResyncReason } from './cache/subscriber.js';
 export {
   WriteBackCacheManager,
   CloseFlushError,
   type WriteBackCacheManagerOptions,
-  type FlushReport,
   type UnwrittenChange,
   type WriteBackStats,
 } from './write-back/manager.js';
-export type { Conflict, ConflictPolicy, ConflictResolver, ConflictSide, ConflictPolicyName } from './write-back/conflict.js';
+export type { ConflictPolicy, ConflictResolver } from './write-back/conflict.js';
 export { type Codec, msgpackCodec, assertSerializable, MAX_DEPTH } from './protocol/codec.js';
 export type { RedisClient, RedisClientLike } from './store/topology.js';
 export { type DictKey, MAX_KEY_LENGTH } from './protocol/keys.js';
@@ -57,3 +59,5 @@ export {
   type DictWarning,
 } from './errors.js';
 export { MalformedMessageError } from './protocol/messages.js';
+export { type VersionedChange, type WriteOutcome, type OutcomeListener, type StoredState, type SetOptions } from './store/types.js';
+export { CacheView } from './cache/storage.js';

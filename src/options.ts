@@ -75,3 +75,11 @@ export function functionOption<F>(where: string, name: string, value: unknown, f
 export function invalidOption(where: string, name: string, expected: string, value: unknown): never {
   fail(where, name, expected, value);
 }
+
+/** The options of a subclass that its base class takes: those of `keys` that are set. */
+export function pickOptions(raw: unknown, keys: readonly string[]): Record<string, unknown> | undefined {
+  if (raw === undefined || raw === null || typeof raw !== 'object') return raw as undefined;
+  const out: Record<string, unknown> = {};
+  for (const key of keys) if (key in raw) out[key] = (raw as Record<string, unknown>)[key];
+  return out;
+}

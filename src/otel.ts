@@ -22,11 +22,11 @@
  * @module
  */
 import type { Attributes, BatchObservableCallback, Histogram, Meter, Observable } from '@opentelemetry/api';
-import type { CacheStats, PubSubCacheManager, ResyncInfo } from './cache/cache-manager.js';
+import type { PubSubCacheManager } from './cache/cache-manager.js';
+import type { CacheStats, Conflict, FlushReport, ResyncInfo } from './cache/types.js';
 import { InvalidArgumentError } from './errors.js';
 import { describe } from './options.js';
-import type { Conflict } from './write-back/conflict.js';
-import type { FlushReport, WriteBackCacheManager, WriteBackStats } from './write-back/manager.js';
+import type { WriteBackCacheManager, WriteBackStats } from './write-back/manager.js';
 
 /** Options of {@link instrument}. */
 export interface InstrumentOptions {

@@ -14,204 +14,33 @@
  */
 import { randomBytes } from 'node:crypto';
 import { EventEmitter } from 'node:events';
-import { LRUCache } from 'lru-cache';
-import { bounded, type WaitOptions, waitOptions } from '../deadline.js';
-import { ClosedError, type DictWarning, InvalidArgumentError, LoaderError, TimeoutError, asError } from '../errors.js';
+import { bounded, waitOptions } from '../deadline.js';
+import { ClosedError, InvalidArgumentError, LoaderError, TimeoutError, asError } from '../errors.js';
 import { type DictKey, normalizeKey, normalizeKeys } from '../protocol/keys.js';
 import { MalformedMessageError, type Message, type MessageEntry } from '../protocol/messages.js';
-import { booleanOption, checkOptions, describe, enumOption, functionOption, integerOption, invalidOption } from '../options.js';
+import { checkOptions, describe, integerOption, invalidOption } from '../options.js';
 import { PubSubRedisDict } from '../store/pubsub-redis-dict.js';
-import { collectEntries, type SetOptions, type WriteOutcome } from '../store/redis-dict.js';
+import { collectEntries } from '../store/redis-dict.js';
 import type { VersionedValue } from '../protocol/record.js';
 import { type Stamp } from '../protocol/stamp.js';
 import { type ResyncReason, Subscriber } from './subscriber.js';
-import type { Conflict } from '../write-back/conflict.js';
-import type { FlushReport } from '../write-back/manager.js';
-
-/** A cached entry: a value (or a cached miss) and the stamp of the write it shows. */
-export interface CacheEntry<V> {
-  /** The value; `undefined` for a cached miss. */
-  readonly value: V | undefined;
-  /** Stamp of the write this entry shows (`''` for a miss, older than every write). */
-  readonly stamp: Stamp | '';
-  /** False for a cached miss. */
-  readonly present: boolean;
-  /**
-   * When the entry stops being served (clock ms): the earlier of the stored value's own expiry
-   * (its write's `ttlMs`) and the manager's local `ttlMs`; `Infinity` when neither applies.
-   */
-  readonly expiresAt: number;
-}
-
-/**
- * Your own `LRUCache` as the cache's storage, seen through the calls the manager makes: an
- * `LRUCache` of any version (10 and 11 are tested) or copy of lru-cache, checked by duck typing
- * (`get`, `peek`, `set`, `delete`, `clear`, `has`, `keys`, `entries` and `size`).
- */
-// eslint-disable-next-line @typescript-eslint/no-explicit-any
-export interface LRUCacheLike<V = any> {
-  get(key: string): V | undefined;
-  peek(key: string): V | undefined;
-  set(key: string, value: V): unknown;
-  delete(key: string): boolean;
-  clear(): void;
-  has(key: string): boolean;
-  keys(): IterableIterator<string>;
-  entries(): IterableIterator<[string, V]>;
-  readonly size: number;
-}
-
-/** Where cached entries live: a max entry count (LRU), your own `LRUCache`, or `'unbounded'` (a `Map`). */
-export type CacheOption = number | 'unbounded' | LRUCacheLike;
-
-/** Options of {@link PubSubCacheManager}. */
-export interface PubSubCacheManagerOptions {
-  /**
-   * Cache storage: a max entry count (LRU), your own `LRUCache` instance (any version or copy of
-   * lru-cache, see {@link LRUCacheLike}), or `'unbounded'`.
-   * @defaultValue 10,000 entries (LRU)
-   */
-  cache?: CacheOption;
-  /**
-   * `'invalidate'`: events carry keys and stamps, peers drop their entry (default).
-   * `'update'`: events carry values (up to the store's `maxPublishedValueBytes`), peers install
-   * them without a round trip; switches the store's `publishValues` on.
-   */
-  sync?: 'invalidate' | 'update';
-  /** Local time-to-live of an entry in ms, a safety net; 0 = none. Default 0. */
-  ttlMs?: number;
-  /** Cache misses (a later write anywhere invalidates them through its event). Default true. */
-  cacheMisses?: boolean;
-  /** After a gap: `'revalidate'` cached stamps in pipelined batches and drop what changed (default), or `'clear'`. */
-  onReconnect?: 'revalidate' | 'clear';
-  /**
-   * Keep serving cached entries while the subscription is down (they may be stale). Default false:
-   * reads go to Redis until the link is back and the cache is resynced.
-   */
-  serveStaleWhileDisconnected?: boolean;
-  /** Heartbeat period on the subscriber connection, in ms. Default 1000. */
-  heartbeatIntervalMs?: number;
-  /** A heartbeat unanswered this long means a silent partition, in ms. Default 2 × `heartbeatIntervalMs`. */
-  heartbeatTimeoutMs?: number;
-  /** Largest message decoded, in bytes; larger ones are counted as malformed. Default 8 MiB. */
-  maxMessageBytes?: number;
-  /** Clock in ms for `ttlMs` and expiry times; injectable for tests. Default: the store's `clock`. */
-  clock?: () => number;
-  /**
-   * Least time between two resyncs caused by sequence gaps, in ms. Gaps noticed meanwhile are
-   * coalesced into one resync when the interval ends; until then the cache is not served (unless
-   * `serveStaleWhileDisconnected`), so no entry a lost message may have changed is served. A flood
-   * of gaps (lost messages, or forged ones on an unsigned deployment) costs at most one stamp read
-   * per interval. Resyncs after a reconnect, a heartbeat timeout or a failover are not limited.
-   *
-   * @defaultValue `1000`
-   */
-  gapResyncIntervalMs?: number;
-}
-
-/** Option names of {@link PubSubCacheManager}, for validation. */
-export const CACHE_MANAGER_OPTION_KEYS = [
-  'cache',
-  'sync',
-  'ttlMs',
-  'cacheMisses',
-  'onReconnect',
-  'serveStaleWhileDisconnected',
-  'heartbeatIntervalMs',
-  'heartbeatTimeoutMs',
-  'maxMessageBytes',
-  'clock',
-  'gapResyncIntervalMs',
-] as const;
-
-/** Counters of {@link PubSubCacheManager.stats}. */
-export interface CacheStats {
-  /** Reads served from the cache. */
-  hits: number;
-  /** Reads that went to Redis. */
-  misses: number;
-  /** hits / (hits + misses), 0 when there was no read. */
-  hitRatio: number;
-  /** Entries received in valid messages from other instances. */
-  eventsReceived: number;
-  /** Entries that changed the cache. */
-  eventsApplied: number;
-  /** Entries that changed nothing (not cached, or not newer than the cached entry). */
-  eventsIgnored: number;
-  /** Malformed messages (and undecodable values in messages). */
-  malformed: number;
-  /** Resynchronisations after a gap. */
-  resyncs: number;
-  /**
-   * Entries the LRU dropped to stay within its `max` (not counted for your own `LRUCache` given
-   * as `cache`: count them with its `dispose` option).
-   */
-  evictions: number;
-  /** Messages refused because their signature did not verify (or was missing); also counted in `malformed`. */
-  unverified: number;
-  /** Sequence gaps that did not start a resync at once (`gapResyncIntervalMs`): each was coalesced into a later one. */
-  gapResyncsDeferred: number;
-  /** Entries cached now. */
-  size: number;
-  /** Writer origins (per slot group) whose message sequence numbers are tracked now; bounded, idle ones age out. */
-  trackedOrigins: number;
-  /** `getOrSet`: loader calls made by this instance (first loads and refreshes). */
-  loads: number;
-  /** `getOrSet`: loader calls that failed (threw, rejected). */
-  loadErrors: number;
-  /** `getOrSet`: stale values served (stale-while-revalidate, grace, timeout). */
-  staleServed: number;
-  /** `getOrSet`: background refreshes started by stale-while-revalidate. */
-  refreshes: number;
-  /** `getOrSet`: times this instance waited for another instance's load lock. */
-  lockWaits: number;
-}
-
-/** Options of {@link PubSubCacheManager.getOrSet}. */
-export interface GetOrSetOptions {
-  /**
-   * Time to live of the loaded value, in ms (stored in Redis, see `set`'s `ttlMs`); 0 = none.
-   *
-   * @defaultValue the store's `defaultTtlMs`
-   */
-  ttlMs?: number;
-  /**
-   * For this long after the value's expiry, `getOrSet` answers at once with the previous value
-   * while one background refresh (one in the whole fleet) replaces it. A failed refresh is reported
-   * (`loadError` event, `loadErrors`) and tried again by the next call.
-   *
-   * @defaultValue 0 (off)
-   */
-  staleWhileRevalidateMs?: number;
-  /**
-   * Fail-safe: when Redis or the loader fails (or `timeoutMs` passes), serve the last known value
-   * for up to this long after its expiry, never longer (`stale` event, `staleServed`).
-   *
-   * @defaultValue 0 (off)
-   */
-  graceMs?: number;
-  /**
-   * Longest wait for a load, in ms. Past it, `getOrSet` answers with a stale value when one is
-   * available (within `graceMs` or `staleWhileRevalidateMs` of its expiry) and lets the load finish
-   * in the background; without one it rejects with `E_TIMEOUT`.
-   *
-   * @defaultValue none
-   */
-  timeoutMs?: number;
-  /**
-   * Lifetime of the load lock in Redis, in ms: if the loading instance dies, others take over after
-   * this. A load that takes longer may run twice in the fleet.
-   *
-   * @defaultValue 10,000
-   */
-  lockTtlMs?: number;
-}
+import { NearCache } from './near-cache.js';
+import { resolveCacheManagerOptions } from './resolve-options.js';
+import { CacheView, makeStorage } from './storage.js';
+import {
+  type CacheEntry,
+  type CacheManagerEvents,
+  type CacheStats,
+  DEFAULT_READY_TIMEOUT_MS,
+  type GetOrSetOptions,
+  type PubSubCacheManagerOptions,
+  type ReadyOptions,
+  type StaleReason,
+} from './types.js';
+import { type SetOptions, type WriteOutcome } from '../store/types.js';
 
 /** Option names of {@link GetOrSetOptions}, for validation. */
 const GET_OR_SET_OPTION_KEYS = ['ttlMs', 'staleWhileRevalidateMs', 'graceMs', 'timeoutMs', 'lockTtlMs'] as const;
-
-/** Why `getOrSet` served a stale value. */
-export type StaleReason = 'revalidate' | 'grace' | 'timeout';
 
 /** Validated {@link GetOrSetOptions}. */
 interface LoadOptions {
@@ -225,129 +54,6 @@ interface LoadOptions {
 
 /** How often a caller waiting for another instance's lock looks again (a message wakes it sooner), in ms. */
 const LOCK_POLL_MS = 50;
-
-/** Details of a resync. */
-export interface ResyncInfo {
-  readonly reason: ResyncReason;
-  readonly mode: 'revalidate' | 'clear';
-  /** Entries dropped because Redis holds another version (all of them for `'clear'`). */
-  readonly dropped: number;
-  /** Entries kept because Redis holds the same version. */
-  readonly kept: number;
-  /** How long the resync took, in ms (reading the stamps back included). */
-  readonly durationMs: number;
-}
-
-/** Events of a cache manager. */
-export interface CacheManagerEvents<V> {
-  /** A remote change dropped a cached entry. */
-  invalidate: [key: string, stamp: Stamp];
-  /** A remote change installed a value (`sync: 'update'`). */
-  update: [key: string, value: V, stamp: Stamp];
-  /** The cache was resynchronised after a gap. */
-  resync: [info: ResyncInfo];
-  /** The subscription went down; cached entries are not served until the next resync. */
-  down: [reason: ResyncReason];
-  /** A malformed message was received and ignored. */
-  malformed: [error: MalformedMessageError, channel: string];
-  /** A background error (connection, resync, automatic flush); emitted only when someone listens. */
-  error: [error: Error];
-  /** Write-back only: a local change was discarded, kept or merged by the conflict policy. */
-  conflict: [conflict: Conflict<V>];
-  /** Write-back only: a flush finished without failures. */
-  flush: [report: FlushReport<V>];
-  /**
-   * A condition that threatens a guarantee without being an error, e.g. `E_EVICTION_POLICY`: a
-   * write-back manager on a server whose `maxmemory-policy` may evict the library's keys.
-   */
-  warning: [warning: DictWarning];
-  /** `getOrSet` served a stale value: during a refresh (`'revalidate'`), after a failure (`'grace'`), or a slow load (`'timeout'`). */
-  stale: [key: string, reason: StaleReason, error?: Error];
-  /** `getOrSet`: a loader failed (also a background refresh, which is tried again by the next call). */
-  loadError: [key: string, error: Error];
-}
-
-/** Options of {@link PubSubCacheManager.ready}. */
-export interface ReadyOptions extends WaitOptions {
-  /**
-   * Reject with `E_TIMEOUT` after this many ms (the subscription keeps trying in the background);
-   * 0 = no time limit. The default leaves room for sharded pub/sub, whose subscription (2 x 16,384
-   * channels, one SSUBSCRIBE per slot) took up to 20-30 s on a loaded 2-core host with ioredis 6.
-   * @defaultValue 60000
-   */
-  timeoutMs?: number;
-  /** Reject with `E_ABORTED` when this signal is aborted. */
-  signal?: AbortSignal;
-}
-
-/** Default bound of {@link PubSubCacheManager.ready}, in ms. */
-export const DEFAULT_READY_TIMEOUT_MS = 60_000;
-
-interface PendingRead<V> {
-  promise: Promise<VersionedValue<V> | undefined>;
-  /** Newest stamp of an event or local write for this key seen while the read was in flight. */
-  newest: Stamp | '';
-  readonly generation: number;
-}
-
-/** Storage behind the cache: `Map` or `LRUCache`, both seen through the calls used here. */
-interface Storage<V> {
-  get(key: string): CacheEntry<V> | undefined;
-  peek(key: string): CacheEntry<V> | undefined;
-  set(key: string, entry: CacheEntry<V>): void;
-  delete(key: string): boolean;
-  clear(): void;
-  has(key: string): boolean;
-  keys(): IterableIterator<string>;
-  entries(): IterableIterator<[string, CacheEntry<V>]>;
-  readonly size: number;
-}
-
-function mapStorage<V>(): Storage<V> {
-  const map = new Map<string, CacheEntry<V>>();
-  return Object.assign(map, { peek: (key: string) => map.get(key) }) as unknown as Storage<V>;
-}
-
-/**
- * A read-only view of what a cache manager holds. For a `WriteBackCacheManager` it holds the
- * clean entries (what was last read from or written to Redis): a local change not flushed yet is
- * not in it, though reads see it (`dirtyKeys()` lists those keys), and the key's clean entry, if
- * any, stays until the flush replaces it.
- */
-export class CacheView<V> {
-  /** @internal */
-  constructor(private readonly storage: Storage<V>) {}
-
-  /** Number of cached entries (cached misses included). */
-  get size(): number {
-    return this.storage.size;
-  }
-
-  /** True when `key` has a cached entry (a value or a cached miss). */
-  has(key: DictKey): boolean {
-    return this.storage.has(normalizeKey(key));
-  }
-
-  /** The cached entry of `key` without touching its LRU position. */
-  peek(key: DictKey): CacheEntry<V> | undefined {
-    return this.storage.peek(normalizeKey(key));
-  }
-
-  /** Cached keys (cached misses included). */
-  keys(): IterableIterator<string> {
-    return this.storage.keys();
-  }
-
-  /** Cached `[key, value]` pairs (values only, no cached misses). */
-  *entries(): IterableIterator<[string, V]> {
-    for (const [key, entry] of this.storage.entries()) if (entry.present) yield [key, entry.value as V];
-  }
-
-  /** Cached values. */
-  *values(): IterableIterator<V> {
-    for (const [, value] of this.entries()) yield value;
-  }
-}
 
 /**
  * A write-through near cache: reads are served from local memory, misses go to Redis (concurrent
@@ -364,27 +70,25 @@ export class PubSubCacheManager<V = unknown> extends EventEmitter<CacheManagerEv
   /** Sync mode. */
   readonly sync: 'invalidate' | 'update';
 
-  /** @internal */ protected readonly storage: Storage<V>;
+  /**
+   * The near-cache core: entries, install/replace, read tracking (I5), generations. A write-back
+   * manager composes it too, attaching its dirty map as the layer of local changes.
+   *
+   * @internal
+   */
+  protected readonly core: NearCache<V>;
   /** @internal */ protected readonly subscriber: Subscriber;
   /** @internal */ protected closed = false;
-  /** @internal */ protected readonly now: () => number;
-  private readonly ttlMs: number;
-  private readonly cacheMisses: boolean;
+  /** True once a `close()` that finishes asynchronously (a write-back's final flush) has started. @internal */
+  protected closing = false;
   private readonly onReconnect: 'revalidate' | 'clear';
   private readonly serveStale: boolean;
-  private readonly reads = new Map<string, PendingRead<V>>();
-  /** Per key with write-through writes in flight: how many, and the newest stamp noted meanwhile. */
-  private readonly writing = new Map<string, { pending: number; newest: Stamp | '' }>();
-  /** Bumped by every gap and resync; reads started before a bump are not cached. */
-  private generation = 0;
   /**
    * Bumped by every change of the link (down, up, gap): a resync that saw one meanwhile leaves
-   * serving to the resync that change causes. Not bumped by `clear()`, which bumps
-   * {@link PubSubCacheManager.generation} only: a resync it overlaps still completes.
+   * serving to the resync that change causes. Not bumped by `clear()`, which bumps the core's
+   * generation only: a resync it overlaps still completes.
    */
   private linkEpoch = 0;
-  /** True when cached entries may be served. */
-  private serving = false;
   private resyncing = false;
   private resyncAgain: ResyncReason | undefined;
   private readonly counters = {
@@ -413,8 +117,6 @@ export class PubSubCacheManager<V = unknown> extends EventEmitter<CacheManagerEv
   private readonly flights = new Map<string, { promise: Promise<V>; fail: (error: Error) => void }>();
   /** Callers waiting for a write of a key (another instance's load). */
   private readonly writeWaiters = new Map<string, Set<() => void>>();
-  /** How long an expired entry is kept for `getOrSet`'s stale-while-revalidate and grace, in ms. */
-  private retainMs = 0;
 
   /**
    * @param store - a {@link PubSubRedisDict}; one cache manager per store.
@@ -424,24 +126,22 @@ export class PubSubCacheManager<V = unknown> extends EventEmitter<CacheManagerEv
     super();
     const where = new.target.name;
     if (!(store instanceof PubSubRedisDict)) invalidOption(where, 'store', 'a PubSubRedisDict', store);
-    const opts = checkOptions(where, options, this.optionKeys());
+    const o = resolveCacheManagerOptions(options, where);
     this.store = store;
-    this.storage = makeStorage<V>(where, opts['cache'], () => this.counters.evictions++);
-    this.cache = new CacheView(this.storage);
-    this.sync = enumOption(where, 'sync', opts['sync'], ['invalidate', 'update'] as const, 'invalidate');
-    this.ttlMs = integerOption(where, 'ttlMs', opts['ttlMs'], 0, 0);
-    this.cacheMisses = booleanOption(where, 'cacheMisses', opts['cacheMisses'], true);
-    this.onReconnect = enumOption(where, 'onReconnect', opts['onReconnect'], ['revalidate', 'clear'] as const, 'revalidate');
-    this.serveStale = booleanOption(where, 'serveStaleWhileDisconnected', opts['serveStaleWhileDisconnected'], false);
-    const heartbeatIntervalMs = integerOption(where, 'heartbeatIntervalMs', opts['heartbeatIntervalMs'], 1000, 10);
-    const heartbeatTimeoutMs = integerOption(where, 'heartbeatTimeoutMs', opts['heartbeatTimeoutMs'], 2 * heartbeatIntervalMs, 10);
-    // A timeout within one period would declare every answered heartbeat late.
-    if (heartbeatTimeoutMs <= heartbeatIntervalMs) {
-      invalidOption(where, 'heartbeatTimeoutMs', `greater than \`heartbeatIntervalMs\` (${heartbeatIntervalMs})`, heartbeatTimeoutMs);
-    }
-    const maxMessageBytes = integerOption(where, 'maxMessageBytes', opts['maxMessageBytes'], 8 << 20);
-    this.now = functionOption(where, 'clock', opts['clock'], store.wallClock);
-    this.gapResyncIntervalMs = integerOption(where, 'gapResyncIntervalMs', opts['gapResyncIntervalMs'], 1000, 0);
+    const storage = makeStorage<V>(o.cache, () => this.counters.evictions++);
+    this.cache = new CacheView(storage);
+    this.sync = o.sync;
+    this.onReconnect = o.onReconnect;
+    this.serveStale = o.serveStaleWhileDisconnected;
+    this.core = new NearCache<V>(storage, {
+      now: o.clock ?? store.wallClock,
+      ttlMs: o.ttlMs,
+      cacheMisses: o.cacheMisses,
+      read: (keys) => store.readVersioned(keys),
+      isTooFarAhead: (stamp) => store.clock.isTooFarAhead(stamp),
+      onWrite: (k) => this.wakeWriteWaiters(k),
+    });
+    this.gapResyncIntervalMs = o.gapResyncIntervalMs;
     store.claim(this);
     if (this.sync === 'update') store.setPublishValues(true);
     this.subscriber = new Subscriber(
@@ -452,9 +152,9 @@ export class PubSubCacheManager<V = unknown> extends EventEmitter<CacheManagerEv
         commandKeyPrefix: store.commandKeyPrefix,
         signer: store.signer,
         sharded: store.shardedPubSub,
-        heartbeatIntervalMs,
-        heartbeatTimeoutMs,
-        maxMessageBytes,
+        heartbeatIntervalMs: o.heartbeatIntervalMs,
+        heartbeatTimeoutMs: o.heartbeatTimeoutMs,
+        maxMessageBytes: o.maxMessageBytes,
         maxValueBytes: store.maxValueBytes,
         maxEntries: Math.max(store.batchSize, 1000),
       },
@@ -471,11 +171,6 @@ export class PubSubCacheManager<V = unknown> extends EventEmitter<CacheManagerEv
       },
     );
     this.subscriber.start();
-  }
-
-  /** Option names this class accepts; subclasses extend the list. */
-  protected optionKeys(): readonly string[] {
-    return CACHE_MANAGER_OPTION_KEYS;
   }
 
   /**
@@ -499,7 +194,11 @@ export class PubSubCacheManager<V = unknown> extends EventEmitter<CacheManagerEv
     } catch (error) {
       return Promise.reject(error as Error);
     }
-    if (this.closed) return Promise.reject(new ClosedError(this.constructor.name));
+    try {
+      this.assertOpen();
+    } catch (error) {
+      return Promise.reject(error as Error);
+    }
     return bounded(this.whenReady(), where, timeoutMs, signal);
   }
 
@@ -507,12 +206,12 @@ export class PubSubCacheManager<V = unknown> extends EventEmitter<CacheManagerEv
   protected async whenReady(): Promise<void> {
     await this.subscriber.whenLive();
     // close() settles the subscriber's waiters: a closed manager is not ready.
-    if (this.closed) throw new ClosedError(this.constructor.name);
+    this.assertOpen();
   }
 
   /** True while cached entries are served (subscribed, heartbeat answering, not resyncing). */
   get isServing(): boolean {
-    return this.serving && !this.closed;
+    return this.core.serving && !this.closed;
   }
 
   // ---------------------------------------------------------------- reads
@@ -527,7 +226,7 @@ export class PubSubCacheManager<V = unknown> extends EventEmitter<CacheManagerEv
     // Hot path: a string key is looked up as is (only validated keys were ever cached); the full
     // validation runs on a miss, before anything reaches Redis.
     if (typeof key === 'string' && !this.closed) {
-      const entry = this.lookup(key) as Settled<V> | undefined;
+      const entry = this.core.lookup(key) as Settled<V> | undefined;
       if (entry !== undefined) {
         this.counters.hits++;
         if (!entry.present) return UNDEFINED;
@@ -538,34 +237,34 @@ export class PubSubCacheManager<V = unknown> extends EventEmitter<CacheManagerEv
   }
 
   private async getSlow(key: DictKey): Promise<V | undefined> {
-    if (this.closed) throw new ClosedError(this.constructor.name);
+    this.assertOpen();
     const k = normalizeKey(key);
-    const entry = this.lookup(k);
+    const entry = this.core.lookup(k);
     if (entry !== undefined) {
       this.counters.hits++;
       return entry.value;
     }
     this.counters.misses++;
-    return (await this.load(k))?.value;
+    return (await this.core.load(k))?.value;
   }
 
   /** True when `key` has a value (a cached miss never answers true). */
   async has(key: DictKey): Promise<boolean> {
     const k = normalizeKey(key);
-    if (this.closed) throw new ClosedError(this.constructor.name);
-    const entry = this.lookup(k);
+    this.assertOpen();
+    const entry = this.core.lookup(k);
     if (entry !== undefined) {
       this.counters.hits++;
       return entry.present;
     }
     this.counters.misses++;
-    return (await this.load(k)) !== undefined;
+    return (await this.core.load(k)) !== undefined;
   }
 
   /** Values of `keys`, aligned with them; the misses are read in one round trip per node. */
   async getMany(keys: Iterable<DictKey>): Promise<(V | undefined)[]> {
     const ks = normalizeKeys(keys);
-    if (this.closed) throw new ClosedError(this.constructor.name);
+    this.assertOpen();
     const out: (V | undefined)[] = new Array(ks.length);
     // Each missed key once (a Set: the batch costs O(n), not one scan of the misses per key),
     // either joining a read already in flight or in this call's own read.
@@ -574,7 +273,7 @@ export class PubSubCacheManager<V = unknown> extends EventEmitter<CacheManagerEv
     let missed = false;
     for (let i = 0; i < ks.length; i++) {
       const k = ks[i]!;
-      const entry = this.lookup(k);
+      const entry = this.core.lookup(k);
       if (entry !== undefined) {
         this.counters.hits++;
         out[i] = entry.value;
@@ -583,8 +282,8 @@ export class PubSubCacheManager<V = unknown> extends EventEmitter<CacheManagerEv
       this.counters.misses++;
       missed = true;
       if (missing.has(k) || joined.has(k)) continue;
-      const pending = this.reads.get(k);
-      if (pending) joined.set(k, pending.promise);
+      const pending = this.core.pendingRead(k);
+      if (pending) joined.set(k, pending);
       else missing.add(k);
     }
     if (!missed) return out;
@@ -595,7 +294,7 @@ export class PubSubCacheManager<V = unknown> extends EventEmitter<CacheManagerEv
       const batch = this.store.readVersioned(list);
       // One promise for the whole batch (not one per key): each key's read is tracked for I5, and
       // the results are collected once the batch is in.
-      const tracked = list.map((k, j) => this.track(k, batch.then((found) => found[j])));
+      const tracked = list.map((k, j) => this.core.track(k, batch.then((found) => found[j])));
       waits.push(
         Promise.all(tracked).then((found) => {
           for (let j = 0; j < list.length; j++) resolved.set(list[j]!, found[j]);
@@ -613,97 +312,13 @@ export class PubSubCacheManager<V = unknown> extends EventEmitter<CacheManagerEv
     return out;
   }
 
-  /** Hook: the entry to serve for `k`, or undefined for a miss. */
-  protected lookup(k: string): CacheEntry<V> | undefined {
-    if (!this.serving) return undefined;
-    const entry = this.storage.get(k);
-    if (entry === undefined) return undefined;
-    if (entry.expiresAt !== Infinity) {
-      const now = this.now();
-      if (entry.expiresAt <= now) {
-        // Kept a while for getOrSet's stale-while-revalidate and grace, never served by get().
-        if (now >= entry.expiresAt + this.retainMs) this.storage.delete(k);
-        return undefined;
-      }
-    }
-    return entry;
-  }
-
-  /** Reads `k` from Redis, sharing the read with concurrent callers, and caches the result when allowed. */
-  protected load(k: string): Promise<VersionedValue<V> | undefined> {
-    const pending = this.reads.get(k);
-    if (pending) return pending.promise;
-    return this.track(
-      k,
-      this.store.readVersioned([k]).then((found) => found[0]),
-    );
-  }
-
-  private track(k: string, read: Promise<VersionedValue<V> | undefined>): Promise<VersionedValue<V> | undefined> {
-    // A write of this key still in flight may reach Redis after this read (a NOSCRIPT retry, a
-    // redirection): the read must not cache anything older than it.
-    const pending: PendingRead<V> = { promise: read, newest: this.writing.get(k)?.newest ?? '', generation: this.generation };
-    pending.promise = read.then(
-      (found) => {
-        if (this.reads.get(k) === pending) this.reads.delete(k);
-        const stamp = found?.stamp ?? '';
-        // I5: an event or write newer than what was read arrived meanwhile: do not cache the read.
-        // A record stamped too far ahead is served but not cached: its stamp would hide later writes.
-        const cacheable = found === undefined ? this.cacheMisses : !this.store.clock.isTooFarAhead(stamp);
-        if (pending.generation === this.generation && pending.newest <= stamp && cacheable) {
-          this.install(k, found === undefined ? missEntry : { value: found.value, stamp, present: true, expiresAt: found.expiresAt ?? Infinity });
-        }
-        return found;
-      },
-      (error: unknown) => {
-        if (this.reads.get(k) === pending) this.reads.delete(k);
-        throw error;
-      },
-    );
-    this.reads.set(k, pending);
-    return pending.promise;
-  }
-
-  /**
-   * Installs an entry if it is newer than the cached one. While the cache is not serving (down or
-   * resyncing) nothing is installed and the key's cached entry is dropped instead (see
-   * {@link replace}).
-   */
-  protected install(k: string, entry: CacheEntry<V>): boolean {
-    if (this.serving) {
-      const current = this.storage.peek(k);
-      if (current !== undefined && current.stamp >= entry.stamp) return false;
-    }
-    return this.replace(k, entry);
-  }
-
-  /**
-   * Caches `entry` for `k` without comparing it with the cached entry, for a caller that knows it
-   * is the newest; true when cached. While the cache is not serving the key's entry is dropped
-   * instead: the caller knows of a state at least as new, and a resync in flight may already have
-   * checked that entry against a stamp read before it.
-   */
-  protected replace(k: string, entry: CacheEntry<V>): boolean {
-    if (this.closed) return false;
-    if (!this.serving) {
-      this.storage.delete(k);
-      return false;
-    }
-    this.storage.set(k, this.ttlMs > 0 ? { ...entry, expiresAt: Math.min(entry.expiresAt, this.now() + this.ttlMs) } : entry);
-    return true;
-  }
-
-  /** Records that a write with `stamp` happened to `k`, so that a read in flight does not cache an older value. */
-  protected noteWrite(k: string, stamp: Stamp): void {
+  /** Wakes the callers waiting for a write of `k` (see {@link waitForWrite}). */
+  private wakeWriteWaiters(k: string): void {
     const waiters = this.writeWaiters.get(k);
     if (waiters !== undefined) {
       this.writeWaiters.delete(k);
       for (const wake of waiters) wake();
     }
-    const pending = this.reads.get(k);
-    if (pending !== undefined && pending.newest < stamp) pending.newest = stamp;
-    const writing = this.writing.get(k);
-    if (writing !== undefined && writing.newest < stamp) writing.newest = stamp;
   }
 
   // ---------------------------------------------------------------- cache-aside
@@ -731,9 +346,9 @@ export class PubSubCacheManager<V = unknown> extends EventEmitter<CacheManagerEv
       // An expired entry must still be there for this call's stale-while-revalidate and grace.
       if (options !== undefined) {
         const keep = Math.max(options.staleWhileRevalidateMs ?? 0, options.graceMs ?? 0);
-        if (keep > this.retainMs) this.retainMs = keep;
+        this.core.retain(keep);
       }
-      const entry = this.lookup(key) as Settled<V> | undefined;
+      const entry = this.core.lookup(key) as Settled<V> | undefined;
       if (entry !== undefined && entry.present) {
         this.counters.hits++;
         return (entry[SETTLED] ??= Promise.resolve(entry.value)) as Promise<V>;
@@ -746,14 +361,14 @@ export class PubSubCacheManager<V = unknown> extends EventEmitter<CacheManagerEv
     let k: string;
     let opts: LoadOptions;
     try {
-      if (this.closed) throw new ClosedError(this.constructor.name);
+      this.assertOpen();
       k = normalizeKey(key);
       if (typeof loader !== 'function') throw new InvalidArgumentError('E_INVALID_ARGUMENT', `getOrSet: expected \`loader\` to be a function, got ${describe(loader)}`);
       opts = options === undefined ? this.defaultLoadOptions() : this.loadOptions(options);
     } catch (error) {
       return Promise.reject(error as Error);
     }
-    const entry = this.lookup(k) as Settled<V> | undefined;
+    const entry = this.core.lookup(k) as Settled<V> | undefined;
     if (entry !== undefined && entry.present) {
       this.counters.hits++;
       return (entry[SETTLED] ??= Promise.resolve(entry.value)) as Promise<V>;
@@ -777,17 +392,16 @@ export class PubSubCacheManager<V = unknown> extends EventEmitter<CacheManagerEv
     const grace = integerOption(where, 'graceMs', o['graceMs'], 0, 0);
     const timeoutMs = integerOption(where, 'timeoutMs', o['timeoutMs'], 0, 1);
     const lockTtlMs = integerOption(where, 'lockTtlMs', o['lockTtlMs'], 10_000, 1);
-    const keep = Math.max(swr, grace);
-    if (keep > this.retainMs) this.retainMs = keep;
+    this.core.retain(Math.max(swr, grace));
     return { expiresAt: undefined, ttlMs, swr, grace, timeoutMs, lockTtlMs };
   }
 
   /** The last known value of `k` if it is within `windowMs` of its expiry (expired or not). */
   private staleEntry(k: string, windowMs: number): CacheEntry<V> | undefined {
     if (windowMs <= 0) return undefined;
-    const entry = this.storage.peek(k);
+    const entry = this.core.peek(k);
     if (entry === undefined || !entry.present) return undefined;
-    return this.now() < entry.expiresAt + windowMs ? entry : undefined;
+    return this.core.now() < entry.expiresAt + windowMs ? entry : undefined;
   }
 
   private serveStaleValue(k: string, entry: CacheEntry<V>, reason: StaleReason, error?: Error): V {
@@ -798,9 +412,9 @@ export class PubSubCacheManager<V = unknown> extends EventEmitter<CacheManagerEv
 
   private async getOrLoad(k: string, loader: () => V | Promise<V>, opts: LoadOptions): Promise<V> {
     // Stale-while-revalidate: the previous value at once, one refresh in the background.
-    if (opts.swr > 0 && this.serving) {
+    if (opts.swr > 0 && this.core.serving) {
       const stale = this.staleEntry(k, opts.swr);
-      if (stale !== undefined && stale.expiresAt <= this.now()) {
+      if (stale !== undefined && stale.expiresAt <= this.core.now()) {
         if (!this.flights.has(k)) {
           this.counters.refreshes++;
           this.flight(k, loader, opts).promise.catch(() => undefined);
@@ -873,14 +487,14 @@ export class PubSubCacheManager<V = unknown> extends EventEmitter<CacheManagerEv
   private async loadAcrossFleet(k: string, loader: () => V | Promise<V>, opts: LoadOptions): Promise<V> {
     let waited = false;
     for (;;) {
-      if (this.closed) throw new ClosedError(this.constructor.name);
-      const found = await this.load(k);
+      this.assertOpen();
+      const found = await this.core.load(k);
       if (found !== undefined) return found.value;
       const token = randomBytes(12).toString('base64');
       if (await this.store.acquireLock(k, token, opts.lockTtlMs)) {
         try {
           // Written between our read and the lock: no load needed.
-          const again = await this.load(k);
+          const again = await this.core.load(k);
           if (again !== undefined) return again.value;
           return await this.callLoader(k, loader, opts);
         } finally {
@@ -943,7 +557,7 @@ export class PubSubCacheManager<V = unknown> extends EventEmitter<CacheManagerEv
    */
   async set(key: DictKey, value: V, options?: SetOptions): Promise<void> {
     const k = normalizeKey(key);
-    if (this.closed) throw new ClosedError(this.constructor.name);
+    this.assertOpen();
     const expiresAt = this.store.expiryOf('set', options);
     const payload = this.store.encodeValue(k, value);
     await this.writeThrough([{ key: k, stamp: this.store.clock.now(), deleted: false, value, payload, expiresAt }]);
@@ -951,7 +565,7 @@ export class PubSubCacheManager<V = unknown> extends EventEmitter<CacheManagerEv
 
   /** Writes every pair (with the same `ttlMs` if given) in one round trip per node, then caches them. */
   async setMany(entries: Iterable<readonly [DictKey, V]>, options?: SetOptions): Promise<void> {
-    if (this.closed) throw new ClosedError(this.constructor.name);
+    this.assertOpen();
     const expiresAt = this.store.expiryOf('setMany', options);
     const byKey = new Map<string, V>();
     for (const [k, value] of collectEntries(entries)) {
@@ -970,31 +584,24 @@ export class PubSubCacheManager<V = unknown> extends EventEmitter<CacheManagerEv
   /** Deletes every key; returns how many had a value. */
   async deleteMany(keys: Iterable<DictKey>): Promise<number> {
     const ks = [...new Set(normalizeKeys(keys))];
-    if (this.closed) throw new ClosedError(this.constructor.name);
+    this.assertOpen();
     const outcomes = await this.writeThrough(ks.map((k) => ({ key: k, stamp: this.store.clock.now(), deleted: true })));
     return outcomes.filter((o) => o.status === 'written' && o.existed).length;
   }
 
   private async writeThrough(changes: { key: string; stamp: Stamp; deleted: boolean; value?: V; payload?: Uint8Array; expiresAt?: number | undefined }[]) {
-    const generation = this.generation;
-    const marks = changes.map((change) => {
-      let mark = this.writing.get(change.key);
-      if (mark === undefined) this.writing.set(change.key, (mark = { pending: 0, newest: '' }));
-      mark.pending++;
-      return mark;
-    });
-    for (const change of changes) this.noteWrite(change.key, change.stamp);
+    const generation = this.core.generation;
+    const marks = changes.map((change) => this.core.startWrite(change.key));
+    for (const change of changes) this.core.noteWrite(change.key, change.stamp);
     let outcomes: WriteOutcome<V>[];
     try {
       outcomes = await this.store.writeVersioned(changes);
     } finally {
-      changes.forEach((change, i) => {
-        if (--marks[i]!.pending === 0 && this.writing.get(change.key) === marks[i]) this.writing.delete(change.key);
-      });
+      changes.forEach((change, i) => this.core.endWrite(change.key, marks[i]!));
     }
     // Like a read (I5): what this write knows is not cached when a newer write or event was noted
     // for the key while it was in flight, or a gap happened meanwhile.
-    const stale = (i: number, stamp: Stamp): boolean => generation !== this.generation || marks[i]!.newest > stamp;
+    const stale = (i: number, stamp: Stamp): boolean => generation !== this.core.generation || marks[i]!.newest > stamp;
     let failure: Error | undefined;
     outcomes.forEach((outcome, i) => {
       const change = changes[i]!;
@@ -1003,21 +610,21 @@ export class PubSubCacheManager<V = unknown> extends EventEmitter<CacheManagerEv
         // (kept by a resync that compared it while this write was in flight, a failover say) would
         // stay stale, since a writer ignores its own events.
         if (stale(i, change.stamp)) {
-          this.storage.delete(change.key);
+          this.core.drop(change.key);
           return;
         }
-        if (change.deleted) this.install(change.key, { value: undefined, stamp: change.stamp, present: false, expiresAt: Infinity });
-        else this.install(change.key, { value: this.store.decodeValue(change.key, change.payload!), stamp: change.stamp, present: true, expiresAt: change.expiresAt ?? Infinity });
+        if (change.deleted) this.core.install(change.key, { value: undefined, stamp: change.stamp, present: false, expiresAt: Infinity });
+        else this.core.install(change.key, { value: this.store.decodeValue(change.key, change.payload!), stamp: change.stamp, present: true, expiresAt: change.expiresAt ?? Infinity });
       } else if (outcome.status === 'conflict') {
         // Redis holds a newer write: it wins (last-writer-wins); cache what Redis holds.
         const { stored } = outcome;
         if (stored.stamp !== '') {
-          this.noteWrite(change.key, stored.stamp);
-          if (!stale(i, stored.stamp)) this.install(change.key, { value: stored.value, stamp: stored.stamp, present: !stored.deleted, expiresAt: stored.expiresAt ?? Infinity });
-          else this.storage.delete(change.key);
-        } else this.storage.delete(change.key);
+          this.core.noteWrite(change.key, stored.stamp);
+          if (!stale(i, stored.stamp)) this.core.install(change.key, { value: stored.value, stamp: stored.stamp, present: !stored.deleted, expiresAt: stored.expiresAt ?? Infinity });
+          else this.core.drop(change.key);
+        } else this.core.drop(change.key);
       } else {
-        this.storage.delete(change.key);
+        this.core.drop(change.key);
         failure ??= outcome.error;
       }
     });
@@ -1029,35 +636,35 @@ export class PubSubCacheManager<V = unknown> extends EventEmitter<CacheManagerEv
 
   /** Number of entries in Redis (SCAN); the cache is not involved. */
   async size(): Promise<number> {
-    if (this.closed) throw new ClosedError(this.constructor.name);
+    this.assertOpen();
     return this.store.size();
   }
 
   /** Deletes every entry of the namespace in Redis (published) and empties the local cache. */
   async clear(): Promise<void> {
-    if (this.closed) throw new ClosedError(this.constructor.name);
-    this.generation++;
-    this.storage.clear();
+    this.assertOpen();
+    this.core.invalidateReads();
+    this.core.clear();
     await this.store.clear();
-    this.generation++;
-    this.storage.clear();
+    this.core.invalidateReads();
+    this.core.clear();
   }
 
   /** Keys in Redis (SCAN). */
   async *keys(): AsyncGenerator<string, void, undefined> {
-    if (this.closed) throw new ClosedError(this.constructor.name);
+    this.assertOpen();
     yield* this.store.keys();
   }
 
   /** Values in Redis (SCAN). */
   async *values(): AsyncGenerator<V, void, undefined> {
-    if (this.closed) throw new ClosedError(this.constructor.name);
+    this.assertOpen();
     yield* this.store.values();
   }
 
   /** `[key, value]` pairs in Redis (SCAN). */
   async *entries(): AsyncGenerator<[string, V], void, undefined> {
-    if (this.closed) throw new ClosedError(this.constructor.name);
+    this.assertOpen();
     yield* this.store.entries();
   }
 
@@ -1072,7 +679,7 @@ export class PubSubCacheManager<V = unknown> extends EventEmitter<CacheManagerEv
     return {
       ...this.counters,
       hitRatio: hits + misses === 0 ? 0 : hits / (hits + misses),
-      size: this.storage.size,
+      size: this.core.size,
       trackedOrigins: this.subscriber.trackedOrigins,
     };
   }
@@ -1087,8 +694,8 @@ export class PubSubCacheManager<V = unknown> extends EventEmitter<CacheManagerEv
       // Redis), and take no stamp for the clock.
       for (const entry of message.entries) {
         this.counters.eventsReceived++;
-        this.noteWrite(entry.key, entry.stamp);
-        if (this.storage.delete(entry.key)) {
+        this.core.noteWrite(entry.key, entry.stamp);
+        if (this.core.drop(entry.key)) {
           this.counters.eventsApplied++;
           this.emit('invalidate', entry.key, entry.stamp);
         } else this.counters.eventsIgnored++;
@@ -1103,39 +710,42 @@ export class PubSubCacheManager<V = unknown> extends EventEmitter<CacheManagerEv
         // flight from caching what it finds.
         this.counters.malformed++;
         this.emit('malformed', new MalformedMessageError(`stamp ${entry.stamp} of key is more than maxDriftMs (${this.store.clock.maxDriftMs} ms) ahead`), channel);
-        this.noteWrite(entry.key, entry.stamp);
-        if (this.storage.delete(entry.key)) this.emit('invalidate', entry.key, entry.stamp);
+        this.core.noteWrite(entry.key, entry.stamp);
+        if (this.core.drop(entry.key)) this.emit('invalidate', entry.key, entry.stamp);
         continue;
       }
       this.counters.eventsReceived++;
       this.store.clock.observe(entry.stamp);
-      this.noteWrite(entry.key, entry.stamp);
+      this.core.noteWrite(entry.key, entry.stamp);
       if (this.applyRemote(entry, deleted)) this.counters.eventsApplied++;
       else this.counters.eventsIgnored++;
     }
   }
 
-  /** Hook: applies one remote change; true when it changed the cache. */
+  /** Applies one remote change (a key with a local change: its layer decides); true when it changed the cache. */
+  /** @internal */
   protected applyRemote(entry: MessageEntry, deleted: boolean): boolean {
-    const current = this.storage.peek(entry.key);
+    const local = this.core.local;
+    if (local !== undefined && local.has(entry.key)) return local.onRemote(entry, deleted, (e) => this.decodeRemote(e));
+    const current = this.core.peek(entry.key);
     if (current === undefined || current.stamp >= entry.stamp) return false;
     // A cached miss has no stamp (''), so every event looks newer than it, even a late copy of a
     // write older than the delete the miss was read after: drop the miss, never install over it.
-    if (current.present && !deleted && this.sync === 'update' && entry.payload !== undefined && this.serving) {
+    if (current.present && !deleted && this.sync === 'update' && entry.payload !== undefined && this.core.serving) {
       const value = this.decodeRemote(entry);
       if (value !== undefined) {
-        this.replace(entry.key, { value: value.value, stamp: entry.stamp, present: true, expiresAt: entry.expiresAt ?? Infinity });
+        this.core.replace(entry.key, { value: value.value, stamp: entry.stamp, present: true, expiresAt: entry.expiresAt ?? Infinity });
         this.emit('update', entry.key, value.value, entry.stamp);
         return true;
       }
     }
-    this.storage.delete(entry.key);
+    this.core.drop(entry.key);
     this.emit('invalidate', entry.key, entry.stamp);
     return true;
   }
 
   /** Decodes a value carried by a message; undefined (and counted as malformed) when it cannot be decoded. */
-  protected decodeRemote(entry: MessageEntry): { value: V } | undefined {
+  private decodeRemote(entry: MessageEntry): { value: V } | undefined {
     try {
       return { value: this.store.decodeValue(entry.key, entry.payload!) };
     } catch (error) {
@@ -1146,17 +756,17 @@ export class PubSubCacheManager<V = unknown> extends EventEmitter<CacheManagerEv
   }
 
   private onDown(reason: ResyncReason): void {
-    this.generation++;
+    this.core.invalidateReads();
     this.linkEpoch++;
-    if (!this.serveStale) this.serving = false;
+    if (!this.serveStale) this.core.serving = false;
     this.emit('down', reason);
   }
 
   private onUp(reason: ResyncReason | 'initial'): void {
-    this.generation++;
+    this.core.invalidateReads();
     this.linkEpoch++;
     if (reason === 'initial') {
-      this.serving = true;
+      this.core.serving = true;
       return;
     }
     if (reason === 'sequence-gap') {
@@ -1165,12 +775,12 @@ export class PubSubCacheManager<V = unknown> extends EventEmitter<CacheManagerEv
       const wait = this.lastGapResyncAt + this.gapResyncIntervalMs - performance.now();
       if (wait > 0 || this.gapTimer !== undefined) {
         this.counters.gapResyncsDeferred++;
-        if (!this.serveStale) this.serving = false;
+        if (!this.serveStale) this.core.serving = false;
         if (this.gapTimer === undefined && !this.closed) {
           this.gapTimer = setTimeout(() => {
             this.gapTimer = undefined;
             if (this.closed) return;
-            this.generation++;
+            this.core.invalidateReads();
             this.linkEpoch++;
             this.lastGapResyncAt = performance.now();
             void this.resync('sequence-gap');
@@ -1188,7 +798,7 @@ export class PubSubCacheManager<V = unknown> extends EventEmitter<CacheManagerEv
     // One resync at a time: gaps reported meanwhile (a burst of topology events) make one more.
     if (this.resyncing) {
       this.resyncAgain = reason;
-      if (!this.serveStale) this.serving = false;
+      if (!this.serveStale) this.core.serving = false;
       return;
     }
     this.resyncing = true;
@@ -1205,46 +815,52 @@ export class PubSubCacheManager<V = unknown> extends EventEmitter<CacheManagerEv
   private async resyncOnce(reason: ResyncReason): Promise<void> {
     const epoch = this.linkEpoch;
     const started = performance.now();
-    if (!this.serveStale) this.serving = false;
+    if (!this.serveStale) this.core.serving = false;
     this.counters.resyncs++;
     let dropped = 0;
     let kept = 0;
     if (this.onReconnect === 'clear') {
-      dropped = this.storage.size;
-      this.storage.clear();
+      dropped = this.core.size;
+      this.core.clear();
     } else {
-      const keys = [...this.storage.keys()];
+      const keys = [...this.core.keys()];
       try {
         const stamps = await this.store.readStamps(keys);
         keys.forEach((k, i) => {
-          const entry = this.storage.peek(k);
+          const entry = this.core.peek(k);
           if (entry === undefined) return;
           const stored = stamps[i];
           const same = entry.present ? stored === entry.stamp : stored === '';
           if (same) kept++;
           else {
-            this.storage.delete(k);
+            this.core.drop(k);
             dropped++;
           }
         });
       } catch (error) {
         // Cannot compare: an empty cache is a coherent cache.
-        dropped = this.storage.size;
-        this.storage.clear();
+        dropped = this.core.size;
+        this.core.clear();
         this.reportError(error as Error);
       }
     }
-    this.afterResync();
     // A down, up or gap meanwhile has its own resync coming (or the link is down): leave serving
     // to it. Anything else (a clear() say, which only invalidates reads in flight) must not stop
     // this one from serving again: no other resync would.
     if (epoch !== this.linkEpoch || this.closed) return;
-    if (this.subscriber.healthy) this.serving = true;
+    if (this.subscriber.healthy) this.core.serving = true;
     this.emit('resync', { reason, mode: this.onReconnect, dropped, kept, durationMs: performance.now() - started });
   }
 
-  /** Hook for subclasses, run after each resync. */
-  protected afterResync(): void {}
+  /**
+   * Throws `E_CLOSED` once the manager is closed; with `refuseWhileClosing`, also while a `close()`
+   * is finishing (a write-back manager refuses new changes during its final flush).
+   *
+   * @internal
+   */
+  protected assertOpen(refuseWhileClosing = false): void {
+    if (this.closed || (refuseWhileClosing && this.closing)) throw new ClosedError(this.constructor.name);
+  }
 
   /** @internal */
   protected reportError(error: Error): void {
@@ -1257,14 +873,14 @@ export class PubSubCacheManager<V = unknown> extends EventEmitter<CacheManagerEv
   async close(): Promise<void> {
     if (this.closed) return;
     this.closed = true;
-    this.serving = false;
+    this.core.close();
     if (this.gapTimer !== undefined) clearTimeout(this.gapTimer);
     this.gapTimer = undefined;
     for (const { fail } of this.flights.values()) fail(new ClosedError(this.constructor.name));
     this.flights.clear();
     await this.subscriber.close();
     this.store.release(this);
-    this.storage.clear();
+    this.core.clear();
   }
 
   /** Same as {@link PubSubCacheManager.close}, for `await using`. */
@@ -1310,33 +926,3 @@ const SETTLED = Symbol('settled');
 /** A cached entry as the hot path sees it. */
 type Settled<V> = CacheEntry<V> & { [SETTLED]?: Promise<V | undefined> };
 
-const missEntry: CacheEntry<never> = Object.freeze({ value: undefined, stamp: '', present: false, expiresAt: Infinity });
-
-/** The methods of a user's cache that the manager calls (see {@link LRUCacheLike}). */
-const LRU_METHODS = ['get', 'peek', 'set', 'delete', 'clear', 'has', 'keys', 'entries'] as const;
-
-/** True for an object with every method of {@link LRUCacheLike} and a numeric `size`. */
-function isLRUCacheLike(option: unknown): option is LRUCacheLike {
-  if (option === null || typeof option !== 'object') return false;
-  const candidate = option as Record<string, unknown>;
-  return LRU_METHODS.every((name) => typeof candidate[name] === 'function') && typeof candidate['size'] === 'number';
-}
-
-function makeStorage<V>(where: string, option: unknown, onEvict: () => void): Storage<V> {
-  const lru = (max: number): Storage<V> =>
-    new LRUCache<string, CacheEntry<V>>({
-      max,
-      dispose: (_entry, _key, reason) => {
-        if (reason === 'evict') onEvict();
-      },
-    }) as unknown as Storage<V>;
-  if (option === undefined) return lru(10_000);
-  if (option === 'unbounded') return mapStorage<V>();
-  if (typeof option === 'number') {
-    if (!Number.isSafeInteger(option) || option < 1) invalidOption(where, 'cache', "a positive integer, an LRUCache or 'unbounded'", option);
-    return lru(option);
-  }
-  // Duck typing, not instanceof: an LRUCache of another version or copy of lru-cache is welcome.
-  if (isLRUCacheLike(option)) return option as unknown as Storage<V>;
-  return invalidOption(where, 'cache', "a positive integer, an LRUCache or 'unbounded'", option);
-}

@@ -20,9 +20,8 @@
 import { randomBytes } from 'node:crypto';
 import { Redis, type Cluster } from 'ioredis';
 import { asError, isPermanentConnectionError, permanentConnectionError } from '../errors.js';
-import { encodeEntry, encodeHeader, MalformedMessageError, type Message, MessageDecoder } from '../protocol/messages.js';
-import { type FrameSigner, TAG_BYTES } from '../protocol/signing.js';
-import { ZERO_STAMP } from '../protocol/stamp.js';
+import { encodeProbe, isOwnMessage, MalformedMessageError, type Message, MessageDecoder, PROBE_PREFIX, PROBE_SEQ } from '../protocol/messages.js';
+import type { FrameSigner } from '../protocol/signing.js';
 import { type RedisClient, isCluster } from '../store/topology.js';
 
 /** Why the cache had to resynchronise. */
@@ -67,11 +66,9 @@ export interface SubscriberSettings {
 export const ORIGIN_TABLE_LIMIT = 10_000;
 
 /** Default {@link SubscriberSettings.originIdleMs}: 10 minutes. */
-export const ORIGIN_IDLE_MS = 600_000;
+const ORIGIN_IDLE_MS = 600_000;
 
 
-/** A probe is an update message from this origin with seq 0 and a nonce as its only key. */
-const PROBE_PREFIX = '\u0000probe:';
 
 export class Subscriber {
   private readonly data: RedisClient;
@@ -495,10 +492,7 @@ export class Subscriber {
       this.probes.set(nonce, probe);
       const channel = this.settings.channels(slot).update;
       const { signer } = this.settings;
-      const parts = [encodeHeader('u', this.settings.origin, PROBE_SEQ, slot, signer !== undefined), Buffer.from([0x91]), encodeEntry(nonce, ZERO_STAMP)];
-      // A probe is signed like any message, so that peers with keys do not count it as forged.
-      if (signer !== undefined) parts.push(signer.tags(Buffer.from(channel, 'utf8'), parts).subarray(0, TAG_BYTES));
-      data.spublish(channel.slice(this.settings.commandKeyPrefix.length), Buffer.concat(parts)).then(
+      data.spublish(channel.slice(this.settings.commandKeyPrefix.length), encodeProbe(this.settings.origin, slot, nonce, channel, signer)).then(
         () => {
           probe.answeredAt = Date.now();
         },
@@ -525,9 +519,8 @@ export class Subscriber {
 
   private receive(channel: Buffer, bytes: Buffer): void {
     if (this.closed) return;
-    // Our own messages (the bulk of the traffic of a writer) are recognised from the fixed-layout
-    // header without decoding them; only probes (sequence number 2^53-1, a uint64) are decoded.
-    if (bytes.length > 21 && (bytes[0] === 0x96 || bytes[0] === 0x97) && bytes[4] === 0xb0 && bytes[21] !== 0xcf && bytes.toString('latin1', 5, 21) === this.settings.origin) return;
+    // Our own messages (the bulk of the traffic of a writer) are dropped without decoding them.
+    if (isOwnMessage(bytes, this.settings.origin)) return;
     // With signing keys nothing is decoded, let alone applied, before its tag verifies.
     const { signer } = this.settings;
     if (signer !== undefined) {
@@ -581,8 +574,6 @@ function guardSocket(conn: Redis | Cluster): void {
   (socket as { on(event: 'error', listener: () => void): void }).on('error', () => {});
 }
 
-/** Sequence number reserved for heartbeat probes (real messages start at 1). */
-const PROBE_SEQ = 2 ** 53 - 1;
 
 async function readRunId(conn: Redis): Promise<string | undefined> {
   try {

@@ -22,8 +22,8 @@
  * @module
  */
 import { Decoder } from '@msgpack/msgpack';
-import { TAG_BYTES } from './signing.js';
-import { isStamp, type Stamp } from './stamp.js';
+import { type FrameSigner, TAG_BYTES } from './signing.js';
+import { isStamp, type Stamp, ZERO_STAMP } from './stamp.js';
 
 /** Message type: values written (`'u'`) or tombstones written (`'d'`). */
 export type MessageType = 'u' | 'd';
@@ -66,6 +66,42 @@ export class MalformedMessageError extends Error {
   }
 }
 
+
+/** Sequence number reserved for heartbeat probes (real messages start at 1). */
+export const PROBE_SEQ = 2 ** 53 - 1;
+
+/** First characters of a probe's only key (a nonce no dictionary key can equal: keys cannot hold NUL). */
+export const PROBE_PREFIX = '\u0000probe:';
+
+/**
+ * A heartbeat probe for sharded pub/sub: an update message of `origin` with sequence number
+ * {@link PROBE_SEQ}, in `group` (the slot of `channel`), whose only entry is `nonce` with the zero
+ * stamp. With a `signer` it is signed like any message, so that peers with keys do not count it as
+ * forged.
+ */
+export function encodeProbe(origin: string, group: number, nonce: string, channel: string, signer: FrameSigner | undefined): Buffer {
+  const parts = [encodeHeader('u', origin, PROBE_SEQ, group, signer !== undefined), arrayHeader(1), encodeEntry(nonce, ZERO_STAMP)];
+  if (signer !== undefined) parts.push(signer.tags(Buffer.from(channel, 'utf8'), parts).subarray(0, TAG_BYTES));
+  return Buffer.concat(parts);
+}
+
+/**
+ * True when `bytes` is a message of `origin` that is not a probe, recognised from the fixed layout
+ * of the header ({@link encodeHeader}) without decoding: an array of 6 or 7, the origin as a
+ * 16-byte fixstr at offset 5, and a sequence number that is not the probe's (a uint64, `0xcf`, at
+ * offset 21). A writer drops its own messages so, the bulk of its traffic. Never true for another
+ * origin; false for an own message whose sequence number needs a uint64 too (2^32 and above), which
+ * the subscriber then decodes and drops.
+ */
+export function isOwnMessage(bytes: Buffer, origin: string): boolean {
+  return (
+    bytes.length > 21 &&
+    (bytes[0] === 0x96 || bytes[0] === 0x97) &&
+    bytes[4] === 0xb0 &&
+    bytes[21] !== 0xcf &&
+    bytes.toString('latin1', 5, 21) === origin
+  );
+}
 
 /**
  * Encodes the message header, everything before the entries array: `[1, type, origin, seq, group, `

@@ -17,13 +17,13 @@ import { STAMP_LENGTH, isStamp, type Stamp } from './stamp.js';
 /** First byte of a live record (`v`). */
 export const RECORD_TAG = 0x76;
 /** Bytes before the payload: tag and stamp. */
-export const RECORD_HEADER_LENGTH = 1 + STAMP_LENGTH;
+const RECORD_HEADER_LENGTH = 1 + STAMP_LENGTH;
 /** First byte of a live record with an expiry (`x`). */
 export const EXPIRING_RECORD_TAG = 0x78;
 /** Digits of the expiry time in an expiring record. */
-export const EXPIRY_DIGITS = 16;
+const EXPIRY_DIGITS = 16;
 /** Bytes before the payload of an expiring record: tag, stamp and expiry time. */
-export const EXPIRING_HEADER_LENGTH = RECORD_HEADER_LENGTH + EXPIRY_DIGITS;
+const EXPIRING_HEADER_LENGTH = RECORD_HEADER_LENGTH + EXPIRY_DIGITS;
 /** Largest expiry time a record can carry (16 decimal digits, and a safe integer). */
 export const MAX_EXPIRES_AT = Number.MAX_SAFE_INTEGER;
 

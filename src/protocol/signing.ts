@@ -27,9 +27,9 @@ import { InvalidArgumentError } from '../errors.js';
 /** Bytes of the tag item: bin8 header (2), flag (1), key id (4), MAC (16). */
 export const TAG_BYTES = 23;
 /** Shortest signing key, in bytes. */
-export const MIN_KEY_BYTES = 32;
+const MIN_KEY_BYTES = 32;
 /** Most keys in `signingKeys` (the current one and the previous ones still accepted). */
-export const MAX_KEYS = 8;
+const MAX_KEYS = 8;
 const MAC_BYTES = 16;
 const DOMAIN = Buffer.from('redis-pubsub-dict frame v2\0', 'latin1');
 const KEY_ID_LABEL = Buffer.from('redis-pubsub-dict key id', 'latin1');

@@ -8,25 +8,36 @@
  *
  * @module
  */
-import { booleanOption, integerOption, invalidOption } from '../options.js';
-import { type PublishTarget, REDIS_DICT_OPTION_KEYS, RedisDict, type RedisDictOptions } from './redis-dict.js';
+import { booleanOption, invalidOption, pickOptions } from '../options.js';
+import { RedisDict, type RedisDictOptions } from './redis-dict.js';
+import { REDIS_DICT_OPTION_KEYS, resolvePubSubRedisDictOptions } from './resolve-options.js';
 import { FrameSigner } from '../protocol/signing.js';
-import { isCluster, type RedisClient, type RedisClientLike, slotTag } from './topology.js';
+import { isCluster, type RedisClient, type RedisClientLike } from './topology.js';
+import { type ChannelScope, channelNames, shardableScope } from '../protocol/channels.js';
+import { type PublishTarget } from './types.js';
 
 /** Options of {@link PubSubRedisDict}. */
 export interface PubSubRedisDictOptions<V> extends RedisDictOptions<V> {
   /**
    * On a Cluster, publish with SPUBLISH on per-slot channels (`<ns>/update{tag}`) so events stay
    * inside their shard instead of being broadcast to every node. Every instance sharing the
-   * namespace must use the same setting. Requires Redis 7. Default `false`.
+   * namespace must use the same setting. Requires Redis 7.
+   *
+   * @defaultValue `false`
    */
   shardedPubSub?: boolean;
   /**
    * Put values in update messages so that peers install them without a round trip. Switched on by a
-   * {@link PubSubCacheManager} in `sync: 'update'` mode. Default `false`.
+   * {@link PubSubCacheManager} in `sync: 'update'` mode.
+   *
+   * @defaultValue `false`
    */
   publishValues?: boolean;
-  /** Values larger than this (encoded, bytes) are announced without their value. Default 64 KiB. */
+  /**
+   * Values larger than this (encoded, bytes) are announced without their value.
+   *
+   * @defaultValue `65536` (64 KiB)
+   */
   maxPublishedValueBytes?: number;
   /**
    * Extra text put in every channel name, after the client's `keyPrefix` and before the namespace
@@ -49,46 +60,6 @@ export interface PubSubRedisDictOptions<V> extends RedisDictOptions<V> {
   signingKeys?: readonly (string | Uint8Array)[];
 }
 
-const OPTION_KEYS = [...REDIS_DICT_OPTION_KEYS, 'shardedPubSub', 'publishValues', 'maxPublishedValueBytes', 'channelPrefix', 'signingKeys'] as const;
-
-/** A channel prefix: printable ASCII without space or braces (a brace would move a sharded channel's hash slot). */
-const CHANNEL_PREFIX = /^[\x21-\x7a\x7c\x7e]{1,128}$/;
-
-/**
- * True when sharded channel names built on `scope` hash to the slot of their `{tag}`, or to the one
- * slot every key of the scope lives in: `scope` has no `{`, or its first `{` opens a non-empty hash
- * tag closed inside it (then every key and every channel hash to that tag).
- */
-function shardableScope(scope: string): boolean {
-  const open = scope.indexOf('{');
-  if (open < 0) return true;
-  const close = scope.indexOf('}', open + 1);
-  return close > open + 1;
-}
-
-/** What scopes a namespace's channel names (see {@link channelNames}). */
-export interface ChannelScope {
-  /** The namespace. */
-  readonly namespace: string;
-  /** The client's `keyPrefix` ('' or absent when none). */
-  readonly keyPrefix?: string;
-  /** The store's `channelPrefix` ('' or absent when none). */
-  readonly channelPrefix?: string;
-  /** The database of a standalone client (0 or absent for database 0, and on a Cluster). */
-  readonly db?: number;
-}
-
-/**
- * The update and delete channel names of a scope as Redis sees them (`docs/protocol.md`):
- * `<keyPrefix><channelPrefix><ns>/update[@<db>]` and `…/delete[@<db>]`, or for sharded pub/sub
- * (`slot` given) those of one slot, `…/update{<tag>}`, where `<tag>` hashes to `slot`.
- */
-export function channelNames(scope: ChannelScope, slot?: number): { update: string; delete: string } {
-  const base = `${scope.keyPrefix ?? ''}${scope.channelPrefix ?? ''}${scope.namespace}/`;
-  const db = scope.db !== undefined && scope.db !== 0 ? `@${scope.db}` : '';
-  const tag = slot === undefined ? '' : `{${slotTag(slot)}}`;
-  return { update: `${base}update${db}${tag}`, delete: `${base}delete${db}${tag}` };
-}
 
 /**
  * A {@link RedisDict} that publishes every change (set, delete, batch, clear) atomically with it.
@@ -118,17 +89,15 @@ export class PubSubRedisDict<V = unknown> extends RedisDict<V> {
    * @param options - see {@link PubSubRedisDictOptions}.
    */
   constructor(redis: RedisClientLike, namespace: string, options?: PubSubRedisDictOptions<V>) {
-    super(redis, namespace, options);
     const where = 'PubSubRedisDict';
-    this.shardedPubSub = booleanOption(where, 'shardedPubSub', options?.shardedPubSub, false);
+    const o = resolvePubSubRedisDictOptions<V>(options, where);
+    super(redis, namespace, pickOptions(options, REDIS_DICT_OPTION_KEYS));
+    this.shardedPubSub = o.shardedPubSub;
     if (this.shardedPubSub && !this.isCluster) invalidOption(where, 'shardedPubSub', '`false` on a standalone server (sharded pub/sub needs a Cluster)', true);
-    this.withValues = booleanOption(where, 'publishValues', options?.publishValues, false);
-    this.maxPublishedValueBytes = integerOption(where, 'maxPublishedValueBytes', options?.maxPublishedValueBytes, 64 * 1024, 0);
-    const channelPrefix = options?.channelPrefix;
-    if (channelPrefix !== undefined && (typeof channelPrefix !== 'string' || !CHANNEL_PREFIX.test(channelPrefix))) {
-      invalidOption(where, 'channelPrefix', '1-128 printable ASCII characters without space, `{` or `}`', channelPrefix);
-    }
-    this.signer = FrameSigner.fromOption(where, options?.signingKeys);
+    this.withValues = o.publishValues;
+    this.maxPublishedValueBytes = o.maxPublishedValueBytes;
+    const channelPrefix = o.channelPrefix;
+    this.signer = o.signer;
     const client = redis as { options?: { keyPrefix?: unknown; db?: unknown }; condition?: { select?: unknown } };
     const keyPrefix = client.options?.keyPrefix;
     this.clientKeyPrefix = typeof keyPrefix === 'string' ? keyPrefix : '';
@@ -136,16 +105,13 @@ export class PubSubRedisDict<V = unknown> extends RedisDict<V> {
     // database is the one selected when the dictionary is created (ioredis keeps it in `condition`
     // once connected, in `options.db` before).
     const db = isCluster(redis as RedisClient) ? 0 : (client.condition?.select ?? client.options?.db ?? 0);
-    this.scope = { namespace: this.namespace, keyPrefix: this.clientKeyPrefix, channelPrefix: channelPrefix ?? '', db: typeof db === 'number' ? db : 0 };
-    if (this.shardedPubSub && !shardableScope(`${this.clientKeyPrefix}${channelPrefix ?? ''}${this.namespace}/`)) {
+    this.scope = { namespace: this.namespace, keyPrefix: this.clientKeyPrefix, channelPrefix, db: typeof db === 'number' ? db : 0 };
+    if (this.shardedPubSub && !shardableScope(`${this.clientKeyPrefix}${channelPrefix}${this.namespace}/`)) {
       invalidOption(where, 'shardedPubSub', '`false` with a client keyPrefix whose first `{` opens no non-empty hash tag (sharded channels would hash to other slots than their keys)', true);
     }
     if (!this.shardedPubSub) this.classicTarget = this.makeTarget('PUBLISH', this.channels());
   }
 
-  protected override optionKeys(): readonly string[] {
-    return OPTION_KEYS;
-  }
 
   /** True when update messages carry values. */
   get publishValues(): boolean {

@@ -6,37 +6,52 @@
  *
  * @module
  */
-import { type Codec, msgpackCodec } from '../protocol/codec.js';
-import { ClockSkewError, CorruptDataError, InvalidArgumentError, SerializationError, asError, redisError } from '../errors.js';
+import { type Codec,} from '../protocol/codec.js';
+import { CorruptDataError, InvalidArgumentError, SerializationError, asError, redisError } from '../errors.js';
 import { type DictKey, checkNamespace, normalizeKey, normalizeKeys } from '../protocol/keys.js';
-import { arrayHeader, encodeHeader, entryLength, type MessageType, writeEntry } from '../protocol/messages.js';
-import type { FrameSigner } from '../protocol/signing.js';
-import { checkOptions, describe, functionOption, integerOption, invalidOption } from '../options.js';
-import { MAX_EXPIRES_AT, type SplitRecord, changeHeaderLength, splitRecord, type VersionedValue, writeChange } from '../protocol/record.js';
-import { type FrameArg, FramedCommand, argLength, bulkLength, frameLength, writeArg, writeBulkHeader, writeCrlf, writeFrameStart } from './resp.js';
-import { APPLY_LUA, APPLY_SHA, STAMPS_LUA, STAMPS_SHA } from './scripts.js';
-import { HybridClock, MAX_DRIFT_MS, type Stamp, isStamp, parseStamp } from '../protocol/stamp.js';
-import type { ChainableCommander } from 'ioredis';
-import { DEFAULT_RETRY_TIMEOUT_MS, type RedisClient, type RedisClientLike, chunk, clusterReady, groupBySlot, isCluster, runPerNode, scanTargets, slotOf, slotTag } from './topology.js';
+import { checkOptions, describe, integerOption, invalidOption } from '../options.js';
+import { MAX_EXPIRES_AT, type SplitRecord, splitRecord, type VersionedValue } from '../protocol/record.js';
+import { resolveRedisDictOptions } from './resolve-options.js';
+import { ApplyUnit, applyOutcome, GUARD_PATTERN, type OutcomeContext, RELEASE_LOCK_LUA, splitApplyBatches, stampOfReply, stampsCall, WRITTEN_NEW } from './scripts.js';
+import { type OutcomeListener, type PreparedChange, type PublishTarget, SET_OPTION_KEYS, type SetOptions, type VersionedChange, type WriteOutcome } from './types.js';
+import { HybridClock, type Stamp, isStamp } from '../protocol/stamp.js';
+import { type Commands, type RedisClient, type RedisClientLike, chunk, clusterReady, groupBySlot, isCluster, runPerNode, scanTargets, slotOf } from './topology.js';
+import { slotTag } from '../protocol/channels.js';
 
-/** A client or a pipeline: what a unit of work queues its command on. */
-type Commands = ChainableCommander | RedisClient;
 
 /** Options of {@link RedisDict}. */
 export interface RedisDictOptions<V> {
-  /** How values become bytes. Default: MessagePack ({@link msgpackCodec}), which refuses values it cannot round-trip. */
+  /**
+   * How values become bytes. Default: MessagePack ({@link msgpackCodec}), which refuses values it cannot round-trip.
+   *
+   * @defaultValue MessagePack ({@link msgpackCodec})
+   */
   codec?: Codec<V>;
-  /** Largest encoded value accepted, in bytes; larger ones are refused with `E_VALUE_TOO_LARGE`. Default 1 MiB. */
+  /**
+   * Largest encoded value accepted, in bytes; larger ones are refused with `E_VALUE_TOO_LARGE`.
+   *
+   * @defaultValue `1048576` (1 MiB)
+   */
   maxValueBytes?: number;
   /**
    * How long a delete's tombstone is kept, in ms. A write carrying an older stamp that arrives
    * later than this (a write-back flush delayed longer) can bring the deleted entry back.
    * Default 24 hours.
+   *
+   * @defaultValue `86400000` (24 hours)
    */
   tombstoneTtlMs?: number;
-  /** Most keys per script call or MGET. Default 500. */
+  /**
+   * Most keys per script call or MGET.
+   *
+   * @defaultValue `500`
+   */
   batchSize?: number;
-  /** Wall clock in ms used for version stamps and expiry times; injectable for tests. Default `Date.now`. */
+  /**
+   * Wall clock in ms used for version stamps and expiry times; injectable for tests. Default `Date.now`.
+   *
+   * @defaultValue `Date.now`
+   */
   clock?: () => number;
   /**
    * How far ahead of the Redis server's clock a change's stamp may be, in ms. A change stamped
@@ -67,97 +82,9 @@ export interface RedisDictOptions<V> {
   defaultTtlMs?: number;
 }
 
-/** Keys of {@link RedisDictOptions}, for validation. */
-export const REDIS_DICT_OPTION_KEYS = ['codec', 'maxValueBytes', 'tombstoneTtlMs', 'batchSize', 'clock', 'maxDriftMs', 'retryTimeoutMs', 'defaultTtlMs'] as const;
 
-/** Options of one write: `set(key, value, options)` and `setMany(entries, options)` of every class. */
-export interface SetOptions {
-  /**
-   * Time to live in ms: the entry expires at the write's time plus this, in Redis (PEXPIREAT) and
-   * in every near cache, which stops serving it at that moment without waiting for a message.
-   * 0 = no expiry.
-   *
-   * @defaultValue the dictionary's `defaultTtlMs`
-   */
-  ttlMs?: number;
-}
 
-/** Keys of {@link SetOptions}, for validation. */
-export const SET_OPTION_KEYS = ['ttlMs'] as const;
 
-/** One change for {@link RedisDict.writeVersioned}. */
-export interface VersionedChange<V> {
-  /** Dictionary key (already normalized). */
-  readonly key: string;
-  /** Stamp of the change. */
-  readonly stamp: Stamp;
-  /** Write only if the stored stamp is lower than this. Default: {@link VersionedChange.stamp} (last-writer-wins). */
-  readonly guard?: Stamp;
-  /** True to write a tombstone. */
-  readonly deleted: boolean;
-  /** The value, when not deleted. */
-  readonly value?: V;
-  /** The value already encoded by {@link RedisDict.encodeValue}, to avoid encoding it twice. */
-  readonly payload?: Uint8Array;
-  /** Expiry time of the value (ms since the epoch), fixed when the change was made; none when undefined or `Infinity`. */
-  readonly expiresAt?: number | undefined;
-}
-
-/**
- * Hears the outcome of the change at `index` of a {@link RedisDict.writeVersioned} call as soon as
- * its batch has replied, while later batches may still be executing.
- */
-export type OutcomeListener<V> = (index: number, outcome: WriteOutcome<V>) => void;
-
-/** What Redis holds for a key, as found by a refused compare-and-set. */
-export interface StoredState<V> {
-  /** Stamp stored ('' when nothing, or foreign data, is stored). */
-  readonly stamp: Stamp | '';
-  /** True when the stored state is a tombstone or nothing. */
-  readonly deleted: boolean;
-  /** The stored value when live. */
-  readonly value?: V;
-  /** Expiry time of the stored value, when it has one. */
-  readonly expiresAt?: number | undefined;
-}
-
-/** Outcome of one {@link VersionedChange}. */
-export type WriteOutcome<V> =
-  | { readonly status: 'written'; readonly existed: boolean }
-  | { readonly status: 'conflict'; readonly stored: StoredState<V> }
-  | { readonly status: 'failed'; readonly error: Error };
-
-/** Where and how a batch is published; `undefined` for a dictionary that does not publish. */
-export interface PublishTarget {
-  readonly command: 'PUBLISH' | 'SPUBLISH';
-  readonly updateChannel: string;
-  readonly deleteChannel: string;
-  /** Next sequence number of this writer for `group`. */
-  nextSeq(group: number): number;
-  /** True to put values in update messages. */
-  readonly withValues: boolean;
-  /** Largest value put in a message; larger ones are announced without their value. */
-  readonly maxPublishedValueBytes: number;
-  /** Signs the messages (`signingKeys`); `undefined` for unsigned messages. */
-  readonly signer?: FrameSigner | undefined;
-  /** The channel names as UTF-8 bytes, which the signature covers. */
-  readonly updateChannelBytes?: Buffer;
-  readonly deleteChannelBytes?: Buffer;
-}
-
-/** A validated, encoded change, as a batch of the apply script carries it. @internal */
-export interface PreparedChange<V> {
-  /** Position of the change in the call's list (outcomes are aligned with it). */
-  readonly index: number;
-  readonly change: VersionedChange<V>;
-  readonly redisKey: string;
-  /** The encoded value; `undefined` for a delete. The record is built when its batch is sent. */
-  readonly payload: Uint8Array | undefined;
-}
-
-const EMPTY = Buffer.alloc(0);
-/** Bytes of changes after which a batch is split, so that script arguments and messages stay small. */
-const MAX_BATCH_BYTES = 1 << 20;
 
 /**
  * An async dictionary stored in Redis: `get`, `set`, `has`, `delete`, batch operations, and
@@ -209,7 +136,7 @@ export class RedisDict<V = unknown> implements AsyncIterable<[string, V]> {
   constructor(redis: RedisClientLike, namespace: string, options?: RedisDictOptions<V>) {
     const where = new.target.name;
     this.namespace = checkNamespace(namespace);
-    const opts = checkOptions(where, options, this.optionKeys());
+    const o = resolveRedisDictOptions<V>(options, where);
     if (redis === null || typeof redis !== 'object' || typeof (redis as { pipeline?: unknown }).pipeline !== 'function') {
       invalidOption(where, 'redis', 'an ioredis Redis or Cluster', redis);
     }
@@ -219,18 +146,14 @@ export class RedisDict<V = unknown> implements AsyncIterable<[string, V]> {
     this.keyPrefix = typeof keyPrefix === 'string' ? keyPrefix : '';
     this.prefix = `${this.namespace}/`;
     this.wirePrefix = Buffer.from(this.keyPrefix + this.prefix, 'utf8');
-    const codec = opts['codec'];
-    if (codec !== undefined && (codec === null || typeof codec !== 'object' || typeof (codec as Codec<V>).encode !== 'function' || typeof (codec as Codec<V>).decode !== 'function')) {
-      invalidOption(where, 'codec', 'an object with encode() and decode()', codec);
-    }
-    this.codec = (codec as Codec<V> | undefined) ?? msgpackCodec<V>();
-    this.maxValueBytes = integerOption(where, 'maxValueBytes', opts['maxValueBytes'], 1 << 20);
-    this.tombstoneTtlMs = integerOption(where, 'tombstoneTtlMs', opts['tombstoneTtlMs'], 86_400_000);
-    this.batchSize = integerOption(where, 'batchSize', opts['batchSize'], 500);
-    this.maxDriftMs = integerOption(where, 'maxDriftMs', opts['maxDriftMs'], MAX_DRIFT_MS, 0);
-    this.retryTimeoutMs = integerOption(where, 'retryTimeoutMs', opts['retryTimeoutMs'], DEFAULT_RETRY_TIMEOUT_MS);
-    this.wallClock = functionOption(where, 'clock', opts['clock'], Date.now);
-    this.defaultTtlMs = integerOption(where, 'defaultTtlMs', opts['defaultTtlMs'], 0, 0);
+    this.codec = o.codec;
+    this.maxValueBytes = o.maxValueBytes;
+    this.tombstoneTtlMs = o.tombstoneTtlMs;
+    this.batchSize = o.batchSize;
+    this.maxDriftMs = o.maxDriftMs;
+    this.retryTimeoutMs = o.retryTimeoutMs;
+    this.wallClock = o.clock;
+    this.defaultTtlMs = o.defaultTtlMs;
     this.clock = new HybridClock(undefined, this.wallClock, this.maxDriftMs);
   }
 
@@ -252,11 +175,6 @@ export class RedisDict<V = unknown> implements AsyncIterable<[string, V]> {
   /** True when a value with this expiry time has expired by this dictionary's clock. @internal */
   isExpired(expiresAt: number | undefined): boolean {
     return expiresAt !== undefined && expiresAt <= this.wallClock();
-  }
-
-  /** Option names this class accepts; subclasses extend the list. */
-  protected optionKeys(): readonly string[] {
-    return REDIS_DICT_OPTION_KEYS;
   }
 
   /** Publishing of this dictionary's changes; none for a plain RedisDict. */
@@ -508,11 +426,12 @@ export class RedisDict<V = unknown> implements AsyncIterable<[string, V]> {
     if (prepared.length === 0) return outcomes;
     const units = [...this.bySlot(prepared, (p) => p.redisKey)].flatMap(([slot, items]) => {
       const target = this.publishTarget(slot);
-      return this.splitBatch(items).map((part) => new ApplyUnit(slot, part, target, this.tombstoneTtlMs, this.maxDriftMs, this.clock.nodeId, this.keyPrefix, this.wirePrefix));
+      return splitApplyBatches(items, this.batchSize).map((part) => new ApplyUnit(slot, part, target, this.tombstoneTtlMs, this.maxDriftMs, this.clock.nodeId, this.keyPrefix, this.wirePrefix));
     });
     // The listener hears each outcome once, as soon as it is known; its first error is rethrown
     // once every outcome is settled.
     let listenerError: { error: unknown } | undefined;
+    const context: OutcomeContext<V> = { maxDriftMs: this.maxDriftMs, observe: (stamp) => this.clock.observe(stamp), decodeValue: (key, payload) => this.decodeValue(key, payload) };
     const settle = (unit: ApplyUnit<V>, failure: Error | null, reply: unknown): void => {
       // ACL refusals and refused calls become coded errors, naming the batch's first key.
       const err = failure && redisError(failure, unit.part[0]?.change.key, 'the write');
@@ -520,7 +439,7 @@ export class RedisDict<V = unknown> implements AsyncIterable<[string, V]> {
       const list = reply === 2 ? undefined : (reply as unknown[]);
       unit.part.forEach((p, j) => {
         const { index } = p;
-        const outcome: WriteOutcome<V> = err ? { status: 'failed', error: err } : list === undefined ? WRITTEN_NEW : this.outcomeOf(p.change, list[j]);
+        const outcome: WriteOutcome<V> = err ? { status: 'failed', error: err } : list === undefined ? WRITTEN_NEW : applyOutcome(p.change, list[j], context);
         outcomes[index] = outcome;
         if (onOutcome === undefined) return;
         try {
@@ -532,7 +451,7 @@ export class RedisDict<V = unknown> implements AsyncIterable<[string, V]> {
     };
     try {
       // Redirections, retries and NOSCRIPT are handled by runPerNode; a resent write is a no-op
-      // when its first attempt was applied (compare-and-set on its own stamp, see outcomeOf).
+      // when its first attempt was applied (compare-and-set on its own stamp, see applyOutcome).
       await runPerNode(
         this.redis,
         units,
@@ -553,53 +472,6 @@ export class RedisDict<V = unknown> implements AsyncIterable<[string, V]> {
     return outcomes;
   }
 
-  /** Splits a slot group into script calls of at most `batchSize` keys and about 1 MiB of changes. */
-  private splitBatch(items: PreparedChange<V>[]): PreparedChange<V>[][] {
-    const parts: PreparedChange<V>[][] = [];
-    let current: PreparedChange<V>[] = [];
-    let bytes = 0;
-    for (const item of items) {
-      const size = (item.payload?.length ?? 0) + changeHeaderLength(expiryOfChange(item.change)) + item.change.key.length;
-      if (current.length >= this.batchSize || (current.length > 0 && bytes + size > MAX_BATCH_BYTES)) {
-        parts.push(current);
-        current = [];
-        bytes = 0;
-      }
-      current.push(item);
-      bytes += size;
-    }
-    if (current.length > 0) parts.push(current);
-    return parts;
-  }
-
-  private outcomeOf(change: VersionedChange<V>, reply: unknown): WriteOutcome<V> {
-    const { key } = change;
-    if (reply === 1) return WRITTEN_OVER_VALUE;
-    if (reply === 2) return WRITTEN_NEW;
-    if (!Array.isArray(reply)) return { status: 'failed', error: new Error(`Unexpected script reply for key \`${key}\``) };
-    if (reply[0] === 3 && typeof reply[1] === 'number') {
-      // Refused: the change's stamp is more than maxDriftMs ahead of the server's clock.
-      return { status: 'failed', error: new ClockSkewError(key, change.stamp, parseStamp(change.stamp).ms, reply[1], this.maxDriftMs) };
-    }
-    const stampRaw: unknown = reply[0];
-    const stamp = Buffer.isBuffer(stampRaw) ? stampRaw.toString('latin1') : String(stampRaw ?? '');
-    if (stamp !== '') this.clock.observe(stamp);
-    // Redis holds this very change (stamps are unique per writer): an earlier attempt of the same
-    // call (resent after a dropped connection or a failover), or of an earlier flush, was applied.
-    // Whether a value existed before it is not known any more: reported as not.
-    if (stamp === change.stamp) return WRITTEN_NEW;
-    const raw: unknown = reply[1];
-    if (!Buffer.isBuffer(raw)) return { status: 'conflict', stored: { stamp, deleted: true } };
-    try {
-      const { payload, expiresAt } = splitRecord(key, raw);
-      const value = this.decodeValue(key, payload);
-      return { status: 'conflict', stored: expiresAt === undefined ? { stamp, deleted: false, value } : { stamp, deleted: false, value, expiresAt } };
-    } catch (error) {
-      // A newer record whose value cannot be decoded: this key fails, the rest of the batch stands.
-      return { status: 'failed', error: asError(error) };
-    }
-  }
-
   /**
    * Stamps stored for `keys`, aligned with them: a live record's stamp, `''` for nothing or a
    * tombstone, `undefined` for foreign data. Reads 35 bytes per key, not the values; one script
@@ -617,8 +489,7 @@ export class RedisDict<V = unknown> implements AsyncIterable<[string, V]> {
           part,
           redisKeys,
           weight: part.length,
-          queue: (p: Commands) => p.call('EVALSHA', [STAMPS_SHA, redisKeys.length, ...redisKeys]),
-          queueScript: (p: Commands) => p.call('EVAL', [STAMPS_LUA, redisKeys.length, ...redisKeys]),
+          ...stampsCall(redisKeys),
         };
       }),
     );
@@ -628,7 +499,7 @@ export class RedisDict<V = unknown> implements AsyncIterable<[string, V]> {
       if (err) throw redisError(err, unit.part[0]?.key, 'the read of stamps');
       (reply as string[]).forEach((stamp, j) => {
         const { index } = unit.part[j]!;
-        out[index] = stamp === '?' ? undefined : stamp.startsWith('t') ? '' : stamp;
+        out[index] = stampOfReply(stamp);
       });
     });
     return out;
@@ -663,193 +534,6 @@ export class RedisDict<V = unknown> implements AsyncIterable<[string, V]> {
   }
 }
 
-/** Deletes a lock (KEYS[1]) only if it still holds the caller's token (ARGV[1]). */
-const RELEASE_LOCK_LUA = "if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end return 0";
-
-/** Outcome of a change written over a live value (shared: outcomes are read-only). */
-const WRITTEN_OVER_VALUE = { status: 'written', existed: true } as const;
-/** Outcome of a change written where no live value was. */
-const WRITTEN_NEW = { status: 'written', existed: false } as const;
-
-/**
- * One call of the apply script: a batch of one slot. It is built on first use, right before it is
- * sent, so that message sequence numbers are taken in the order the calls are sent and a large
- * flush is encoded while the server executes the batches already sent. The call is framed here,
- * in one buffer (see resp.ts), and sent as a {@link FramedCommand}.
- *
- * Exported for the protocol conformance vectors (`scripts/protocol-vectors.ts`), which take the
- * script arguments from it. @internal
- */
-export class ApplyUnit<V> {
-  readonly weight: number;
-  private built: BuiltBatch | undefined;
-
-  constructor(
-    readonly slot: number,
-    readonly part: readonly PreparedChange<V>[],
-    private readonly target: PublishTarget | undefined,
-    private readonly tombstoneTtlMs: number,
-    private readonly maxDriftMs: number,
-    private readonly origin: string,
-    /** The client's own `keyPrefix` (ioredis adds it to the keys of the commands it frames; so do we). */
-    private readonly keyPrefix: string,
-    /** `keyPrefix` + `<namespace>/` as bytes, written before each key. */
-    private readonly wirePrefix: Buffer,
-  ) {
-    this.weight = part.length;
-  }
-
-  queue(client: Commands): unknown {
-    return (client as { sendCommand(command: FramedCommand): unknown }).sendCommand(this.command('evalsha', APPLY_SHA));
-  }
-
-  /** The call with the script's source, after NOSCRIPT. */
-  queueScript(client: Commands): unknown {
-    return (client as { sendCommand(command: FramedCommand): unknown }).sendCommand(this.command('eval', APPLY_LUA));
-  }
-
-  /** The call with the script's sha (`evalsha`) or its source (`eval`, after NOSCRIPT). */
-  command(name: 'evalsha' | 'eval', script: string): FramedCommand {
-    const built = (this.built ??= this.build());
-    // ioredis routes the command by its first key; every key of the batch is in the same slot.
-    return new FramedCommand(name, [script, 1, this.keyPrefix + this.part[0]!.redisKey], this.frame(name, script, built));
-  }
-
-  /** Everything but the keys and changes: the script's fixed arguments (see {@link APPLY_LUA}). */
-  private build(): BuiltBatch {
-    const { part, target, slot } = this;
-    const n = part.length;
-    let guarded = false;
-    let valuesOnly = true;
-    // UTF-8 length of each key, measured once: for the message entries and for the frame.
-    const keyBytes = new Int32Array(n);
-    for (let j = 0; j < n; j++) {
-      const p = part[j]!;
-      if (guardArg(p.change) !== '') guarded = true;
-      if (p.payload === undefined) valuesOnly = false;
-      keyBytes[j] = Buffer.byteLength(p.change.key, 'utf8');
-    }
-    let updateHeader: Buffer = EMPTY;
-    let deleteHeader: Buffer = EMPTY;
-    let updates: Buffer = EMPTY;
-    let deletes: Buffer = EMPTY;
-    let lengths: Buffer = EMPTY;
-    if (target) {
-      // Sizes first, then each kind's entries written into one buffer.
-      const published = new Array<Uint8Array | undefined>(n);
-      let updateBytes = 0;
-      let deleteBytes = 0;
-      lengths = Buffer.allocUnsafe(4 * n);
-      for (let j = 0; j < n; j++) {
-        const { change, payload } = part[j]!;
-        const withValue = target.withValues && payload !== undefined && payload.length <= target.maxPublishedValueBytes;
-        published[j] = withValue ? payload : undefined;
-        const size = entryLength(keyBytes[j]!, change.stamp, published[j], expiryOfChange(change));
-        lengths.writeUInt32BE(size, 4 * j);
-        if (change.deleted) deleteBytes += size;
-        else updateBytes += size;
-      }
-      if (updateBytes > 0) updates = Buffer.allocUnsafe(updateBytes);
-      if (deleteBytes > 0) deletes = Buffer.allocUnsafe(deleteBytes);
-      let u = 0;
-      let d = 0;
-      for (let j = 0; j < n; j++) {
-        const { change } = part[j]!;
-        if (change.deleted) d = writeEntry(deletes, d, change.key, keyBytes[j]!, change.stamp, published[j]);
-        else u = writeEntry(updates, u, change.key, keyBytes[j]!, change.stamp, published[j], expiryOfChange(change));
-      }
-      // Sequence numbers are taken here, right before the call is sent (update first).
-      const signer = target.signer;
-      if (updateBytes > 0) updateHeader = encodeHeader('u' satisfies MessageType, this.origin, target.nextSeq(slot), slot, signer !== undefined);
-      if (deleteBytes > 0) deleteHeader = encodeHeader('d' satisfies MessageType, this.origin, target.nextSeq(slot), slot, signer !== undefined);
-      if (signer !== undefined) {
-        // Signed: the header argument starts with the two tags of the whole message (every entry),
-        // 'all applied' then 'partly refused'; the script appends one of them (see APPLY_LUA).
-        let deleteCount = 0;
-        for (let j = 0; j < n; j++) if (part[j]!.change.deleted) deleteCount++;
-        if (updateBytes > 0) updateHeader = Buffer.concat([signer.tags(target.updateChannelBytes!, [updateHeader, arrayHeader(n - deleteCount), updates]), updateHeader]);
-        if (deleteBytes > 0) deleteHeader = Buffer.concat([signer.tags(target.deleteChannelBytes!, [deleteHeader, arrayHeader(deleteCount), deletes]), deleteHeader]);
-      }
-    }
-    const fixed: FrameArg[] = [
-      this.tombstoneTtlMs,
-      target?.command ?? '',
-      target?.updateChannel ?? '',
-      target?.deleteChannel ?? '',
-      updateHeader,
-      deleteHeader,
-      updates,
-      deletes,
-      lengths,
-      guarded ? '1' : '',
-      valuesOnly ? '1' : '',
-      this.maxDriftMs,
-    ];
-    return { fixed, guarded, keyBytes };
-  }
-
-  /**
-   * `<name> <script> <n> <keys…> <fixed arguments…> <changes…> [<guards…>]` in RESP, in one buffer:
-   * each change is the record to store (`v`, stamp, payload) or `t` and the stamp of a tombstone,
-   * written straight into the frame.
-   */
-  private frame(name: string, script: string, { fixed, guarded, keyBytes }: BuiltBatch): Buffer {
-    const { part, wirePrefix } = this;
-    const n = part.length;
-    const guards = guarded ? part.map((p) => guardArg(p.change)) : [];
-    const head = [script, n];
-    const count = head.length + n + fixed.length + n + guards.length;
-    const prefixBytes = wirePrefix.length;
-    let size = frameLength(name, count);
-    for (const arg of head) size += argLength(arg);
-    for (let j = 0; j < n; j++) size += bulkLength(prefixBytes + keyBytes[j]!);
-    for (const arg of fixed) size += argLength(arg);
-    for (const p of part) size += bulkLength(changeHeaderLength(expiryOfChange(p.change)) + (p.payload?.length ?? 0));
-    for (const guard of guards) size += argLength(guard);
-    const out = Buffer.allocUnsafe(size);
-    let at = writeFrameStart(out, name, count);
-    for (const arg of head) at = writeArg(out, at, arg);
-    for (let j = 0; j < n; j++) {
-      at = writeBulkHeader(out, at, prefixBytes + keyBytes[j]!);
-      out.set(wirePrefix, at);
-      at += prefixBytes;
-      at += out.write(part[j]!.change.key, at, keyBytes[j]!, 'utf8');
-      at = writeCrlf(out, at);
-    }
-    for (const arg of fixed) at = writeArg(out, at, arg);
-    for (const p of part) {
-      const { change, payload } = p;
-      const expiresAt = expiryOfChange(change);
-      at = writeBulkHeader(out, at, changeHeaderLength(expiresAt) + (payload?.length ?? 0));
-      at = writeCrlf(out, writeChange(out, at, change.stamp, payload, expiresAt));
-    }
-    for (const guard of guards) at = writeArg(out, at, guard);
-    if (at !== size) throw new Error(`apply frame: wrote ${at} bytes of ${size}`);
-    return out;
-  }
-}
-
-/** A guard: a stamp, possibly followed by `g` (just above that stamp: see the write-back manager). */
-const GUARD_PATTERN = /^[0-9a-f]{34}g?$/;
-
-/** The expiry time a change stores: its own for a value, none for a tombstone. */
-function expiryOfChange(change: VersionedChange<unknown>): number | undefined {
-  const { expiresAt } = change;
-  return change.deleted || expiresAt === undefined || expiresAt === Infinity ? undefined : expiresAt;
-}
-
-/** The guard argument of a change for the apply script: '' when it is the change's own stamp. */
-function guardArg(change: VersionedChange<unknown>): string {
-  return change.guard === undefined || change.guard === change.stamp ? '' : change.guard;
-}
-
-/** What {@link ApplyUnit} builds once per call, NOSCRIPT retry included. */
-interface BuiltBatch {
-  readonly fixed: FrameArg[];
-  readonly guarded: boolean;
-  /** UTF-8 length of each key of the batch (without any prefix). */
-  readonly keyBytes: Int32Array;
-}
 
 function throwFailure(outcomes: readonly WriteOutcome<unknown>[]): void {
   for (const outcome of outcomes) if (outcome?.status === 'failed') throw outcome.error;
@@ -869,7 +553,7 @@ export function collectEntries<V>(entries: Iterable<readonly [DictKey, V]>): [st
 }
 
 /** Keeps the last change of each key (a batch writes each key once). */
-export function lastPerKey<T extends { key: string }>(changes: readonly T[]): T[] {
+function lastPerKey<T extends { key: string }>(changes: readonly T[]): T[] {
   const byKey = new Map<string, T>();
   for (const change of changes) {
     byKey.delete(change.key);

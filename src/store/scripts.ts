@@ -1,4 +1,9 @@
 /**
+ * The Lua scripts and the layout of their calls, in one place: the apply script (below), the stamps
+ * script, the lock release; {@link ApplyUnit} frames one apply call (its arguments in the order
+ * the script reads them), {@link applyOutcome} reads its reply, {@link stampsCall} and
+ * {@link stampOfReply} do the same for the stamps script.
+ *
  * The one script that changes entries: a batch of compare-and-set writes (values or tombstones)
  * and the PUBLISH of what was applied, in one atomic step. See `docs/protocol.md`.
  *
@@ -47,6 +52,13 @@
  * @module
  */
 import { createHash } from 'node:crypto';
+import { ClockSkewError, asError } from '../errors.js';
+import { arrayHeader, encodeHeader, entryLength, type MessageType, writeEntry } from '../protocol/messages.js';
+import { changeHeaderLength, splitRecord, writeChange } from '../protocol/record.js';
+import { parseStamp, type Stamp } from '../protocol/stamp.js';
+import { type FrameArg, FramedCommand, argLength, bulkLength, frameLength, writeArg, writeBulkHeader, writeCrlf, writeFrameStart } from './resp.js';
+import type { Commands } from './topology.js';
+import type { PreparedChange, PublishTarget, VersionedChange, WriteOutcome } from './types.js';
 
 export const APPLY_LUA = `
 local function valid(s) return #s == 34 and not string.find(s, '[^0-9a-f]') end
@@ -293,8 +305,12 @@ return result
 /** SHA1 of {@link APPLY_LUA}, for EVALSHA. */
 export const APPLY_SHA = createHash('sha1').update(APPLY_LUA).digest('hex');
 
-/** Reads the stamps of keys: per key the record's stamp, the tombstone's stamp, or '' (used by resync). */
-export const STAMPS_LUA = `
+/**
+ * Reads the stamps of keys (used by resync): per key the record's stamp, `t` + the tombstone's
+ * stamp, `''` for nothing, or `?` for foreign data of any Redis type (a string that is not a
+ * record, a hash that is not a tombstone, a list, a set...).
+ */
+const STAMPS_LUA = `
 local function valid(s) return #s == 34 and not string.find(s, '[^0-9a-f]') end
 local out = {}
 for i = 1, #KEYS do
@@ -302,8 +318,9 @@ for i = 1, #KEYS do
   local head = redis.pcall('GETRANGE', key, 0, 34)
   local stamp = ''
   if type(head) == 'table' then
+    -- Not a string: a tombstone (a hash whose s is a stamp), or data of another type, foreign.
     local s = redis.pcall('HGET', key, 's')
-    if type(s) == 'string' and valid(s) then stamp = 't' .. s end
+    if type(s) == 'string' and valid(s) then stamp = 't' .. s else stamp = '?' end
   elseif #head == 35 and (string.byte(head, 1) == 118 or string.byte(head, 1) == 120) and valid(string.sub(head, 2)) then
     stamp = string.sub(head, 2)
   elseif #head > 0 then
@@ -315,4 +332,272 @@ return out
 `;
 
 /** SHA1 of {@link STAMPS_LUA}. */
-export const STAMPS_SHA = createHash('sha1').update(STAMPS_LUA).digest('hex');
+const STAMPS_SHA = createHash('sha1').update(STAMPS_LUA).digest('hex');
+
+const EMPTY = Buffer.alloc(0);
+/** Bytes of changes after which a batch is split, so that script arguments and messages stay small. */
+const MAX_BATCH_BYTES = 1 << 20;
+
+/** Splits a slot group into script calls of at most `batchSize` keys and about 1 MiB of changes. */
+export function splitApplyBatches<V>(items: readonly PreparedChange<V>[], batchSize: number): PreparedChange<V>[][] {
+  const parts: PreparedChange<V>[][] = [];
+  let current: PreparedChange<V>[] = [];
+  let bytes = 0;
+  for (const item of items) {
+    const size = (item.payload?.length ?? 0) + changeHeaderLength(expiryOfChange(item.change)) + item.change.key.length;
+    if (current.length >= batchSize || (current.length > 0 && bytes + size > MAX_BATCH_BYTES)) {
+      parts.push(current);
+      current = [];
+      bytes = 0;
+    }
+    current.push(item);
+    bytes += size;
+  }
+  if (current.length > 0) parts.push(current);
+  return parts;
+}
+
+/** What {@link applyOutcome} needs of the dictionary: its clock and its decoder. */
+export interface OutcomeContext<V> {
+readonly maxDriftMs: number;
+observe(stamp: string): void;
+decodeValue(key: string, payload: Uint8Array): V;
+}
+
+/**
+ * The outcome of one change from its entry in the apply script's reply (see {@link APPLY_LUA}):
+ * 1 or 2 written, `{3, serverMs}` refused for clock skew, `{storedStamp, storedRecord|nil}` refused
+ * because Redis holds a stamp at or above the guard. Observes the stored stamp.
+ */
+export function applyOutcome<V>(change: VersionedChange<V>, reply: unknown, context: OutcomeContext<V>): WriteOutcome<V> {
+  const { key } = change;
+  if (reply === 1) return WRITTEN_OVER_VALUE;
+  if (reply === 2) return WRITTEN_NEW;
+  if (!Array.isArray(reply)) return { status: 'failed', error: new Error(`Unexpected script reply for key \`${key}\``) };
+  if (reply[0] === 3 && typeof reply[1] === 'number') {
+    // Refused: the change's stamp is more than maxDriftMs ahead of the server's clock.
+    return { status: 'failed', error: new ClockSkewError(key, change.stamp, parseStamp(change.stamp).ms, reply[1], context.maxDriftMs) };
+  }
+  const stampRaw: unknown = reply[0];
+  const stamp = Buffer.isBuffer(stampRaw) ? stampRaw.toString('latin1') : String(stampRaw ?? '');
+  if (stamp !== '') context.observe(stamp);
+  // Redis holds this very change (stamps are unique per writer): an earlier attempt of the same
+  // call (resent after a dropped connection or a failover), or of an earlier flush, was applied.
+  // Whether a value existed before it is not known any more: reported as not.
+  if (stamp === change.stamp) return WRITTEN_NEW;
+  const raw: unknown = reply[1];
+  if (!Buffer.isBuffer(raw)) return { status: 'conflict', stored: { stamp, deleted: true } };
+  try {
+    const { payload, expiresAt } = splitRecord(key, raw);
+    const value = context.decodeValue(key, payload);
+    return { status: 'conflict', stored: expiresAt === undefined ? { stamp, deleted: false, value } : { stamp, deleted: false, value, expiresAt } };
+  } catch (error) {
+    // A newer record whose value cannot be decoded: this key fails, the rest of the batch stands.
+    return { status: 'failed', error: asError(error) };
+  }
+}
+
+
+/** Deletes a lock (KEYS[1]) only if it still holds the caller's token (ARGV[1]). */
+export const RELEASE_LOCK_LUA = "if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end return 0";
+
+/** Outcome of a change written over a live value (shared: outcomes are read-only). */
+const WRITTEN_OVER_VALUE = { status: 'written', existed: true } as const;
+/** Outcome of a change written where no live value was. */
+export const WRITTEN_NEW = { status: 'written', existed: false } as const;
+
+/**
+ * One call of the apply script: a batch of one slot. It is built on first use, right before it is
+ * sent, so that message sequence numbers are taken in the order the calls are sent and a large
+ * flush is encoded while the server executes the batches already sent. The call is framed here,
+ * in one buffer (see resp.ts), and sent as a {@link FramedCommand}.
+ *
+ * Exported for the protocol conformance vectors (`scripts/protocol-vectors.ts`), which take the
+ * script arguments from it. @internal
+ */
+export class ApplyUnit<V> {
+  readonly weight: number;
+  private built: BuiltBatch | undefined;
+
+  constructor(
+    readonly slot: number,
+    readonly part: readonly PreparedChange<V>[],
+    private readonly target: PublishTarget | undefined,
+    private readonly tombstoneTtlMs: number,
+    private readonly maxDriftMs: number,
+    private readonly origin: string,
+    /** The client's own `keyPrefix` (ioredis adds it to the keys of the commands it frames; so do we). */
+    private readonly keyPrefix: string,
+    /** `keyPrefix` + `<namespace>/` as bytes, written before each key. */
+    private readonly wirePrefix: Buffer,
+  ) {
+    this.weight = part.length;
+  }
+
+  queue(client: Commands): unknown {
+    return (client as { sendCommand(command: FramedCommand): unknown }).sendCommand(this.command('evalsha', APPLY_SHA));
+  }
+
+  /** The call with the script's source, after NOSCRIPT. */
+  queueScript(client: Commands): unknown {
+    return (client as { sendCommand(command: FramedCommand): unknown }).sendCommand(this.command('eval', APPLY_LUA));
+  }
+
+  /** The call with the script's sha (`evalsha`) or its source (`eval`, after NOSCRIPT). */
+  command(name: 'evalsha' | 'eval', script: string): FramedCommand {
+    const built = (this.built ??= this.build());
+    // ioredis routes the command by its first key; every key of the batch is in the same slot.
+    return new FramedCommand(name, [script, 1, this.keyPrefix + this.part[0]!.redisKey], this.frame(name, script, built));
+  }
+
+  /** Everything but the keys and changes: the script's fixed arguments (see {@link APPLY_LUA}). */
+  private build(): BuiltBatch {
+    const { part, target, slot } = this;
+    const n = part.length;
+    let guarded = false;
+    let valuesOnly = true;
+    // UTF-8 length of each key, measured once: for the message entries and for the frame.
+    const keyBytes = new Int32Array(n);
+    for (let j = 0; j < n; j++) {
+      const p = part[j]!;
+      if (guardArg(p.change) !== '') guarded = true;
+      if (p.payload === undefined) valuesOnly = false;
+      keyBytes[j] = Buffer.byteLength(p.change.key, 'utf8');
+    }
+    let updateHeader: Buffer = EMPTY;
+    let deleteHeader: Buffer = EMPTY;
+    let updates: Buffer = EMPTY;
+    let deletes: Buffer = EMPTY;
+    let lengths: Buffer = EMPTY;
+    if (target) {
+      // Sizes first, then each kind's entries written into one buffer.
+      const published = new Array<Uint8Array | undefined>(n);
+      let updateBytes = 0;
+      let deleteBytes = 0;
+      lengths = Buffer.allocUnsafe(4 * n);
+      for (let j = 0; j < n; j++) {
+        const { change, payload } = part[j]!;
+        const withValue = target.withValues && payload !== undefined && payload.length <= target.maxPublishedValueBytes;
+        published[j] = withValue ? payload : undefined;
+        const size = entryLength(keyBytes[j]!, change.stamp, published[j], expiryOfChange(change));
+        lengths.writeUInt32BE(size, 4 * j);
+        if (change.deleted) deleteBytes += size;
+        else updateBytes += size;
+      }
+      if (updateBytes > 0) updates = Buffer.allocUnsafe(updateBytes);
+      if (deleteBytes > 0) deletes = Buffer.allocUnsafe(deleteBytes);
+      let u = 0;
+      let d = 0;
+      for (let j = 0; j < n; j++) {
+        const { change } = part[j]!;
+        if (change.deleted) d = writeEntry(deletes, d, change.key, keyBytes[j]!, change.stamp, published[j]);
+        else u = writeEntry(updates, u, change.key, keyBytes[j]!, change.stamp, published[j], expiryOfChange(change));
+      }
+      // Sequence numbers are taken here, right before the call is sent (update first).
+      const signer = target.signer;
+      if (updateBytes > 0) updateHeader = encodeHeader('u' satisfies MessageType, this.origin, target.nextSeq(slot), slot, signer !== undefined);
+      if (deleteBytes > 0) deleteHeader = encodeHeader('d' satisfies MessageType, this.origin, target.nextSeq(slot), slot, signer !== undefined);
+      if (signer !== undefined) {
+        // Signed: the header argument starts with the two tags of the whole message (every entry),
+        // 'all applied' then 'partly refused'; the script appends one of them (see APPLY_LUA).
+        let deleteCount = 0;
+        for (let j = 0; j < n; j++) if (part[j]!.change.deleted) deleteCount++;
+        if (updateBytes > 0) updateHeader = Buffer.concat([signer.tags(target.updateChannelBytes!, [updateHeader, arrayHeader(n - deleteCount), updates]), updateHeader]);
+        if (deleteBytes > 0) deleteHeader = Buffer.concat([signer.tags(target.deleteChannelBytes!, [deleteHeader, arrayHeader(deleteCount), deletes]), deleteHeader]);
+      }
+    }
+    const fixed: FrameArg[] = [
+      this.tombstoneTtlMs,
+      target?.command ?? '',
+      target?.updateChannel ?? '',
+      target?.deleteChannel ?? '',
+      updateHeader,
+      deleteHeader,
+      updates,
+      deletes,
+      lengths,
+      guarded ? '1' : '',
+      valuesOnly ? '1' : '',
+      this.maxDriftMs,
+    ];
+    return { fixed, guarded, keyBytes };
+  }
+
+  /**
+   * `<name> <script> <n> <keys…> <fixed arguments…> <changes…> [<guards…>]` in RESP, in one buffer:
+   * each change is the record to store (`v`, stamp, payload) or `t` and the stamp of a tombstone,
+   * written straight into the frame.
+   */
+  private frame(name: string, script: string, { fixed, guarded, keyBytes }: BuiltBatch): Buffer {
+    const { part, wirePrefix } = this;
+    const n = part.length;
+    const guards = guarded ? part.map((p) => guardArg(p.change)) : [];
+    const head = [script, n];
+    const count = head.length + n + fixed.length + n + guards.length;
+    const prefixBytes = wirePrefix.length;
+    let size = frameLength(name, count);
+    for (const arg of head) size += argLength(arg);
+    for (let j = 0; j < n; j++) size += bulkLength(prefixBytes + keyBytes[j]!);
+    for (const arg of fixed) size += argLength(arg);
+    for (const p of part) size += bulkLength(changeHeaderLength(expiryOfChange(p.change)) + (p.payload?.length ?? 0));
+    for (const guard of guards) size += argLength(guard);
+    const out = Buffer.allocUnsafe(size);
+    let at = writeFrameStart(out, name, count);
+    for (const arg of head) at = writeArg(out, at, arg);
+    for (let j = 0; j < n; j++) {
+      at = writeBulkHeader(out, at, prefixBytes + keyBytes[j]!);
+      out.set(wirePrefix, at);
+      at += prefixBytes;
+      at += out.write(part[j]!.change.key, at, keyBytes[j]!, 'utf8');
+      at = writeCrlf(out, at);
+    }
+    for (const arg of fixed) at = writeArg(out, at, arg);
+    for (const p of part) {
+      const { change, payload } = p;
+      const expiresAt = expiryOfChange(change);
+      at = writeBulkHeader(out, at, changeHeaderLength(expiresAt) + (payload?.length ?? 0));
+      at = writeCrlf(out, writeChange(out, at, change.stamp, payload, expiresAt));
+    }
+    for (const guard of guards) at = writeArg(out, at, guard);
+    if (at !== size) throw new Error(`apply frame: wrote ${at} bytes of ${size}`);
+    return out;
+  }
+}
+
+/** A guard: a stamp, possibly followed by `g` (just above that stamp: see the write-back manager). */
+export const GUARD_PATTERN = /^[0-9a-f]{34}g?$/;
+
+/** The expiry time a change stores: its own for a value, none for a tombstone. */
+function expiryOfChange(change: VersionedChange<unknown>): number | undefined {
+  const { expiresAt } = change;
+  return change.deleted || expiresAt === undefined || expiresAt === Infinity ? undefined : expiresAt;
+}
+
+/** The guard argument of a change for the apply script: '' when it is the change's own stamp. */
+function guardArg(change: VersionedChange<unknown>): string {
+  return change.guard === undefined || change.guard === change.stamp ? '' : change.guard;
+}
+
+/** What {@link ApplyUnit} builds once per call, NOSCRIPT retry included. */
+interface BuiltBatch {
+  readonly fixed: FrameArg[];
+  readonly guarded: boolean;
+  /** UTF-8 length of each key of the batch (without any prefix). */
+  readonly keyBytes: Int32Array;
+}
+
+/**
+ * One call of the stamps script for `redisKeys` (one slot): by sha, and with the source after
+ * NOSCRIPT. See {@link STAMPS_LUA} and {@link stampOfReply}.
+ */
+export function stampsCall(redisKeys: readonly string[]): { queue(client: Commands): unknown; queueScript(client: Commands): unknown } {
+  return {
+    queue: (client) => client.call('EVALSHA', [STAMPS_SHA, redisKeys.length, ...redisKeys]),
+    queueScript: (client) => client.call('EVAL', [STAMPS_LUA, redisKeys.length, ...redisKeys]),
+  };
+}
+
+/** A key's entry in the stamps script's reply: a live record's stamp, `''` for nothing or a tombstone, `undefined` for foreign data. */
+export function stampOfReply(reply: string): Stamp | '' | undefined {
+  return reply === '?' ? undefined : reply.startsWith('t') ? '' : reply;
+}

@@ -58,6 +58,9 @@ export function groupBySlot<T>(cluster: boolean, items: readonly T[], redisKeyOf
   return groups;
 }
 
+/** A client or a pipeline: what a unit of work queues its command on. */
+export type Commands = ChainableCommander | RedisClient;
+
 /** Splits an array into chunks of at most `size`. */
 export function chunk<T>(items: readonly T[], size: number): T[][] {
   const out: T[][] = [];
@@ -97,7 +100,7 @@ export const DEFAULT_RETRY_TIMEOUT_MS = 20_000;
  * Keys per chunk of commands sent to one node. A large batch is sent chunk by chunk, each as soon
  * as it is built, so that the server executes one chunk while the next is being encoded.
  */
-export const STREAM_CHUNK_KEYS = 500;
+const STREAM_CHUNK_KEYS = 500;
 
 /** What to do about a unit's error. */
 type Verdict = 'final' | 'noscript' | 'moved' | 'ask' | 'busy' | 'connection';
@@ -110,7 +113,7 @@ type Verdict = 'final' | 'noscript' | 'moved' | 'ask' | 'busy' | 'connection';
  * - `busy`: TRYAGAIN, CLUSTERDOWN, LOADING, MASTERDOWN, READONLY: resend after a back-off;
  * - `connection`: a dropped or refused connection: refresh the slot map, resend after a back-off.
  */
-export function verdictOf(error: Error): Verdict {
+function verdictOf(error: Error): Verdict {
   let message = error.message;
   // ioredis's own routing gave up on a single command: judge by the last answer it got.
   const last = /^Too many Cluster redirections\. Last error: (?:\w*Error: )?(.*)$/s.exec(message);
@@ -384,27 +387,4 @@ export function clusterReady(cluster: Cluster): Promise<void> {
 /** The clients to SCAN: every master of a Cluster, or the standalone client itself. */
 export function scanTargets(client: RedisClient): Redis[] {
   return isCluster(client) ? client.nodes('master') : [client];
-}
-
-let slotTags: string[] | undefined;
-
-/**
- * A short string whose hash slot is `slot`, for naming sharded channels that live in the same slot
- * as the keys they announce (SPUBLISH from a script must stay inside the script's slot).
- */
-export function slotTag(slot: number): string {
-  if (!slotTags) {
-    const tags: string[] = new Array(16384);
-    let found = 0;
-    for (let i = 0; found < 16384; i++) {
-      const tag = i.toString(36);
-      const s = calculateSlot(tag);
-      if (tags[s] === undefined) {
-        tags[s] = tag;
-        found++;
-      }
-    }
-    slotTags = tags;
-  }
-  return slotTags[slot]!;
 }

@@ -17,17 +17,8 @@
  *
  * @module
  */
+import type { ConflictPolicyName, ConflictSide } from '../cache/types.js';
 import type { Stamp } from '../protocol/stamp.js';
-
-/** One side of a conflict. */
-export interface ConflictSide<V> {
-  /** The value (`undefined` when deleted, or when a remote value was not carried by its message). */
-  readonly value: V | undefined;
-  /** True when this side is a delete. */
-  readonly deleted: boolean;
-  /** Stamp of the write. */
-  readonly stamp: Stamp;
-}
 
 /** Decides a conflict: keep the local change, take the remote one, or merge into a new value. */
 export type ConflictResolver<V> = (local: ConflictSide<V>, remote: ConflictSide<V>, key: string) => 'local' | 'remote' | { value: V };
@@ -35,30 +26,57 @@ export type ConflictResolver<V> = (local: ConflictSide<V>, remote: ConflictSide<
 /** How conflicts are decided. */
 export type ConflictPolicy<V> = 'last-writer-wins' | 'discard-on-remote-update' | ConflictResolver<V>;
 
-/** Name of a policy, as reported. */
-export type ConflictPolicyName = 'last-writer-wins' | 'discard-on-remote-update' | 'custom';
-
-/** A reported conflict. */
-export interface Conflict<V> {
-  /** The key. */
-  readonly key: string;
-  /** Policy that decided it. */
-  readonly policy: ConflictPolicyName;
-  /** The local change at the time of the conflict. */
-  readonly local: ConflictSide<V>;
-  /** The remote write. */
-  readonly remote: ConflictSide<V> & { /** False when the remote value was not known (message without value). */ readonly known: boolean };
-  /** `'remote'`: the local change was discarded; `'local'`: kept; `'merged'`: replaced by the resolver's value. */
-  readonly outcome: 'local' | 'remote' | 'merged';
-  /** Stamp of the kept or merged change (written by the next flush), for `'local'` and `'merged'`. */
-  readonly stamp: Stamp | undefined;
-  /** How the conflict was found. */
-  readonly detectedBy: 'message' | 'flush';
-}
-
 /** Name of a policy. */
 export function policyName(policy: ConflictPolicy<unknown>): ConflictPolicyName {
   return typeof policy === 'function' ? 'custom' : policy;
+}
+
+/** What a conflict policy decides about a remote write that reaches a key with a local change. */
+export type ConflictDecision<V> =
+  /** Not a conflict: the local change stands and the flush writes it. */
+  | { readonly kind: 'none' }
+  /** A resolver needs the remote value, which its message did not carry: the flush will find it in Redis. */
+  | { readonly kind: 'undecided' }
+  /** The resolver threw, or returned something other than `'local'`, `'remote'` or `{ value }`: the local change is kept. */
+  | { readonly kind: 'failed'; readonly error: Error }
+  /** The remote write wins: the local change is discarded. */
+  | { readonly kind: 'remote' }
+  /** The local change is kept, with a new stamp above the remote write. */
+  | { readonly kind: 'local' }
+  /** The local change is replaced by the resolver's value, with a new stamp above the remote write. */
+  | { readonly kind: 'merged'; readonly value: V };
+
+const NONE = { kind: 'none' } as const;
+const UNDECIDED = { kind: 'undecided' } as const;
+const REMOTE = { kind: 'remote' } as const;
+const LOCAL = { kind: 'local' } as const;
+
+/**
+ * Decides a remote write against a local change under `policy`, changing nothing: the caller
+ * applies the decision. `local.since` is the lowest stamp a remote write must exceed to count as
+ * concurrent (see {@link conflicts}). A resolver is called only for a conflict whose remote value
+ * is known; what it throws becomes a `'failed'` decision.
+ */
+export function decideConflict<V>(
+  policy: ConflictPolicy<V>,
+  local: { readonly stamp: Stamp; readonly since: string; readonly value: V | undefined; readonly deleted: boolean },
+  remote: ConflictSide<V> & { readonly known: boolean },
+  key: string,
+): ConflictDecision<V> {
+  if (!conflicts(policyName(policy as ConflictPolicy<unknown>), local, remote.stamp)) return NONE;
+  if (typeof policy !== 'function') return REMOTE;
+  // Without the remote value the resolver cannot decide; the flush will find it in Redis.
+  if (!remote.known) return UNDECIDED;
+  let decision: ReturnType<ConflictResolver<V>>;
+  try {
+    decision = policy({ value: local.value, deleted: local.deleted, stamp: local.stamp }, { value: remote.value, deleted: remote.deleted, stamp: remote.stamp }, key);
+  } catch (error) {
+    return { kind: 'failed', error: error as Error };
+  }
+  if (decision === 'local') return LOCAL;
+  if (decision === 'remote') return REMOTE;
+  if (typeof decision === 'object' && decision !== null) return { kind: 'merged', value: decision.value };
+  return { kind: 'failed', error: new TypeError(`conflict resolver returned ${String(decision)}`) };
 }
 
 /**
@@ -66,6 +84,6 @@ export function policyName(policy: ConflictPolicy<unknown>): ConflictPolicyName 
  * `since` is the lowest stamp a remote write must exceed to count as concurrent (the moment the key
  * became dirty, or the last stamp of this key known to be in Redis).
  */
-export function conflicts(policy: ConflictPolicyName, local: { readonly stamp: Stamp; readonly since: string }, remoteStamp: Stamp): boolean {
+function conflicts(policy: ConflictPolicyName, local: { readonly stamp: Stamp; readonly since: string }, remoteStamp: Stamp): boolean {
   return policy === 'last-writer-wins' ? remoteStamp > local.stamp : remoteStamp > local.since;
 }

@@ -17,24 +17,36 @@
  *
  * @module
  */
-import type { CacheEntry, PubSubCacheManagerOptions } from '../cache/cache-manager.js';
-import { CACHE_MANAGER_OPTION_KEYS, PubSubCacheManager } from '../cache/cache-manager.js';
+import { PubSubCacheManager } from '../cache/cache-manager.js';
+import type { LocalChanges } from '../cache/near-cache.js';
+import { CACHE_MANAGER_OPTION_KEYS, type CacheEntry, type Conflict, type ConflictPolicyName, type ConflictSide, type FlushReport, type PubSubCacheManagerOptions } from '../cache/types.js';
 import { bounded, type WaitOptions, waitOptions } from '../deadline.js';
 import { BackpressureError, ClockSkewError, ClosedError, FlushError, TimeoutError, asError } from '../errors.js';
 import { type DictKey, normalizeKey, normalizeKeys } from '../protocol/keys.js';
 import type { MessageEntry } from '../protocol/messages.js';
-import { checkOptions, enumOption, integerOption, invalidOption } from '../options.js';
+import { pickOptions } from '../options.js';
 import type { PubSubRedisDict } from '../store/pubsub-redis-dict.js';
-import { collectEntries, type SetOptions, type VersionedChange, type WriteOutcome } from '../store/redis-dict.js';
+import { collectEntries } from '../store/redis-dict.js';
 import type { Stamp } from '../protocol/stamp.js';
 import { isCluster } from '../store/topology.js';
-import { type Conflict, type ConflictPolicy, type ConflictPolicyName, type ConflictSide, conflicts, policyName } from './conflict.js';
+import { type ConflictPolicy, decideConflict, policyName } from './conflict.js';
+import { resolveWriteBackOptions } from './resolve-options.js';
+import { FlushScheduler } from './scheduler.js';
+import { type SetOptions, type VersionedChange, type WriteOutcome } from '../store/types.js';
 
 /** Options of {@link WriteBackCacheManager}. */
 export interface WriteBackCacheManagerOptions<V> extends PubSubCacheManagerOptions {
-  /** How conflicts are decided. Default `'last-writer-wins'`. */
+  /**
+   * How conflicts are decided.
+   *
+   * @defaultValue `'last-writer-wins'`
+   */
   conflictPolicy?: ConflictPolicy<V>;
-  /** Flush automatically every this many ms; 0 = only explicit and size-triggered flushes. Default 1000. */
+  /**
+   * Flush automatically every this many ms; 0 = only explicit and size-triggered flushes.
+   *
+   * @defaultValue `1000`
+   */
   flushIntervalMs?: number;
   /**
    * Flush automatically when this many keys are dirty. With `flushIntervalMs: 0` it must not exceed
@@ -43,37 +55,30 @@ export interface WriteBackCacheManagerOptions<V> extends PubSubCacheManagerOptio
    * @defaultValue 10,000; with `flushIntervalMs: 0`, the smaller of 10,000 and `maxPending`
    */
   maxDirty?: number;
-  /** Most dirty keys held; beyond it a change of a clean key is refused (or waits). Default 100,000. */
+  /**
+   * Most dirty keys held; beyond it a change of a clean key is refused (or waits).
+   *
+   * @defaultValue `100000`
+   */
   maxPending?: number;
-  /** At `maxPending`: `'reject'` with `E_BACKPRESSURE` (default), or `'wait'` until a flush makes room. */
+  /**
+   * At `maxPending`: `'reject'` with `E_BACKPRESSURE` (default), or `'wait'` until a flush makes room.
+   *
+   * @defaultValue `'reject'`
+   */
   onBackpressure?: 'reject' | 'wait';
-  /** How long `close()` waits for its final flush, in ms. Default 10,000. */
+  /**
+   * How long `close()` waits for its final flush, in ms.
+   *
+   * @defaultValue `10000`
+   */
   closeTimeoutMs?: number;
-  /** First retry delay after a failed flush, doubled up to 30 s. Default 100 ms. */
+  /**
+   * First retry delay after a failed flush, doubled up to 30 s.
+   *
+   * @defaultValue `100`
+   */
   retryDelayMs?: number;
-}
-
-const OPTION_KEYS = [
-  ...CACHE_MANAGER_OPTION_KEYS,
-  'conflictPolicy',
-  'flushIntervalMs',
-  'maxDirty',
-  'maxPending',
-  'onBackpressure',
-  'closeTimeoutMs',
-  'retryDelayMs',
-] as const;
-
-/** What a flush did. */
-export interface FlushReport<V> {
-  /** Keys written to Redis. */
-  readonly written: string[];
-  /** Conflicts decided during this flush, and those detected by messages since the previous flush. */
-  readonly conflicts: Conflict<V>[];
-  /** Keys that could not be written (they stay dirty and are retried). */
-  readonly failed: { key: string; error: Error }[];
-  /** How long the flush took, in ms (waiting for a flush already running not included). */
-  readonly durationMs: number;
 }
 
 /** The answer of a local change recorded at once. */
@@ -112,7 +117,11 @@ export interface UnwrittenChange<V> {
   readonly stamp: Stamp;
 }
 
-/** Error of `close()` when some changes could not be written. */
+/**
+ * Error of `close()` when some changes could not be written: code `E_TIMEOUT` when the final flush
+ * did not finish within `closeTimeoutMs` (the changes are not confirmed: a call already sent may
+ * still be applied), else `E_FLUSH`.
+ */
 export class CloseFlushError<V> extends FlushError {
   /** The changes that were not written, so that nothing is lost silently. */
   readonly unwritten: readonly UnwrittenChange<V>[];
@@ -121,6 +130,7 @@ export class CloseFlushError<V> extends FlushError {
     super(
       unwritten.map((u) => ({ key: u.key, error: asError(cause) })),
       `close(): ${unwritten.length} change(s) could not be written; see \`unwritten\``,
+      cause instanceof TimeoutError ? 'E_TIMEOUT' : 'E_FLUSH',
     );
     this.unwritten = unwritten;
   }
@@ -151,28 +161,19 @@ export class WriteBackCacheManager<V = unknown> extends PubSubCacheManager<V> {
   readonly conflictPolicy: ConflictPolicy<V>;
   private readonly policy: ConflictPolicyName;
   private readonly dirty = new Map<string, DirtyEntry<V>>();
-  private readonly flushIntervalMs: number;
   private readonly maxDirty: number;
   private readonly maxPending: number;
   private readonly onBackpressure: 'reject' | 'wait';
   private readonly closeTimeoutMs: number;
-  private readonly retryDelayMs: number;
-  private closing = false;
   /** Changes dropped for clock skew by `close()`'s final flush: reported in its {@link CloseFlushError}. */
   private droppedWhileClosing: UnwrittenChange<V>[] = [];
-  private flushTimer: NodeJS.Timeout | undefined;
-  private retryTimer: NodeJS.Timeout | undefined;
-  private retryDelay = 0;
-  private flushTail: Promise<unknown> = Promise.resolve();
-  private queuedFlush: Promise<FlushReport<V>> | undefined;
-  private inFlight = 0;
+  /** When to flush: timer, size trigger, requests, retries with back-off. */
+  private readonly scheduler: FlushScheduler<FlushReport<V>>;
   private pendingConflicts: Conflict<V>[] = [];
   /** While a flush round is in flight: per key, the newest write announced since it started. */
   private flushNotes: Map<string, Stamp> | undefined;
   /** Report of the flush in flight: conflicts found by messages meanwhile go into it. */
   private currentReport: FlushReport<V> | undefined;
-  /** Woken after each flush, with its error when it failed. */
-  private flushWaiters: ((failure: Error | undefined) => void)[] = [];
   /** The eviction policy check of ready(), once started. */
   private policyCheck: Promise<void> | undefined;
   private readonly wb: Omit<WriteBackStats, 'dirty'> = { flushes: 0, flushedKeys: 0, conflicts: 0, flushErrors: 0 };
@@ -183,53 +184,28 @@ export class WriteBackCacheManager<V = unknown> extends PubSubCacheManager<V> {
    */
   constructor(store: PubSubRedisDict<V>, options?: WriteBackCacheManagerOptions<V>) {
     const where = 'WriteBackCacheManager';
-    const opts = checkOptions(where, options, OPTION_KEYS);
-    const {
-      conflictPolicy,
-      flushIntervalMs,
-      maxDirty,
-      maxPending,
-      onBackpressure,
-      closeTimeoutMs,
-      retryDelayMs,
-      ...base
-    } = opts as WriteBackCacheManagerOptions<V> & Record<string, unknown>;
-    // Validate before the base class opens a subscription.
-    const policy = conflictPolicy ?? 'last-writer-wins';
-    if (typeof policy !== 'function' && policy !== 'last-writer-wins' && policy !== 'discard-on-remote-update') {
-      invalidOption(where, 'conflictPolicy', "'last-writer-wins', 'discard-on-remote-update' or a function", policy);
-    }
-    const interval = integerOption(where, 'flushIntervalMs', flushIntervalMs, 1000, 0);
-    const pendingLimit = integerOption(where, 'maxPending', maxPending, 100_000);
-    // Without a timer, only the size trigger flushes by itself: it must fire before `maxPending`
-    // refuses changes, or every change past `maxPending` would wait for a manual flush.
-    const dirtyLimit = integerOption(where, 'maxDirty', maxDirty, interval === 0 ? Math.min(10_000, pendingLimit) : 10_000);
-    if (interval === 0 && dirtyLimit > pendingLimit) {
-      invalidOption(where, 'maxDirty', `at most \`maxPending\` (${pendingLimit}) when \`flushIntervalMs\` is 0`, dirtyLimit);
-    }
-    const backpressure = enumOption(where, 'onBackpressure', onBackpressure, ['reject', 'wait'] as const, 'reject');
-    const closeTimeout = integerOption(where, 'closeTimeoutMs', closeTimeoutMs, 10_000, 0);
-    const retry = integerOption(where, 'retryDelayMs', retryDelayMs, 100);
-    super(store, base as PubSubCacheManagerOptions);
-    this.conflictPolicy = policy;
-    this.policy = policyName(policy as ConflictPolicy<unknown>);
-    this.flushIntervalMs = interval;
-    this.maxDirty = dirtyLimit;
-    this.maxPending = pendingLimit;
-    this.onBackpressure = backpressure;
-    this.closeTimeoutMs = closeTimeout;
-    this.retryDelayMs = retry;
-    if (interval > 0) {
-      this.flushTimer = setInterval(() => {
-        // After a failed flush its retry is scheduled: the interval must not defeat the back-off.
-        if (this.dirty.size > 0 && this.inFlight === 0 && this.retryTimer === undefined) this.autoFlush();
-      }, interval);
-      this.flushTimer.unref();
-    }
-  }
-
-  protected override optionKeys(): readonly string[] {
-    return OPTION_KEYS;
+    // Everything is validated before the base class opens a subscription.
+    const o = resolveWriteBackOptions<V>(options, where);
+    super(store, pickOptions(options, CACHE_MANAGER_OPTION_KEYS) as PubSubCacheManagerOptions | undefined);
+    this.core.attach(this.localChanges());
+    this.conflictPolicy = o.conflictPolicy;
+    this.policy = policyName(o.conflictPolicy as ConflictPolicy<unknown>);
+    this.maxDirty = o.maxDirty;
+    this.maxPending = o.maxPending;
+    this.onBackpressure = o.onBackpressure;
+    this.closeTimeoutMs = o.closeTimeoutMs;
+    this.scheduler = new FlushScheduler<FlushReport<V>>(
+      {
+        run: () => this.runFlush(),
+        flush: () => this.flush(),
+        pending: () => this.dirty.size,
+        onError: (error) => this.reportError(error),
+        closed: () => this.closed,
+        closedError: () => new ClosedError(this.constructor.name),
+      },
+      o.flushIntervalMs,
+      o.retryDelayMs,
+    );
   }
 
   // ---------------------------------------------------------------- dirty tracking
@@ -254,14 +230,22 @@ export class WriteBackCacheManager<V = unknown> extends PubSubCacheManager<V> {
     return { ...super.stats(), ...this.wb, dirty: this.dirty.size };
   }
 
-  protected override lookup(k: string): CacheEntry<V> | undefined {
-    const local = this.dirty.get(k);
-    if (local === undefined) return super.lookup(k);
-    return local.expiresAt !== Infinity && local.expiresAt <= this.now() ? EXPIRED_CHANGE : local;
-  }
-
-  protected override install(k: string, entry: CacheEntry<V>): boolean {
-    return this.dirty.has(k) ? false : super.install(k, entry);
+  /**
+   * The dirty map as the near-cache core sees it: served before the cache, never overwritten by a
+   * read, deciding remote changes of its keys (the conflict policy), and noting announced writes
+   * for the flush in flight.
+   */
+  private localChanges(): LocalChanges<V> {
+    return {
+      lookup: (k) => {
+        const local = this.dirty.get(k);
+        if (local === undefined) return undefined;
+        return local.expiresAt !== Infinity && local.expiresAt <= this.core.now() ? EXPIRED_CHANGE : local;
+      },
+      has: (k) => this.dirty.has(k),
+      onRemote: (entry, deleted, decode) => this.decideRemote(entry, deleted, decode),
+      noteWrite: (k, stamp) => this.noteFlushWrite(k, stamp),
+    };
   }
 
   // ---------------------------------------------------------------- local writes
@@ -277,7 +261,7 @@ export class WriteBackCacheManager<V = unknown> extends PubSubCacheManager<V> {
     let expiresAt: number | undefined;
     try {
       k = normalizeKey(key);
-      this.assertOpen();
+      this.assertOpen(true);
       expiresAt = this.store.expiryOf('set', options);
       payload = this.store.encodeValue(k, value);
     } catch (error) {
@@ -299,7 +283,7 @@ export class WriteBackCacheManager<V = unknown> extends PubSubCacheManager<V> {
 
   /** Changes every pair locally (with the same `ttlMs` if given); all values are validated first. */
   override async setMany(entries: Iterable<readonly [DictKey, V]>, options?: SetOptions): Promise<void> {
-    this.assertOpen();
+    this.assertOpen(true);
     const expiresAt = this.store.expiryOf('setMany', options);
     const changes: [string, V, Uint8Array][] = [];
     for (const [k, value] of collectEntries(entries)) changes.push([k, value, this.store.encodeValue(k, value)]);
@@ -318,9 +302,9 @@ export class WriteBackCacheManager<V = unknown> extends PubSubCacheManager<V> {
   /** Deletes every key locally; returns how many had a value (unknown keys are read once). */
   override async deleteMany(keys: Iterable<DictKey>): Promise<number> {
     const ks = [...new Set(normalizeKeys(keys))];
-    this.assertOpen();
+    this.assertOpen(true);
     const before = await this.getMany(ks);
-    this.assertOpen();
+    this.assertOpen(true);
     for (let fresh = this.freshCount(ks); fresh > 0 && this.dirty.size + fresh > this.maxPending; fresh = this.freshCount(ks)) {
       await this.makeRoom(fresh);
     }
@@ -330,10 +314,10 @@ export class WriteBackCacheManager<V = unknown> extends PubSubCacheManager<V> {
 
   /** Discards local changes, then deletes every entry of the namespace in Redis (published). */
   override async clear(): Promise<void> {
-    this.assertOpen();
+    this.assertOpen(true);
     this.dirty.clear();
     await super.clear();
-    this.wake();
+    this.scheduler.wake();
   }
 
   /**
@@ -342,7 +326,7 @@ export class WriteBackCacheManager<V = unknown> extends PubSubCacheManager<V> {
    * the retries could wait forever.
    */
   private async flushBeforeRead(): Promise<void> {
-    this.assertOpen();
+    this.assertOpen(true);
     await this.flushAll();
   }
 
@@ -370,10 +354,6 @@ export class WriteBackCacheManager<V = unknown> extends PubSubCacheManager<V> {
     yield* super.entries();
   }
 
-  private assertOpen(): void {
-    if (this.closed || this.closing) throw new ClosedError(this.constructor.name);
-  }
-
   private markDirty(k: string, value: V | undefined, payload: Uint8Array | undefined, expiresAt?: number): void {
     const stamp = this.store.clock.now();
     const previous = this.dirty.get(k);
@@ -381,8 +361,8 @@ export class WriteBackCacheManager<V = unknown> extends PubSubCacheManager<V> {
     // install() refuses a dirty key, and the flush replaces (or drops) it. Not touching the LRU here
     // saves a lookup in a large map per change.
     this.dirty.set(k, dirtyEntry(k, value, stamp, payload, previous?.since ?? stamp, expiresAt));
-    this.noteWrite(k, stamp);
-    if (this.dirty.size >= this.maxDirty && this.inFlight === 0 && this.retryTimer === undefined) this.autoFlush();
+    this.core.noteWrite(k, stamp);
+    if (this.dirty.size >= this.maxDirty) this.scheduler.trigger();
   }
 
   /** How many of `keys` are not dirty. */
@@ -396,18 +376,18 @@ export class WriteBackCacheManager<V = unknown> extends PubSubCacheManager<V> {
     // More new keys than maxPending can never fit: waiting would flush nothing, forever.
     if (this.onBackpressure === 'reject' || needed > this.maxPending) throw new BackpressureError(this.dirty.size, this.maxPending);
     while (this.dirty.size + needed > this.maxPending) {
-      this.assertOpen();
-      if (this.inFlight === 0 && this.retryTimer === undefined) this.autoFlush();
-      const failure = await this.nextFlush();
+      this.assertOpen(true);
+      this.scheduler.trigger();
+      const failure = await this.scheduler.nextFlush();
       // A flush that failed and made no room (Redis down, READONLY, OOM): waiting for its retries
       // could last forever; the change is refused with the reason.
       if (failure !== undefined && this.dirty.size + needed > this.maxPending) {
-        this.assertOpen();
+        this.assertOpen(true);
         throw failure;
       }
     }
     // close() wakes the waiters after dropping what it could not write: refuse the change, do not record it.
-    this.assertOpen();
+    this.assertOpen(true);
   }
 
   // ---------------------------------------------------------------- flushing
@@ -418,15 +398,7 @@ export class WriteBackCacheManager<V = unknown> extends PubSubCacheManager<V> {
    * with back-off). A flush requested while another runs starts when it ends.
    */
   flush(): Promise<FlushReport<V>> {
-    if (this.closed) return Promise.reject(new ClosedError(this.constructor.name));
-    if (this.queuedFlush) return this.queuedFlush;
-    const run = this.flushTail.then(() => {
-      this.queuedFlush = undefined;
-      return this.runFlush();
-    });
-    this.queuedFlush = run;
-    this.flushTail = run.catch(() => undefined);
-    return run;
+    return this.scheduler.flush();
   }
 
   /**
@@ -447,44 +419,11 @@ export class WriteBackCacheManager<V = unknown> extends PubSubCacheManager<V> {
     } catch (error) {
       return Promise.reject(error as Error);
     }
-    return bounded(this.untilIdle(), where, timeoutMs, signal);
-  }
-
-  private async untilIdle(): Promise<void> {
-    while (this.dirty.size > 0 || this.inFlight > 0) {
-      if (this.closed) throw new ClosedError(this.constructor.name);
-      if (this.retryTimer !== undefined) {
-        await this.nextFlush();
-        continue;
-      }
-      try {
-        const report = await this.flush();
-        // A flush that left keys dirty without writing or reporting anything made no progress:
-        // wait for the back-off rather than flush again at once (never spin).
-        if (report.written.length === 0 && report.conflicts.length === 0 && this.dirty.size > 0) this.scheduleRetry();
-      } catch {
-        // A failed flush schedules a retry; wait for it.
-      }
-    }
-  }
-
-  private autoFlush(): void {
-    this.flush().catch((error: unknown) => this.reportError(error as Error));
-  }
-
-  /** Resolves after the next flush (or close), with the flush's error when it failed. */
-  private nextFlush(): Promise<Error | undefined> {
-    return new Promise((resolve) => this.flushWaiters.push(resolve));
-  }
-
-  private wake(failure?: Error): void {
-    const waiters = this.flushWaiters;
-    this.flushWaiters = [];
-    for (const resolve of waiters) resolve(failure);
+    return bounded(this.scheduler.untilIdle(), where, timeoutMs, signal);
   }
 
   private async runFlush(): Promise<FlushReport<V>> {
-    this.inFlight++;
+    this.scheduler.begin();
     const started = performance.now();
     const report: { -readonly [K in keyof FlushReport<V>]: FlushReport<V>[K] } = { written: [], conflicts: this.pendingConflicts, failed: [], durationMs: 0 };
     this.pendingConflicts = [];
@@ -496,7 +435,7 @@ export class WriteBackCacheManager<V = unknown> extends PubSubCacheManager<V> {
         if (!again) break;
       }
     } finally {
-      this.inFlight--;
+      this.scheduler.end();
       this.currentReport = undefined;
       this.wb.flushes++;
       report.durationMs = performance.now() - started;
@@ -504,20 +443,19 @@ export class WriteBackCacheManager<V = unknown> extends PubSubCacheManager<V> {
     this.wb.flushedKeys += report.written.length;
     if (report.failed.length > 0) {
       this.wb.flushErrors++;
-      this.scheduleRetry();
+      this.scheduler.scheduleRetry();
       const error = Object.assign(new FlushError(report.failed), { report });
-      this.wake(error);
+      this.scheduler.wake(error);
       throw error;
     }
-    this.retryDelay = 0;
+    this.scheduler.succeeded();
     this.emit('flush', report);
-    this.wake();
+    this.scheduler.wake();
     return report;
   }
 
   /** Records, per key of the flush in flight, the newest write announced meanwhile (see {@link written}). */
-  protected override noteWrite(k: string, stamp: Stamp): void {
-    super.noteWrite(k, stamp);
+  private noteFlushWrite(k: string, stamp: Stamp): void {
     const notes = this.flushNotes;
     if (notes === undefined) return;
     const seen = notes.get(k);
@@ -580,7 +518,7 @@ export class WriteBackCacheManager<V = unknown> extends PubSubCacheManager<V> {
   private dropSkewed(key: string, entry: DirtyEntry<V>): void {
     if (this.dirty.get(key) !== entry) return;
     this.dirty.delete(key);
-    this.storage.delete(key);
+    this.core.drop(key);
     if (this.closing) this.droppedWhileClosing.push({ key, value: entry.value, deleted: !entry.present, stamp: entry.stamp });
   }
 
@@ -592,8 +530,8 @@ export class WriteBackCacheManager<V = unknown> extends PubSubCacheManager<V> {
       // Ours is in Redis: it replaces the clean entry the key had before it became dirty. Unless a
       // newer write announced while it was in flight (one the policy left undecided, e.g. a
       // resolver without the remote value) has overwritten it in Redis: then neither is current.
-      if (newestNoted <= entry.stamp) this.replace(key, { value: entry.value, stamp: entry.stamp, present: entry.present, expiresAt: entry.expiresAt });
-      else this.storage.delete(key);
+      if (newestNoted <= entry.stamp) this.core.replace(key, { value: entry.value, stamp: entry.stamp, present: entry.present, expiresAt: entry.expiresAt });
+      else this.core.drop(key);
     } else if (current !== undefined) {
       // Our own write is in Redis now; only writes above it are concurrent with the newer change.
       const floor = `${entry.stamp}g`;
@@ -611,25 +549,14 @@ export class WriteBackCacheManager<V = unknown> extends PubSubCacheManager<V> {
     if (current !== undefined && current.since < floor) current.since = floor;
   }
 
-  private scheduleRetry(): void {
-    if (this.closed || this.retryTimer !== undefined) return;
-    this.retryDelay = Math.min(this.retryDelay === 0 ? this.retryDelayMs : this.retryDelay * 2, 30_000);
-    this.retryTimer = setTimeout(() => {
-      this.retryTimer = undefined;
-      if (this.dirty.size > 0) this.autoFlush();
-      else this.wake();
-    }, this.retryDelay);
-    this.retryTimer.unref();
-  }
-
   // ---------------------------------------------------------------- conflicts
 
-  protected override applyRemote(entry: MessageEntry, deleted: boolean): boolean {
-    if (!this.dirty.has(entry.key)) return super.applyRemote(entry, deleted);
+  /** A remote change of a dirty key: the conflict policy decides. */
+  private decideRemote(entry: MessageEntry, deleted: boolean, decode: (entry: MessageEntry) => { value: V } | undefined): boolean {
     let value: V | undefined;
     let known = deleted;
     if (!deleted && entry.payload !== undefined) {
-      const decoded = this.decodeRemote(entry);
+      const decoded = decode(entry);
       if (decoded !== undefined) {
         value = decoded.value;
         known = true;
@@ -650,49 +577,48 @@ export class WriteBackCacheManager<V = unknown> extends PubSubCacheManager<V> {
     newestNoted: Stamp | '' = '',
   ): Conflict<V> | undefined {
     const local = this.dirty.get(key);
-    if (local === undefined || !conflicts(this.policy, local, remote.stamp)) return undefined;
-    const localSide: ConflictSide<V> = { value: local.value, deleted: !local.present, stamp: local.stamp };
-    let outcome: Conflict<V>['outcome'] = 'remote';
-    let stamp: Stamp | undefined;
-    if (typeof this.conflictPolicy === 'function') {
-      // Without the remote value the resolver cannot decide; the flush will find it in Redis.
-      if (!remote.known) return undefined;
-      let decision: ReturnType<typeof this.conflictPolicy>;
-      let payload: Uint8Array | undefined;
+    if (local === undefined) return undefined;
+    const decision = decideConflict(this.conflictPolicy, local, remote, key);
+    if (decision.kind === 'none' || decision.kind === 'undecided') return undefined;
+    let failure = decision.kind === 'failed' ? decision.error : undefined;
+    let payload: Uint8Array | undefined;
+    if (decision.kind === 'merged') {
       try {
-        decision = this.conflictPolicy(localSide, { value: remote.value, deleted: remote.deleted, stamp: remote.stamp }, key);
-        if (typeof decision === 'object' && decision !== null) payload = this.store.encodeValue(key, decision.value);
-        else if (decision !== 'local' && decision !== 'remote') throw new TypeError(`conflict resolver returned ${String(decision)}`);
+        payload = this.store.encodeValue(key, decision.value);
       } catch (error) {
-        // Keep the local change (nothing is lost). At flush time the key counts as failed, so the flush
-        // is retried with back-off instead of at once (onIdle() would spin on it).
-        this.reportError(error as Error);
-        report?.failed.push({ key, error: error as Error });
-        return undefined;
-      }
-      if (decision !== 'remote') {
-        this.store.clock.observe(remote.stamp);
-        stamp = this.store.clock.now();
-        const merged = typeof decision === 'object' ? decision : undefined;
-        outcome = merged ? 'merged' : 'local';
-        // A kept or merged value keeps the local change's expiry time.
-        this.dirty.set(
-          key,
-          merged
-            ? dirtyEntry(key, merged.value, stamp, payload, `${remote.stamp}g`, local.expiresAt)
-            : dirtyEntry(key, local.value, stamp, local.payload, `${remote.stamp}g`, local.expiresAt),
-        );
-        this.noteWrite(key, stamp);
+        failure = error as Error;
       }
     }
-    if (outcome === 'remote') {
+    if (failure !== undefined || decision.kind === 'failed') {
+      failure ??= new Error('conflict resolver failed');
+      // Keep the local change (nothing is lost). At flush time the key counts as failed, so the flush
+      // is retried with back-off instead of at once (onIdle() would spin on it).
+      this.reportError(failure);
+      report?.failed.push({ key, error: failure });
+      return undefined;
+    }
+    const localSide: ConflictSide<V> = { value: local.value, deleted: !local.present, stamp: local.stamp };
+    const outcome: Conflict<V>['outcome'] = decision.kind;
+    let stamp: Stamp | undefined;
+    if (decision.kind === 'remote') {
       this.dirty.delete(key);
-      this.storage.delete(key);
+      this.core.drop(key);
       // Not when a newer write was announced while the flush that found this one was in flight.
       if (remote.known && remote.stamp >= newestNoted) {
-        super.install(key, { value: remote.value, stamp: remote.stamp, present: !remote.deleted, expiresAt: remote.expiresAt ?? Infinity });
+        this.core.install(key, { value: remote.value, stamp: remote.stamp, present: !remote.deleted, expiresAt: remote.expiresAt ?? Infinity });
       }
-      this.wake();
+      this.scheduler.wake();
+    } else {
+      this.store.clock.observe(remote.stamp);
+      stamp = this.store.clock.now();
+      // A kept or merged value keeps the local change's expiry time.
+      this.dirty.set(
+        key,
+        decision.kind === 'merged'
+          ? dirtyEntry(key, decision.value, stamp, payload, `${remote.stamp}g`, local.expiresAt)
+          : dirtyEntry(key, local.value, stamp, local.payload, `${remote.stamp}g`, local.expiresAt),
+      );
+      this.core.noteWrite(key, stamp);
     }
     const conflict: Conflict<V> = { key, policy: this.policy, local: localSide, remote, outcome, stamp, detectedBy };
     this.wb.conflicts++;
@@ -754,11 +680,9 @@ export class WriteBackCacheManager<V = unknown> extends PubSubCacheManager<V> {
   override async close(): Promise<void> {
     if (this.closed || this.closing) return;
     this.closing = true;
-    if (this.flushTimer) clearInterval(this.flushTimer);
-    if (this.retryTimer) clearTimeout(this.retryTimer);
-    this.retryTimer = undefined;
+    this.scheduler.stop();
     let failure: unknown;
-    if (this.dirty.size > 0 || this.inFlight > 0) {
+    if (this.dirty.size > 0 || this.scheduler.running) {
       let timer: NodeJS.Timeout | undefined;
       const timeout = new Promise<never>((_, reject) => {
         timer = setTimeout(() => reject(new TimeoutError(`close(): the final flush did not finish within ${this.closeTimeoutMs} ms`)), this.closeTimeoutMs);
@@ -776,12 +700,12 @@ export class WriteBackCacheManager<V = unknown> extends PubSubCacheManager<V> {
     this.droppedWhileClosing = [];
     this.dirty.clear();
     await super.close();
-    this.wake();
+    this.scheduler.wake();
     if (unwritten.length > 0) throw new CloseFlushError(unwritten, failure ?? new Error('not written'));
   }
 
   /** Flushes until nothing is dirty or a flush fails. */
   private async flushAll(): Promise<void> {
-    for (let i = 0; i < 5 && (this.dirty.size > 0 || this.inFlight > 0); i++) await this.flush();
+    for (let i = 0; i < 5 && (this.dirty.size > 0 || this.scheduler.running); i++) await this.flush();
   }
 }

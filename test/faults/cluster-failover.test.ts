@@ -16,7 +16,7 @@
  */
 import { Cluster, Redis } from 'ioredis';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { PubSubCacheManager, type PubSubCacheManagerOptions, type ResyncInfo } from '../../src/cache/cache-manager.js';
+import { PubSubCacheManager } from '../../src/cache/cache-manager.js';
 import { PubSubRedisDict } from '../../src/store/pubsub-redis-dict.js';
 import { RedisDict } from '../../src/store/redis-dict.js';
 import { formatStamp } from '../../src/protocol/stamp.js';
@@ -24,6 +24,7 @@ import { slotOf } from '../../src/store/topology.js';
 import { WriteBackCacheManager } from '../../src/write-back/manager.js';
 import { pollUntil, standaloneClient, uniqueNamespace, withClients } from '../helpers/connections.js';
 import { startCluster, type RedisClusterHandle } from '../helpers/harness.js';
+import { type PubSubCacheManagerOptions, type ResyncInfo } from '../../src/cache/types.js';
 
 /** Short heartbeats, for classic and sharded pub/sub alike (no long timeout to hide a slow resubscription). */
 const HB = { heartbeatIntervalMs: 100, heartbeatTimeoutMs: 300 } as const;

@@ -20,7 +20,7 @@ import { Encoder, encode } from '@msgpack/msgpack';
 import fc from 'fast-check';
 import { Cluster, Redis, type RedisOptions } from 'ioredis';
 import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
-import { PubSubCacheManager, type PubSubCacheManagerOptions, type ResyncInfo } from '../../src/cache/cache-manager.js';
+import { PubSubCacheManager } from '../../src/cache/cache-manager.js';
 import { encodeEntry, encodeHeader, type MessageType } from '../../src/protocol/messages.js';
 import { PubSubRedisDict } from '../../src/store/pubsub-redis-dict.js';
 import { RedisDict } from '../../src/store/redis-dict.js';
@@ -30,6 +30,7 @@ import { slotOf, type RedisClient } from '../../src/store/topology.js';
 import { pollUntil, uniqueNamespace, withClients } from '../helpers/connections.js';
 import { startCluster, startServer, type RedisServerHandle } from '../helpers/harness.js';
 import { startTcpProxy, type TcpProxy } from '../helpers/tcp-proxy.js';
+import { type PubSubCacheManagerOptions, type ResyncInfo } from '../../src/cache/types.js';
 
 /** Short heartbeats, so that a partition is noticed within a few hundred ms. */
 const HB = { heartbeatIntervalMs: 100, heartbeatTimeoutMs: 300 } as const;

@@ -258,6 +258,8 @@ describe('WriteBackCacheManager with Redis failing (private server)', () => {
     expect(elapsed).toBeLessThan(closeTimeoutMs + 2_000);
     expect(error).toBeInstanceOf(CloseFlushError);
     const closeError = error as CloseFlushError<string>;
+    // A close whose flush timed out says so: E_TIMEOUT (the report stays on the error).
+    expect(closeError.code).toBe('E_TIMEOUT');
     expect(closeError.failed[0]?.error).toBeInstanceOf(RedisDictError);
     expect((closeError.failed[0]?.error as RedisDictError).code).toBe('E_TIMEOUT');
     expect(sorted(closeError.unwritten.map((u) => u.key))).toEqual(['a', 'b']);

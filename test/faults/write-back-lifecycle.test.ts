@@ -17,11 +17,12 @@ import { PubSubCacheManager } from '../../src/cache/cache-manager.js';
 import type { DictWarning } from '../../src/errors.js';
 import { PubSubRedisDict } from '../../src/store/pubsub-redis-dict.js';
 import { RedisDict } from '../../src/store/redis-dict.js';
-import type { Conflict, ConflictPolicy } from '../../src/write-back/conflict.js';
+import type { ConflictPolicy } from '../../src/write-back/conflict.js';
 import { CloseFlushError, WriteBackCacheManager, type WriteBackCacheManagerOptions } from '../../src/write-back/manager.js';
 import { rejection } from '../helpers/assertions.js';
 import { findFreePort, type RedisServerHandle, startServer } from '../helpers/harness.js';
 import { clusterClient, hasCluster, pollUntil, uniqueNamespace, withClients } from '../helpers/connections.js';
+import { type Conflict } from '../../src/cache/types.js';
 
 /** Settles with the outcome of `promise`, or rejects after `ms` (so that a hang fails the test instead of timing it out). */
 async function within<T>(promise: Promise<T>, ms: number, what: string): Promise<T> {

@@ -4,12 +4,13 @@
  */
 import type { Cluster } from 'ioredis';
 import { randomBytes } from 'node:crypto';
-import type { PubSubCacheManager, ResyncInfo } from '../../src/cache/cache-manager.js';
+import type { PubSubCacheManager } from '../../src/cache/cache-manager.js';
 import { encodeEntry, encodeHeader } from '../../src/protocol/messages.js';
 import type { PubSubRedisDict } from '../../src/store/pubsub-redis-dict.js';
 import { formatStamp } from '../../src/protocol/stamp.js';
 import { type RedisClient, slotOf } from '../../src/store/topology.js';
 import { pollUntil } from './poll.js';
+import { type ResyncInfo } from '../../src/cache/types.js';
 
 /**
  * Runs `action` once, from inside `store.readStamps`, after the stamps of a call that includes

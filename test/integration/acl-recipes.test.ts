@@ -14,11 +14,12 @@ import { randomBytes } from 'node:crypto';
 import { readFileSync } from 'node:fs';
 import { Cluster, Redis } from 'ioredis';
 import { afterAll, describe, expect, it } from 'vitest';
-import { PubSubCacheManager, type PubSubCacheManagerOptions, type ResyncInfo } from '../../src/cache/cache-manager.js';
+import { PubSubCacheManager } from '../../src/cache/cache-manager.js';
 import { PubSubRedisDict } from '../../src/store/pubsub-redis-dict.js';
 import type { RedisClient } from '../../src/store/topology.js';
 import { WriteBackCacheManager } from '../../src/write-back/manager.js';
 import { clusterSeeds, redisEndpoints, topologies, uniqueNamespace, withClients, type Topology } from '../helpers/connections.js';
+import { type PubSubCacheManagerOptions, type ResyncInfo } from '../../src/cache/types.js';
 
 const SECURITY_MD = new URL('../../docs/security.md', import.meta.url);
 

@@ -14,7 +14,7 @@ import { randomBytes } from 'node:crypto';
 import { Redis, type Cluster } from 'ioredis';
 import { LRUCache } from 'lru-cache';
 import { afterEach, describe, expect, it } from 'vitest';
-import { PubSubCacheManager, type PubSubCacheManagerOptions, type ResyncInfo } from '../../src/cache/cache-manager.js';
+import { PubSubCacheManager } from '../../src/cache/cache-manager.js';
 import { InvalidArgumentError, RedisDictError } from '../../src/errors.js';
 import { encodeEntry, encodeHeader, type MessageType } from '../../src/protocol/messages.js';
 import { PubSubRedisDict, type PubSubRedisDictOptions } from '../../src/store/pubsub-redis-dict.js';
@@ -24,6 +24,7 @@ import { isCluster, slotOf, type RedisClient } from '../../src/store/topology.js
 import { pollUntil, redisEndpoints, topologies, uniqueNamespace, withClients, type ClientFactory } from '../helpers/connections.js';
 import { forceResync, onceAfterStampsRead } from '../helpers/resync.js';
 import { startTcpProxy, type TcpProxy } from '../helpers/tcp-proxy.js';
+import { type PubSubCacheManagerOptions, type ResyncInfo } from '../../src/cache/types.js';
 
 type Variant = [name: 'standalone' | 'cluster' | 'cluster+sharded', factory: ClientFactory, sharded: boolean];
 

@@ -14,13 +14,14 @@
  * Waiting is done on events, promises or `pollUntil` with a deadline, never by sleeping.
  */
 import { afterEach, describe, expect, it } from 'vitest';
-import { PubSubCacheManager, type PubSubCacheManagerOptions } from '../../src/cache/cache-manager.js';
+import { PubSubCacheManager } from '../../src/cache/cache-manager.js';
 import { RedisDictError } from '../../src/errors.js';
 import { PubSubRedisDict, type PubSubRedisDictOptions } from '../../src/store/pubsub-redis-dict.js';
 import { RedisDict } from '../../src/store/redis-dict.js';
 import type { RedisClient } from '../../src/store/topology.js';
 import { WriteBackCacheManager, type WriteBackCacheManagerOptions } from '../../src/write-back/manager.js';
 import { pollUntil, topologies, uniqueNamespace, withClients } from '../helpers/connections.js';
+import { type PubSubCacheManagerOptions } from '../../src/cache/types.js';
 
 /** A clock the test moves by hand, starting at the real time. */
 function manualClock(): { now: () => number; advance: (ms: number) => void } {

@@ -9,7 +9,7 @@
  */
 import { Redis } from 'ioredis';
 import { afterEach, describe, expect, it } from 'vitest';
-import { PubSubCacheManager, type PubSubCacheManagerOptions, type StaleReason } from '../../src/cache/cache-manager.js';
+import { PubSubCacheManager } from '../../src/cache/cache-manager.js';
 import { LoaderError, RedisDictError } from '../../src/errors.js';
 import { PubSubRedisDict, type PubSubRedisDictOptions } from '../../src/store/pubsub-redis-dict.js';
 import { RedisDict } from '../../src/store/redis-dict.js';
@@ -17,6 +17,7 @@ import { isCluster, slotOf, type RedisClient } from '../../src/store/topology.js
 import { WriteBackCacheManager } from '../../src/write-back/manager.js';
 import { pollUntil, topologies, uniqueNamespace, withClients } from '../helpers/connections.js';
 import { type RedisServerHandle, startServer } from '../helpers/harness.js';
+import { type PubSubCacheManagerOptions, type StaleReason } from '../../src/cache/types.js';
 
 /** A clock the test moves by hand, starting at the real time. */
 function manualClock(): { now: () => number; advance: (ms: number) => void } {

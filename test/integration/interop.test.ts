@@ -8,12 +8,13 @@
 import { Redis as Redis5 } from 'ioredis5';
 import { LRUCache as LRUCache10 } from 'lru-cache10';
 import { afterEach, describe, expect, it } from 'vitest';
-import { PubSubCacheManager, type PubSubCacheManagerOptions } from '../../src/cache/cache-manager.js';
+import { PubSubCacheManager } from '../../src/cache/cache-manager.js';
 import { InvalidArgumentError } from '../../src/errors.js';
 import { PubSubRedisDict } from '../../src/store/pubsub-redis-dict.js';
 import { WriteBackCacheManager } from '../../src/write-back/manager.js';
 import { pollUntil, redisEndpoints, standaloneClient, uniqueNamespace, withClients } from '../helpers/connections.js';
 import { forceResync } from '../helpers/resync.js';
+import { type PubSubCacheManagerOptions } from '../../src/cache/types.js';
 
 const clients = withClients({ closeAfter: 'each' });
 const managers: PubSubCacheManager<unknown>[] = [];

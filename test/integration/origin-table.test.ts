@@ -9,10 +9,11 @@
 import { afterEach, describe, expect, it } from 'vitest';
 import { PubSubCacheManager } from '../../src/cache/cache-manager.js';
 import { encodeEntry, encodeHeader } from '../../src/protocol/messages.js';
-import { channelNames, PubSubRedisDict } from '../../src/store/pubsub-redis-dict.js';
+import { PubSubRedisDict } from '../../src/store/pubsub-redis-dict.js';
 import { formatStamp } from '../../src/protocol/stamp.js';
 import { ORIGIN_TABLE_LIMIT, type ResyncReason, Subscriber } from '../../src/cache/subscriber.js';
 import { pollUntil, standaloneClient, uniqueNamespace, withClients } from '../helpers/connections.js';
+import { channelNames } from '../../src/protocol/channels.js';
 
 describe('bounded per-origin sequence table', () => {
   const clients = withClients({ closeAfter: 'each' });

@@ -9,10 +9,10 @@ import { PubSubCacheManager } from '../../src/cache/cache-manager.js';
 import { InvalidArgumentError } from '../../src/errors.js';
 import { instrument, METRICS, NAMESPACE_ATTRIBUTE } from '../../src/otel.js';
 import { PubSubRedisDict } from '../../src/store/pubsub-redis-dict.js';
-import type { Conflict } from '../../src/write-back/conflict.js';
 import { WriteBackCacheManager } from '../../src/write-back/manager.js';
 import { standaloneClient, uniqueNamespace, withClients } from '../helpers/connections.js';
 import { forceResync } from '../helpers/resync.js';
+import { type Conflict } from '../../src/cache/types.js';
 
 /** A reader collected by the test itself. */
 class TestReader extends MetricReader {

@@ -9,9 +9,9 @@ import { readFileSync } from 'node:fs';
 import { Redis } from 'ioredis';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { APPLY_LUA } from '../../src/store/scripts.js';
-import { channelNames } from '../../src/store/pubsub-redis-dict.js';
 import { type ReplyJson, type StateJson, VECTORS_PATH } from '../../scripts/protocol-vectors.js';
 import { pollUntil, redisEndpoints } from '../helpers/connections.js';
+import { channelNames } from '../../src/protocol/channels.js';
 
 interface ScriptCase {
   name: string;

@@ -13,7 +13,7 @@
 import { randomBytes } from 'node:crypto';
 import { type ClusterOptions, Redis } from 'ioredis';
 import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
-import { PubSubCacheManager, type PubSubCacheManagerOptions } from '../../src/cache/cache-manager.js';
+import { PubSubCacheManager } from '../../src/cache/cache-manager.js';
 import { InvalidArgumentError } from '../../src/errors.js';
 import { encodeEntry, encodeHeader, type MalformedMessageError, type MessageType } from '../../src/protocol/messages.js';
 import { PubSubRedisDict, type PubSubRedisDictOptions } from '../../src/store/pubsub-redis-dict.js';
@@ -22,6 +22,7 @@ import { formatStamp, parseStamp, type Stamp } from '../../src/protocol/stamp.js
 import { slotOf } from '../../src/store/topology.js';
 import { WriteBackCacheManager } from '../../src/write-back/manager.js';
 import { clusterClient, hasCluster, pollUntil, redisEndpoints, standaloneClient, uniqueNamespace, withClients } from '../helpers/connections.js';
+import { type PubSubCacheManagerOptions } from '../../src/cache/types.js';
 
 const KEY1 = 'k1-0123456789abcdef0123456789abcdef';
 const KEY2 = 'k2-fedcba9876543210fedcba9876543210';

@@ -16,15 +16,17 @@ import { Redis } from 'ioredis';
 import { afterEach, describe, expect, it, vi } from 'vitest';
 import { BackpressureError, FlushError } from '../../src/errors.js';
 import { PubSubRedisDict } from '../../src/store/pubsub-redis-dict.js';
-import { type OutcomeListener, RedisDict, type VersionedChange, type WriteOutcome } from '../../src/store/redis-dict.js';
+import { RedisDict } from '../../src/store/redis-dict.js';
 import { parseStamp } from '../../src/protocol/stamp.js';
 import type { RedisClient } from '../../src/store/topology.js';
-import type { Conflict, ConflictResolver } from '../../src/write-back/conflict.js';
-import { CloseFlushError, type FlushReport, WriteBackCacheManager, type WriteBackCacheManagerOptions } from '../../src/write-back/manager.js';
+import type { ConflictResolver } from '../../src/write-back/conflict.js';
+import { CloseFlushError, WriteBackCacheManager, type WriteBackCacheManagerOptions } from '../../src/write-back/manager.js';
 import { closeClient, pollUntil, topologies, uniqueNamespace, withClients } from '../helpers/connections.js';
 import { NO_AUTO_FLUSH, rejection, sorted } from '../helpers/assertions.js';
 import { startServer } from '../helpers/harness.js';
 import { forceResync, onceAfterStampsRead } from '../helpers/resync.js';
+import { type Conflict, type FlushReport } from '../../src/cache/types.js';
+import { type OutcomeListener, type VersionedChange, type WriteOutcome } from '../../src/store/types.js';
 
 /** A wall clock stuck at `ms` (the hybrid clock still hands out strictly increasing stamps). */
 const at = (ms: number) => (): number => ms;

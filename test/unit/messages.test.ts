@@ -6,8 +6,11 @@ import {
   MalformedMessageError,
   type MessageType,
   MessageDecoder,
+  PROBE_SEQ,
   encodeEntry,
   encodeHeader,
+  encodeProbe,
+  isOwnMessage,
 } from '../../src/protocol/messages.js';
 import { formatStamp } from '../../src/protocol/stamp.js';
 
@@ -314,5 +317,32 @@ describe('MessageDecoder: hostile and malformed input', () => {
   it('keeps working after refusing malformed messages', () => {
     for (const bad of [Buffer.from([0xc1]), valid.subarray(0, 10), Buffer.from([0x96, 0x01])]) expectMalformed(decoder, bad);
     expect(decoder.decode(valid).entries.map((e) => e.key)).toEqual(['alpha', 'beta']);
+  });
+});
+
+describe('isOwnMessage (the subscriber drops its own messages without decoding them)', () => {
+  const decoder = new MessageDecoder(LIMITS);
+  const frame = (type: MessageType, origin: string, seq: number, signed: boolean): Buffer =>
+    Buffer.concat([encodeHeader(type, origin, seq, 7, signed), luaArrayHeader(1), encodeEntry('k', STAMP_A), ...(signed ? [Buffer.alloc(23)] : [])]);
+
+  it('never claims a message of another origin; recognises every own message below seq 2^32 (above it a uint64, as the probe: decoded, then dropped)', () => {
+    fc.assert(
+      fc.property(fc.constantFrom<MessageType>('u', 'd'), fc.boolean(), fc.boolean(), fc.integer({ min: 1, max: Number.MAX_SAFE_INTEGER - 1 }), (type, signed, mine, seq) => {
+        const origin = mine ? ORIGIN : 'fedcba9876543210';
+        const bytes = frame(type, origin, seq, signed);
+        if (!signed) expect(decoder.decode(bytes)).toMatchObject({ origin, seq });
+        expect(isOwnMessage(bytes, ORIGIN)).toBe(mine && seq < 2 ** 32);
+      }),
+    );
+  });
+
+  it('does not take a probe (which must be decoded to be counted) for an own message', () => {
+    const probe = encodeProbe(ORIGIN, 7, '\u0000probe:abc@n', 'ns/update{x}', undefined);
+    expect(decoder.decode(probe)).toMatchObject({ origin: ORIGIN, seq: PROBE_SEQ, group: 7 });
+    expect(isOwnMessage(probe, ORIGIN)).toBe(false);
+  });
+
+  it('refuses frames too short to hold a header', () => {
+    expect(isOwnMessage(frame('u', ORIGIN, 1, false).subarray(0, 21), ORIGIN)).toBe(false);
   });
 });

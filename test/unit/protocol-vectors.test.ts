@@ -15,10 +15,9 @@ import { MessageDecoder } from '../../src/protocol/messages.js';
 import { splitRecord } from '../../src/protocol/record.js';
 import { APPLY_LUA } from '../../src/store/scripts.js';
 import { compareStamps, formatStamp, HybridClock, isStamp, MAX_DRIFT_MS, parseStamp } from '../../src/protocol/stamp.js';
-import { channelNames } from '../../src/store/pubsub-redis-dict.js';
 import { FrameSigner } from '../../src/protocol/signing.js';
-import { slotTag } from '../../src/store/topology.js';
 import { fromJson, type JsonValue, renderVectors, VECTORS_PATH } from '../../scripts/protocol-vectors.js';
+import { slotTag, channelNames } from '../../src/protocol/channels.js';
 
 interface Vectors {
   protocolVersion: number;
