@@ -39,10 +39,32 @@ export function printSummary(file: string): void {
   const detail = [...executed].sort((a, b) => b[1] - a[1]).map(([n, c]) => `${n}=${c}`).join(' ');
   console.log(`[property] ${file}: ${runsDone} runs, ${total} commands (${runsDone ? (total / runsDone).toFixed(1) : 0}/run) in ${((Date.now() - started) / 1000).toFixed(1)} s: ${detail}`);
   console.log(`[property] ${file} exercised: ${JSON.stringify(exercised)}`);
+  mark('run:end');
+  const wall = [...wallMs].sort((a, b) => b[1] - a[1]).map(([n, ms]) => `${n}=${ms}`).join(' ');
+  console.log(`[property] ${file} wall ms by command: ${wall}`);
+}
+
+/**
+ * Wall time per command kind (ms): the time from one {@link mark} (or {@link count}) to the next
+ * goes to the kind marked first. Commands run in `parallel` overlap, so their share is
+ * approximate; the phases of a run outside its commands are marked `run:…` by the test files.
+ * Printed by {@link printSummary}: where a campaign's wall time goes.
+ */
+const wallMs = new Map<string, number>();
+let markedName = 'run:start';
+let markedAt = Date.now();
+
+/** Starts timing phase `name` (the previous phase's time is added to it). */
+export function mark(name: string): void {
+  const now = Date.now();
+  wallMs.set(markedName, (wallMs.get(markedName) ?? 0) + now - markedAt);
+  markedName = name;
+  markedAt = now;
 }
 
 /** Counts one executed command of kind `name`. */
 export function count(name: string): void {
+  mark(name);
   executed.set(name, (executed.get(name) ?? 0) + 1);
 }
 
