@@ -27,7 +27,8 @@
  * `all` with `--cluster`), `--max-commands` (`NEMESIS_MAX_COMMANDS`, 60), `--nice` (15),
  * `--max-load L` (12: while the 1-minute load average stays above L for 2 minutes, one lane
  * fewer starts batches; below L/2 for 2 minutes, one more, up to `--lanes`), `--cluster`
- * (`NEMESIS_CLUSTER=1 -t cluster`), `--out DIR`.
+ * (`NEMESIS_CLUSTER=1 -t cluster`), `--out DIR`. `kill -USR1 <driver pid>` drains: no new batch
+ * starts, the running ones finish and are counted.
  *
  * Written by hand (no dependency): a loop over child processes and a few regular expressions.
  */
@@ -153,8 +154,13 @@ const until = clockTime(opts.until) ?? Infinity;
 const hardStop = clockTime(opts['hard-stop']) ?? Infinity;
 const maxLoad = Number(opts['max-load']);
 const faults = opts.faults ?? (opts.cluster ? 'all' : 'kill,restart,pause,scriptFlush,skew');
-const commit = execFileSync('git', ['rev-parse', '--short', 'HEAD'], { encoding: 'utf8' }).trim();
-const dirty = execFileSync('git', ['status', '--porcelain', '--untracked-files=no'], { encoding: 'utf8' }).trim() !== '';
+/** The code a batch runs: HEAD, and whether tracked files differ from it (vitest reads the work tree). */
+function codeState() {
+  const commit = execFileSync('git', ['rev-parse', '--short', 'HEAD'], { encoding: 'utf8' }).trim();
+  const dirty = execFileSync('git', ['status', '--porcelain', '--untracked-files=no'], { encoding: 'utf8' }).trim() !== '';
+  return { commit, dirty };
+}
+const { commit, dirty } = codeState();
 
 const log = (line) => {
   const text = `${new Date().toISOString()} ${line}`;
@@ -166,6 +172,8 @@ writeFileSync(join(out, 'campaign.json'), JSON.stringify({ commit, dirty, lanes,
 log(`campaign in ${out}: commit ${commit}${dirty ? ' (+uncommitted changes)' : ''}, ${lanes} lanes, faults ${faults}${opts.cluster ? ', cluster' : ''}, PROPERTY_RUNS=${opts.runs}`);
 
 let stopping = false;
+/** Set by SIGUSR1: no new batch starts; the running ones finish (a clean end, e.g. to change the code). */
+let draining = false;
 let allowedLanes = lanes;
 const running = new Map(); // lane -> child
 
@@ -174,11 +182,12 @@ function commandsDone() {
 }
 
 function wantMore() {
-  return !stopping && Date.now() < until && commandsDone() < target;
+  return !stopping && !draining && Date.now() < until && commandsDone() < target;
 }
 
 async function runBatch(lane, batch) {
   const seed = randomInt(1, 0x7fffffff);
+  const code = codeState();
   const logFile = join(out, `lane${lane}-batch${batch}-seed${seed}.log`);
   const env = {
     ...process.env,
@@ -194,22 +203,22 @@ async function runBatch(lane, batch) {
   const started = new Date();
   const loadStart = loadavg()[0];
   const stream = createWriteStream(logFile);
-  stream.write(`# nice ${args.join(' ')}\n# seed ${seed} lane ${lane} batch ${batch} commit ${commit}\n`);
+  stream.write(`# nice ${args.join(' ')}\n# seed ${seed} lane ${lane} batch ${batch} commit ${code.commit}${code.dirty ? ' (+uncommitted changes)' : ''}\n`);
   const child = spawn('nice', args, { env, detached: true, stdio: ['ignore', 'pipe', 'pipe'] });
   running.set(lane, child);
   child.stdout.pipe(stream, { end: false });
   child.stderr.pipe(stream, { end: false });
   log(`lane ${lane} batch ${batch}: seed ${seed}, pid ${child.pid}`);
-  const code = await new Promise((resolve) => child.once('close', (c, signal) => resolve(c ?? signal)));
+  const exit = await new Promise((resolve) => child.once('close', (c, signal) => resolve(c ?? signal)));
   running.delete(lane);
   await new Promise((resolve) => stream.end(resolve));
   const text = readFileSync(logFile, 'utf8');
   const parsed = parseLog(text);
-  const status = stopping && code !== 0 && parsed.commands === 0 ? 'interrupted' : code === 0 ? 'passed' : 'failed';
+  const status = stopping && exit !== 0 && parsed.commands === 0 ? 'interrupted' : exit === 0 ? 'passed' : 'failed';
   const ended = new Date();
-  const record = { lane, batch, seed, log: logFile, status, exit: code, started: started.toISOString(), ended: ended.toISOString(), wallSeconds: Math.round((ended - started) / 1000), loadStart: +loadStart.toFixed(2), loadEnd: +loadavg()[0].toFixed(2), commit, ...parsed };
+  const record = { lane, batch, seed, log: logFile, status, exit, started: started.toISOString(), ended: ended.toISOString(), wallSeconds: Math.round((ended - started) / 1000), loadStart: +loadStart.toFixed(2), loadEnd: +loadavg()[0].toFixed(2), commit: code.commit, dirty: code.dirty, ...parsed };
   appendFileSync(join(out, 'batches.jsonl'), `${JSON.stringify(record)}\n`);
-  log(`lane ${lane} batch ${batch}: ${status} (exit ${code}) ${parsed.runs} runs, ${parsed.commands} commands in ${record.wallSeconds} s; total ${commandsDone()} commands` + (parsed.failures.length ? `; FAILURES ${JSON.stringify(parsed.failures.map(({ counterexample: _c, ...f }) => f))}` : ''));
+  log(`lane ${lane} batch ${batch}: ${status} (exit ${exit}) ${parsed.runs} runs, ${parsed.commands} commands in ${record.wallSeconds} s; total ${commandsDone()} commands` + (parsed.failures.length ? `; FAILURES ${JSON.stringify(parsed.failures.map(({ counterexample: _c, ...f }) => f))}` : ''));
 }
 
 async function laneLoop(lane) {
@@ -241,6 +250,10 @@ function stopAll(reason) {
 
 process.on('SIGINT', () => stopAll('SIGINT'));
 process.on('SIGTERM', () => stopAll('SIGTERM'));
+process.on('SIGUSR1', () => {
+  draining = true;
+  log(`draining (SIGUSR1): no new batch; ${running.size} running`);
+});
 
 // Load watch: one lane fewer while the 1-minute load stays above --max-load, one more when low.
 let high = 0;
