@@ -76,7 +76,7 @@ export function parseLog(text) {
   }
   const exercised = /\[property\] nemesis exercised: (\{.*\})/.exec(plain);
   if (exercised) out.exercised = JSON.parse(exercised[1]);
-  const faults = /\[property\] nemesis faults=\S*: (\{.*\})/.exec(plain);
+  const faults = /\[property\] nemesis faults=[^:]*: (\{.*\})/.exec(plain);
   if (faults) out.faults = JSON.parse(faults[1]);
   const wall = /\[property\] nemesis wall ms by command: (.*)/.exec(plain);
   if (wall) out.wallByCommand = Object.fromEntries(wall[1].trim().split(/\s+/).map((p) => p.split('=')).map(([n, ms]) => [n, Number(ms)]));
@@ -107,7 +107,9 @@ export function summarize(dir) {
   const total = { batches: batches.length, passed: 0, failed: 0, interrupted: 0, runs: 0, commands: 0, byCommand: {}, exercised: {}, faults: {}, wallByCommand: {}, failures: [], seeds: [], laneSeconds: 0, load: { min: Infinity, max: 0 } };
   let first = Infinity;
   let last = 0;
-  for (const b of batches) {
+  for (const line of batches) {
+    // Figures are read again from the batch's log when it is still there (a parser fix applies).
+    const b = existsSync(line.log) ? { ...line, ...parseLog(readFileSync(line.log, 'utf8')) } : line;
     total[b.status]++;
     total.runs += b.runs;
     total.commands += b.commands;
