@@ -351,6 +351,8 @@ export class Instance {
 export interface NemesisControl {
   /** Ends every fault still active (a `CLIENT PAUSE`), and waits until the recorder is live. */
   heal(world: World): Promise<void>;
+  /** Waits until the recorder received every message published before (fence keys), healing nothing. */
+  barrier(world: World): Promise<void>;
 }
 
 /** Options of {@link World.create} used by the nemesis runs. */
