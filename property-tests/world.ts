@@ -85,6 +85,10 @@ export const exercised = {
   ambiguousWrites: 0,
   /** Ambiguous writes that Redis applied anyway (the recorder saw them). */
   ambiguousApplied: 0,
+  /** I3: local changes known applied only because a read of Redis found them, never by the recorder (nemesis). */
+  appliedUnrecorded: 0,
+  /** Of those, changes no longer held at the check (a later restart erased them): only heldSeen knew. */
+  appliedUnrecordedErased: 0,
 };
 
 /** Reports every remote entry a manager receives (test-only hook on the protected `applyRemote`). */
@@ -385,6 +389,12 @@ export class World {
   readonly decisions: { instance: number; key: string; local: Stamp; remote: Stamp; decision: 'local' | 'remote' | 'merged' }[] = [];
   /** Write-back `clear()` calls: the instance and how many writes were recorded before it. */
   readonly clears: { instance: number; before: number }[] = [];
+  /**
+   * `key|stamp` of every write a read of Redis found held (checks, and before each restart): it
+   * was applied, even if the recorder missed its message (applied while the recorder was
+   * reconnecting after a restart) and a later restart erased it (I3).
+   */
+  readonly heldSeen = new Set<string>();
   readonly violations: string[] = [];
   private readonly values = new Map<string, Set<string>>();
   private valueCounter = 0;
@@ -541,6 +551,11 @@ export class World {
     }
   }
 
+  /** Records what Redis holds as applied (see {@link heldSeen}). */
+  noteHeld(states: Map<string, RedisState>): void {
+    for (const [key, state] of states) if (state.kind !== 'none') this.heldSeen.add(`${key}|${state.stamp}`);
+  }
+
   /** What Redis holds for every key the commands use. */
   async redisStates(): Promise<Map<string, RedisState>> {
     const out = new Map<string, RedisState>();
@@ -551,6 +566,7 @@ export class World {
   /** I1, I2, I3 after a quiesce. */
   async checkInvariants(): Promise<void> {
     const states = await this.redisStates();
+    this.noteHeld(states);
     this.afterCommand();
     for (const inst of this.instances) {
       expect(inst.unexpectedErrors(), `instance ${inst.index} reported errors`).toEqual([]);
@@ -610,9 +626,14 @@ export class World {
       exercised.changesChecked++;
       if (this.recorder.saw(w.key, w.stamp)) continue;
       // A write applied while the recorder was reconnecting (after a restart) is only known by
-      // Redis holding it.
-      const held = states.get(w.key);
-      if (this.nemesis !== undefined && held !== undefined && held.kind !== 'none' && held.stamp === w.stamp) continue;
+      // Redis holding it: now, or at an earlier check or restart (seed 619891131: written after a
+      // first restart, held at the check after it, erased by a second one).
+      if (this.nemesis !== undefined && this.heldSeen.has(`${w.key}|${w.stamp}`)) {
+        exercised.appliedUnrecorded++;
+        const now = states.get(w.key);
+        if (now === undefined || now.kind === 'none' || now.stamp !== w.stamp) exercised.appliedUnrecordedErased++;
+        continue;
+      }
       const superseded = this.writes.some((o) => o.instance === w.instance && o.key === w.key && o.stamp > w.stamp && (o.kind === 'wb' || o.kind === 'resolver'));
       if (superseded) continue;
       const reported = this.conflicts.some((c) => c.instance === w.instance && c.conflict.key === w.key && c.conflict.local.stamp === w.stamp);
