@@ -26,7 +26,7 @@
  * tomorrow), `--faults` (`NEMESIS_FAULTS`, default `kill,restart,pause,scriptFlush,skew`;
  * `all` with `--cluster`), `--max-commands` (`NEMESIS_MAX_COMMANDS`, 60), `--nice` (15),
  * `--max-load L` (12: while the 1-minute load average stays above L for 2 minutes, one lane
- * fewer starts batches; below L/2 for 2 minutes, one more, up to `--lanes`), `--cluster`
+ * fewer starts batches; below 3L/4 for 2 minutes, one more, up to `--lanes`), `--cluster`
  * (`NEMESIS_CLUSTER=1 -t cluster`), `--out DIR`. `kill -USR1 <driver pid>` drains: no new batch
  * starts, the running ones finish and are counted.
  *
@@ -263,7 +263,7 @@ let low = 0;
 const watch = setInterval(() => {
   const l = loadavg()[0];
   high = l > maxLoad ? high + 1 : 0;
-  low = l < maxLoad / 2 ? low + 1 : 0;
+  low = l < maxLoad * 0.75 ? low + 1 : 0;
   if (high >= 4 && allowedLanes > 1) {
     allowedLanes--;
     high = 0;
@@ -271,7 +271,7 @@ const watch = setInterval(() => {
   } else if (low >= 4 && allowedLanes < lanes) {
     allowedLanes++;
     low = 0;
-    log(`load ${l.toFixed(2)} below ${maxLoad / 2} for 2 min: ${allowedLanes} lanes`);
+    log(`load ${l.toFixed(2)} below ${maxLoad * 0.75} for 2 min: ${allowedLanes} lanes`);
   }
   if (Date.now() >= hardStop) stopAll('hard stop');
 }, 30_000);
