@@ -527,6 +527,7 @@ export class World {
     for (let attempt = 0; ; attempt++) {
       if (attempt >= 8) throw new Error('quiesce: no stable state after 8 attempts');
       await Promise.all(this.instances.filter((i) => i.kind === 'wb').map((i) => withDeadline(i.wb.onIdle(), 20_000, `onIdle of instance ${i.index}`)));
+      if (this.nemesis !== undefined) await this.drainConnections();
       // isServing alone is not enough: with serveStaleWhileDisconnected it stays true while down.
       await pollUntil(() => this.instances.every((i) => i.manager.isServing && i.subscribed && !i.resyncing), { timeoutMs: 15_000, message: 'quiesce: every subscription live, no resync running' });
       const downs = this.instances.map((i) => i.downs);
@@ -554,6 +555,32 @@ export class World {
   /** Records what Redis holds as applied (see {@link heldSeen}). */
   noteHeld(states: Map<string, RedisState>): void {
     for (const [key, state] of states) if (state.kind !== 'none') this.heldSeen.add(`${key}|${state.stamp}`);
+  }
+
+  /**
+   * Under a nemesis: until every instance's own connection answered a PING. A write whose call
+   * failed (its `commandTimeout` fired while the connection was reconnecting after a restart)
+   * stays in ioredis's queue and is sent when the connection is back, possibly after the rest of
+   * the quiesce: one connection runs its commands in order, so once the PING is answered, it was
+   * applied, before the check reads Redis (seed 944926897: instance 2's write of c landed between
+   * the check's read of Redis and its read through instance 2).
+   */
+  private async drainConnections(): Promise<void> {
+    const answered = async (redis: Redis | Cluster): Promise<boolean> => {
+      try {
+        await redis.ping();
+        if ('nodes' in redis) await Promise.all(redis.nodes('master').map((node) => node.ping()));
+        return true;
+      } catch (error) {
+        if (this.tolerates(error)) return false;
+        throw error;
+      }
+    };
+    await pollUntil(async () => (await Promise.all(this.instances.map((i) => answered(i.redis)))).every(Boolean), {
+      timeoutMs: 15_000,
+      intervalMs: 10,
+      message: "quiesce: every instance's connection answered a PING",
+    });
   }
 
   /** What Redis holds for every key the commands use. */
