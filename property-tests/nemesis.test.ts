@@ -13,7 +13,7 @@ import { Cluster, Redis } from 'ioredis';
 import { afterAll, beforeAll, describe, it } from 'vitest';
 import { uniqueNamespace } from '../test/helpers/connections.js';
 import { startCluster, startServer, type RedisClusterHandle, type RedisServerHandle } from '../test/helpers/harness.js';
-import { type Cmd, commandArbs, configArb, printSummary, runFinished } from './commands.js';
+import { type Cmd, commandArbs, configArb, mark, printSummary, runFinished } from './commands.js';
 import { commandsReplayPath, nemesisConfig, params, seedOf, timeoutOf } from './config.js';
 import { Nemesis, faultArb, nemesisStats } from './nemesis.js';
 import { type PolicyName, World } from './world.js';
@@ -60,6 +60,7 @@ describe.each(topologies)('nemesis: caches against a faulty Redis (%s)', (topolo
       const arbs: fc.Arbitrary<Cmd>[] = faults === undefined ? commandArbs : [...commandArbs, faults, faults, faults];
       await fc.assert(
         fc.asyncProperty(configArb, fc.commands(arbs, { maxCommands: nemesisConfig.maxCommands, size: 'max', ...(commandsReplayPath ? { replayPath: commandsReplayPath } : {}) }), async (config, cmds) => {
+          mark('run:setup');
           const nemesis = new Nemesis(server ? { server } : { cluster: cluster! });
           await nemesis.prepare();
           const world = await World.create(() => client(), uniqueNamespace('nemesis'), policy, config, {
@@ -72,7 +73,9 @@ describe.each(topologies)('nemesis: caches against a faulty Redis (%s)', (topolo
           let failed = false;
           try {
             await fc.asyncModelRun(() => ({ model: { kinds: config.kinds }, real: world }), cmds);
+            mark('run:final-quiesce');
             await world.quiesce();
+            mark('run:final-check');
             await world.checkInvariants();
           } catch (error) {
             failed = true;
@@ -82,6 +85,7 @@ describe.each(topologies)('nemesis: caches against a faulty Redis (%s)', (topolo
             throw error;
           } finally {
             runFinished();
+            mark('run:dispose');
             // After a failure, close() may fail for the same reason: the first error is the one to see.
             await world.dispose().catch((error: unknown) => {
               if (!failed) throw error;

@@ -113,6 +113,8 @@ export class Nemesis implements NemesisControl {
   async restart(world: World): Promise<void> {
     if (!('server' in this.target)) return;
     await this.heal(world);
+    // What Redis holds now was applied, though the recorder may have missed it (I3, see heldSeen).
+    world.noteHeld(await world.redisStates());
     const epoch = world.recorder.epoch;
     await this.target.server.shutdownNoSave();
     await pollUntil(() => world.recorder.epoch > epoch, { timeoutMs: 10_000, intervalMs: 5, message: 'restart: the recorder saw its connection cut' });

@@ -99,17 +99,25 @@ export type RedisState =
   | { readonly kind: 'live'; readonly stamp: Stamp; readonly value: unknown }
   | { readonly kind: 'tombstone'; readonly stamp: Stamp };
 
-/** Reads the record or tombstone of `key` with raw commands (tombstone stamps included). */
+/**
+ * Reads the record or tombstone of `key` with raw commands (tombstone stamps included), in one
+ * MULTI: a write landing between a TYPE and the read that follows it (a flush retried in the
+ * background, a write queued behind a pause) would make the read meet WRONGTYPE (seed 800619768).
+ * The read that does not fit the type fails inside the transaction and is ignored.
+ */
 export async function redisState<V>(dict: RedisDict<V>, key: string): Promise<RedisState> {
   const redisKey = dict.redisKey(key);
-  const type = await dict.redis.type(redisKey);
+  const replies = await (dict.redis as Redis | Cluster).multi().type(redisKey).hget(redisKey, 's').getBuffer(redisKey).exec();
+  if (replies === null) throw new Error(`the read of ${key} was aborted`);
+  const [[typeError, type], [, hashStamp], [, buffer]] = replies as [[Error | null, string], [Error | null, string | null], [Error | null, Buffer | null]];
+  if (typeError) throw typeError;
   if (type === 'none') return { kind: 'none' };
   if (type === 'hash') {
-    const stamp = await dict.redis.hget(redisKey, 's');
+    const stamp = hashStamp;
     if (stamp === null) throw new Error(`tombstone of ${key} has no stamp`);
     return { kind: 'tombstone', stamp };
   }
-  const raw = await dict.redis.getBuffer(redisKey);
+  const raw = buffer;
   if (raw === null) return { kind: 'none' };
   const { stamp, payload } = splitRecord(key, raw);
   return { kind: 'live', stamp, value: dict.decodeValue(key, payload) };

@@ -728,7 +728,13 @@ export class PubSubCacheManager<V = unknown> extends EventEmitter<CacheManagerEv
     const local = this.core.local;
     if (local !== undefined && local.has(entry.key)) return local.onRemote(entry, deleted, (e) => this.decodeRemote(e));
     const current = this.core.peek(entry.key);
-    if (current === undefined || current.stamp >= entry.stamp) return false;
+    if (current === undefined) return false;
+    // A cached value ignores an event no newer than itself (a late copy). A cached miss ignores
+    // only the event of its own delete: its stamp (the delete's, or '' for a miss read) vouches
+    // for a tombstone that may be gone — lost in a restart without persistence, or expired after
+    // tombstoneTtlMs — and Redis then applies a write stamped before the delete. Dropping is
+    // always safe; ignoring would serve "no value" while Redis holds one (nemesis seed 1120478144).
+    if (current.present ? current.stamp >= entry.stamp : current.stamp === entry.stamp) return false;
     // A cached miss has no stamp (''), so every event looks newer than it, even a late copy of a
     // write older than the delete the miss was read after: drop the miss, never install over it.
     if (current.present && !deleted && this.sync === 'update' && entry.payload !== undefined && this.core.serving) {

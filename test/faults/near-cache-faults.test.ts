@@ -406,6 +406,91 @@ describe('near cache under faults (private redis-server)', () => {
     expect(await staleReads(b, truthOf(ns), [...keys, 'after'])).toEqual([]);
   });
 
+  /**
+   * Nemesis counterexample (seed 1120478144): b deleted `k` (it caches a miss stamped with its
+   * tombstone's stamp), the server restarted without persistence (the tombstone is gone), then a
+   * writer whose clock is behind b's and who never saw the delete wrote `k`. Redis applied it
+   * (nothing stored to compare against), but b ignored its event as older than its cached miss:
+   * b kept serving "no value" while Redis held one, for as long as the miss stayed cached. A
+   * cached miss vouches for nothing once its tombstone may be gone: any other event drops it.
+   */
+  it.each([false, true])('(c3) a miss cached from a delete, the tombstone lost in a restart, an older-stamped write after it: b follows Redis (serveStaleWhileDisconnected: %s)', async (serveStaleWhileDisconnected) => {
+    const own = await startServer();
+    try {
+      const ns = uniqueNamespace('f-restart-tombstone');
+      const now = Date.now();
+      const b = new PubSubCacheManager<unknown>(new PubSubRedisDict<unknown>(direct({}, own), ns, { clock: () => now + 50 }), { ...HB, serveStaleWhileDisconnected });
+      managers.push(b);
+      await b.ready();
+      await b.delete('k');
+      expect(b.cache.peek('k')).toMatchObject({ present: false });
+
+      const resynced = nextEvent(b, 'resync', 20_000);
+      await own.shutdownNoSave();
+      await own.restart();
+      const [info] = (await resynced) as [ResyncInfo];
+      expect(['run-id-changed', 'reconnect']).toContain(info.reason);
+      // Redis holds nothing for k, which agrees with the miss: the revalidation may keep it.
+
+      // A writer 50 ms behind b that never saw b's delete (no subscriber): its stamp is older.
+      const writer = new PubSubRedisDict<unknown>(direct({}, own), ns, { clock: () => now });
+      await writer.set('k', 'written after the restart');
+      // The writer's events reach b in publish order: once the sentinel's arrived, k's did too.
+      await pollUntil(
+        async () => {
+          await b.get('sentinel');
+          return b.isServing && b.cache.has('sentinel');
+        },
+        { timeoutMs: 10_000, message: 'b never cached the sentinel' },
+      );
+      const seen = nextEvent(b, 'invalidate', 10_000, (key) => key === 'sentinel');
+      await writer.set('sentinel', 'done');
+      await seen;
+
+      expect(await truthOf(ns, own).get('k')).toBe('written after the restart');
+      expect(await staleCached(b, truthOf(ns, own))).toEqual([]);
+      expect(await b.get('k')).toBe('written after the restart');
+    } finally {
+      await Promise.all(managers.splice(0).map((m) => m.close()));
+      await own.stop();
+    }
+  });
+
+  /**
+   * The same hole without a restart: a tombstone lives `tombstoneTtlMs`; once Redis expired it, a
+   * write stamped before the delete is applied (documented in consistency.md), and a cache still
+   * holding the delete's miss must follow it.
+   */
+  it('(c4) a miss cached from a delete whose tombstone expired: an older-stamped write after it reaches b', async () => {
+    const ns = uniqueNamespace('f-tombstone-ttl');
+    const now = Date.now();
+    const b = new PubSubCacheManager<unknown>(new PubSubRedisDict<unknown>(direct(), ns, { clock: () => now + 50, tombstoneTtlMs: 100 }), HB);
+    managers.push(b);
+    await b.ready();
+    await b.delete('k');
+    expect(b.cache.peek('k')).toMatchObject({ present: false });
+    const truth = truthOf(ns);
+    const admin = direct();
+    await pollUntil(async () => (await admin.exists(truth.redisKey('k'))) === 0, { timeoutMs: 10_000, message: 'the tombstone of k never expired' });
+
+    const writer = new PubSubRedisDict<unknown>(direct(), ns, { clock: () => now });
+    await writer.set('k', 'written after the tombstone expired');
+    await pollUntil(
+      async () => {
+        await b.get('sentinel');
+        return b.isServing && b.cache.has('sentinel');
+      },
+      { timeoutMs: 10_000, message: 'b never cached the sentinel' },
+    );
+    const seen = nextEvent(b, 'invalidate', 10_000, (key) => key === 'sentinel');
+    await writer.set('sentinel', 'done');
+    await seen;
+
+    expect(await truth.get('k')).toBe('written after the tombstone expired');
+    expect(await staleCached(b, truth)).toEqual([]);
+    expect(await b.get('k')).toBe('written after the tombstone expired');
+  });
+
   // ------------------------------------------------------------------ (d) slow subscriber cut off
 
   it('(d) a stalled subscriber cut off by client-output-buffer-limit resyncs, no stale value afterwards', async () => {
