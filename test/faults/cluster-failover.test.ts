@@ -168,7 +168,9 @@ describe('cluster failover under load (private 3+3 cluster)', () => {
       if (process.env['FO_DEBUG']) console.log(`[dbg ${Date.now() % 100000}] ${what}`);
     };
     dbg('waiting for ready');
+    const readyStart = Date.now();
     await Promise.all(writers.map((w) => w.m.ready()));
+    const readyMs = Date.now() - readyStart;
     dbg('ready');
     // Every instance caches every key of both writers (the peer's keys are kept coherent by events).
     for (const w of writers) for (let n = 1; n <= w.keys.length; n++) expect(await writeOnce(w, n)).toBe(true);
@@ -292,7 +294,7 @@ describe('cluster failover under load (private 3+3 cluster)', () => {
     const failed = writers.reduce((sum, w) => sum + w.failed, 0);
     const topologyResyncs = scenarios.map((s) => `${s.label}: ${s.resyncs.map((r) => r.map((i) => i.reason).join(',') || '-').join(' / ')}`);
     console.log(
-      `[failover] ${sharded ? 'sharded' : 'classic'}: failover ${failoverMs} ms; writes acked ${acked}, failed ${failed}; ` +
+      `[failover] ${sharded ? 'sharded' : 'classic'}: ${writers.length} managers ready in ${readyMs} ms; failover ${failoverMs} ms; writes acked ${acked}, failed ${failed}; ` +
         `acked writes lost by Redis ${lost}; unacked writes applied ${unackedApplied}; converged ${convergedMs} ms after the writers stopped ` +
         `(${writesStoppedAt - failoverEndedAt} ms after the failover ended)\n  resyncs: ${topologyResyncs.join('\n           ')}`,
     );
