@@ -155,8 +155,10 @@ export class ShardLinks {
     if (!complete) this.stale = true;
     const masters = new Set<string>();
     for (const list of owners) if (list?.[0] !== undefined) masters.add(list[0]);
+    // Connections to nodes that own no slot any more are closed (not on a partial map: the data
+    // client may be between two maps).
     for (const [node, link] of this.links) {
-      if (!masters.has(node)) {
+      if (complete && !masters.has(node)) {
         this.drop(link);
         this.links.delete(node);
       }
