@@ -231,7 +231,11 @@ export class ShardLinks {
     const link: Link = { node, conn, pending: new Set() };
     this.links.set(node, link);
     conn.on('error', (error: Error) => {
-      if (this.links.get(node) === link) this.listener.onError(error);
+      if (this.links.get(node) !== link) return;
+      this.listener.onError(error);
+      // ioredis 5 reports a slot moved away from a subscribed node (Redis unsubscribes its
+      // channels, an unsolicited SUNSUBSCRIBE) only as this error: look at the slot map now.
+      if (/^Command queue state error.*sunsubscribe/s.test(error.message)) this.refreshSlotMap(true);
     });
     conn.on('ready', () => {
       if (this.links.get(node) !== link) return;

@@ -422,6 +422,60 @@ describe('cluster failover under load (private 3+3 cluster)', () => {
     await pollUntil(async () => [...(await shardSubscribers(nodes)).values()].every((list) => list.length === 0), { timeoutMs: 10_000, message: 'subscriber connections left open after close()' });
   }, 120_000);
 
+  it('sharded: a slot moved to another master (resharding) is subscribed there, with one resync; its events arrive again', async () => {
+    await freshSlots();
+    const ns = uniqueNamespace('fo-s-mig');
+    const mk = (): Manager => {
+      const m = new PubSubCacheManager<Value>(new PubSubRedisDict<Value>(connect(), ns, { shardedPubSub: true }), { ...HB, sync: 'update' });
+      managers.push(m);
+      m.on('error', () => undefined);
+      return m;
+    };
+    const [a, b] = [mk(), mk()];
+    await Promise.all([a.ready(), b.ready()]);
+    const tag = '{smig}';
+    const key = `${tag}k`;
+    const slot = slotOf(tag);
+    await a.set(key, { w: 'a', n: 1 });
+    expect(await b.get(key)).toEqual({ w: 'a', n: 1 });
+    const resyncs: ResyncInfo[] = [];
+    b.on('resync', (info) => resyncs.push(info));
+    const masters = await cluster.masters();
+    const source = masters.find((n) => `${n.host}:${n.port}` === raw.slots[slot]![0])!;
+    const target = masters.find((n) => n !== source)!;
+    const admins = [source, target].map((n) => new Redis({ host: n.host, port: n.port }));
+    try {
+      const [src, dst] = admins as [Redis, Redis];
+      const [srcId, dstId] = [String(await src.call('CLUSTER', 'MYID')), String(await dst.call('CLUSTER', 'MYID'))];
+      await dst.call('CLUSTER', 'SETSLOT', slot, 'IMPORTING', srcId);
+      await src.call('CLUSTER', 'SETSLOT', slot, 'MIGRATING', dstId);
+      await src.call('MIGRATE', target.host, target.port, '', 0, 5_000, 'KEYS', `${ns}/${key}`);
+      for (const node of masters) {
+        const admin = new Redis({ host: node.host, port: node.port });
+        try {
+          await admin.call('CLUSTER', 'SETSLOT', slot, 'NODE', dstId);
+        } finally {
+          admin.disconnect();
+        }
+      }
+    } finally {
+      for (const admin of admins) admin.disconnect();
+    }
+    await cluster.waitForOk(30_000);
+    // Nobody refreshes a slot map by hand: the source dropped the slot's channels (an unsolicited
+    // SUNSUBSCRIBE), the subscriber looked at the slot map, subscribed the slot on the target.
+    await pollUntil(() => b.isServing && resyncs.some((r) => r.reason === 'topology-changed'), {
+      timeoutMs: 15_000,
+      message: `b never resynced for the moved slot (resyncs: ${JSON.stringify(resyncs)})`,
+    });
+    await a.set(key, { w: 'a', n: 2 });
+    // Installed from the event published on the target (update mode), not read from Redis.
+    await pollUntil(() => b.cache.peek(key)?.value?.n === 2, { timeoutMs: 5_000, message: `b never heard of the write in the moved slot (cached ${JSON.stringify(b.cache.peek(key))})` });
+    expect(resyncs.map((r) => r.reason)).toEqual(['topology-changed']);
+    await Promise.all([a, b].map((m) => m.close()));
+    for (const m of [a, b]) managers.splice(managers.indexOf(m), 1);
+  }, 60_000);
+
   it('classic pub/sub: writers on two instances through a master SIGKILL; every instance converges to what Redis holds', async () => {
     await runFailover(false);
   }, 120_000);
