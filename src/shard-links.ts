@@ -88,6 +88,9 @@ export class ShardLinks {
   private lastRefreshAt = 0;
   /** Set when the slot map may be behind the cluster (a connection closed, MOVED, a hole in the map). */
   private stale = false;
+  /** After a refused SSUBSCRIBE, nothing is sent again before this time (back-off, 100 ms doubling up to 30 s). */
+  private retryAt = 0;
+  private retryDelay = 0;
   /** @internal */
   readonly stats: ShardLinksStats = { subscribeCalls: 0, pipelines: 0, connections: 0 };
   private readonly onDataEvent = (): void => this.queueSync();
@@ -164,9 +167,10 @@ export class ShardLinks {
       }
     }
     const chunks: { link: Link; slots: number[] }[][] = [];
+    const backingOff = Date.now() < this.retryAt;
     for (const [node, slots] of wanted) {
       const link = this.links.get(node) ?? this.open(node);
-      if (link.conn.status !== 'ready') continue;
+      if (link.conn.status !== 'ready' || backingOff) continue;
       const unsent = slots.filter((slot) => !link.pending.has(slot));
       for (const slot of unsent) link.pending.add(slot);
       chunks.push([]);
@@ -326,6 +330,8 @@ export class ShardLinks {
     });
     this.listener.onProgress();
     if (failed) {
+      this.retryDelay = Math.min(this.retryDelay === 0 ? 100 : this.retryDelay * 2, 30_000);
+      this.retryAt = Date.now() + this.retryDelay;
       // MOVED (a slot map behind the cluster), a closing connection...: retried by the next sync.
       this.listener.onError(failed);
       if (/^(MOVED|ASK|CLUSTERDOWN|TRYAGAIN)\b/.test(failed.message)) {
@@ -357,6 +363,7 @@ export class ShardLinks {
   private reportCovered(): void {
     if (!this.wasCovered && this.coveredCount === SLOTS) {
       this.wasCovered = true;
+      this.retryDelay = 0;
       this.listener.onCovered();
     }
   }

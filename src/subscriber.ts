@@ -295,7 +295,12 @@ export class Subscriber {
         onProgress: () => {
           if (this.subscribeProgressAt !== 0) this.subscribeProgressAt = Date.now();
         },
-        onError: (error) => this.listener.onError(error),
+        onError: (error) => {
+          this.listener.onError(error);
+          // Refused for good (ACL, credentials, a certificate): tell whoever waits for ready(); the
+          // subscription keeps trying (backing off) in case the rules change.
+          if (!this.everUp && isPermanentConnectionError(error)) this.rejectWaiters(permanentConnectionError(error, 'The subscription was refused'));
+        },
       },
     );
     this.shards.start();

@@ -14,6 +14,7 @@
  * caches converge to what Redis holds, not to what was acknowledged. Figures are printed with
  * console.log (`[failover] ...`).
  */
+import { randomBytes } from 'node:crypto';
 import { Cluster, Redis } from 'ioredis';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { PubSubCacheManager, type PubSubCacheManagerOptions, type ResyncInfo } from '../../src/cache-manager.js';
@@ -474,6 +475,43 @@ describe('cluster failover under load (private 3+3 cluster)', () => {
     expect(resyncs.map((r) => r.reason)).toEqual(['topology-changed']);
     await Promise.all([a, b].map((m) => m.close()));
     for (const m of [a, b]) managers.splice(managers.indexOf(m), 1);
+  }, 60_000);
+
+  // Regression: the sharded subscription's refusals only went to 'error' events, so ready() waited
+  // for its whole bound (E_TIMEOUT) instead of rejecting with the refusal, and the refused calls
+  // were resent at every heartbeat.
+  it('sharded: ready() rejects with E_NOPERM when the ACL refuses the subscription', async () => {
+    await freshSlots();
+    const user = `tenant-${randomBytes(4).toString('hex')}`;
+    const nodes = cluster.nodes.filter((n) => n.alive);
+    const onEveryNode = async (...args: (string | number)[]): Promise<void> => {
+      for (const node of nodes) {
+        const admin = new Redis({ host: node.host, port: node.port });
+        try {
+          await admin.call('ACL', ...args);
+        } finally {
+          admin.disconnect();
+        }
+      }
+    };
+    // Keys and channels of `mine/*` only; the manager's namespace is another one.
+    await onEveryNode('SETUSER', user, 'reset', 'on', '>pw', '~mine/*', '&mine/*', '+@all');
+    try {
+      const data = clients.track(new Cluster(cluster.seeds, { redisOptions: { username: user, password: 'pw' } }));
+      const m = new PubSubCacheManager<Value>(new PubSubRedisDict<Value>(data, uniqueNamespace('fo-acl'), { shardedPubSub: true }), HB);
+      managers.push(m);
+      const errors: Error[] = [];
+      m.on('error', (error) => errors.push(error));
+      const failure = await m.ready({ timeoutMs: 20_000 }).then(
+        () => undefined,
+        (error: unknown) => error,
+      );
+      expect(failure, `${errors.length} 'error' events meanwhile`).toMatchObject({ code: 'E_NOPERM' });
+      await m.close();
+      managers.splice(managers.indexOf(m), 1);
+    } finally {
+      await onEveryNode('DELUSER', user);
+    }
   }, 60_000);
 
   it('classic pub/sub: writers on two instances through a master SIGKILL; every instance converges to what Redis holds', async () => {
