@@ -8,6 +8,8 @@
  *
  * - its own connection (never the caller's), subscribed explicitly on every `ready`; the `up`
  *   notice comes only once the subscription is confirmed, so nothing published after it is missed;
+ * - with sharded pub/sub, one connection per master instead (see `shard-links.ts`), each subscribed
+ *   to the channels of the slots its master owns, moved along when a slot changes owner;
  * - a heartbeat: a PING every `heartbeatIntervalMs` on the subscriber connection (with sharded
  *   pub/sub, a probe message through each shard instead), and a forced reconnect when no answer
  *   comes within `heartbeatTimeoutMs`, which detects a silent partition;
@@ -22,6 +24,7 @@ import { Redis, type Cluster } from 'ioredis';
 import { asError, isPermanentConnectionError, permanentConnectionError } from '../errors.js';
 import { encodeProbe, isOwnMessage, MalformedMessageError, type Message, MessageDecoder, PROBE_PREFIX, PROBE_SEQ } from '../protocol/messages.js';
 import type { FrameSigner } from '../protocol/signing.js';
+import { ShardLinks } from './shard-links.js';
 import { type RedisClient, isCluster } from '../store/topology.js';
 
 /** Why the cache had to resynchronise. */
@@ -75,7 +78,9 @@ export class Subscriber {
   private readonly settings: SubscriberSettings;
   private readonly listener: SubscriberListener;
   private readonly decoder: MessageDecoder;
-  private conn: Redis | Cluster | undefined;
+  private conn: Redis | undefined;
+  /** Sharded pub/sub: the connections per master (instead of {@link Subscriber.conn}). */
+  private shards: ShardLinks | undefined;
   private timer: NodeJS.Timeout | undefined;
   private closed = false;
   private live = false;
@@ -178,6 +183,10 @@ export class Subscriber {
 
   /** Connects and subscribes, in the background; see {@link Subscriber.whenLive}. */
   start(): void {
+    if (this.settings.sharded && isCluster(this.data)) {
+      this.startShards(this.data);
+      return;
+    }
     if (isCluster(this.data)) {
       this.data.on('+node', this.onTopology);
       this.data.on('-node', this.onTopology);
@@ -202,6 +211,7 @@ export class Subscriber {
       this.data.off('-node', this.onTopology);
       this.data.off('refresh', this.onTopology);
     }
+    this.shards?.close();
     const conn = this.conn;
     this.conn = undefined;
     if (conn) {
@@ -216,7 +226,7 @@ export class Subscriber {
   private connect(): void {
     if (this.closed) return;
     const data = this.data;
-    if (isCluster(data) && !this.settings.sharded && data.nodes('all').length === 0) {
+    if (isCluster(data) && data.nodes('all').length === 0) {
       // The node list is known once the Cluster is ready.
       data.once('ready', () => this.connect());
       return;
@@ -253,17 +263,53 @@ export class Subscriber {
       this.markDown('reconnect');
       this.connect();
     });
-    if (this.settings.sharded) conn.on('smessageBuffer', (channel: Buffer, message: Buffer) => this.receive(channel, message));
-    else conn.on('messageBuffer', (channel: Buffer, message: Buffer) => this.receive(channel, message));
+    conn.on('messageBuffer', (channel: Buffer, message: Buffer) => this.receive(channel, message));
   }
 
-  private createConnection(): Redis | Cluster {
+  /**
+   * Sharded pub/sub: the subscription is live once every slot is covered, down when one is not;
+   * the heartbeat probes it while live, and starts it over after a long silence.
+   */
+  private startShards(data: Cluster): void {
+    this.notReadySince = Date.now();
+    this.subscribeProgressAt = Date.now();
+    this.shards = new ShardLinks(
+      data,
+      { channels: this.settings.channels, refreshIntervalMs: Math.max(this.settings.heartbeatIntervalMs, 200) },
+      {
+        onMessage: (channel, message) => this.receive(channel, message),
+        onCovered: () => {
+          this.subscribeProgressAt = 0;
+          // Slots that changed master since the subscription last stood: one resync covers them.
+          const owners = this.currentOwners();
+          const moved = this.slotOwners !== undefined && owners !== undefined && owners.some((o, i) => o !== this.slotOwners![i]);
+          this.markUp(!this.everUp ? 'initial' : moved ? 'topology-changed' : this.degradedSince !== 0 ? 'heartbeat-timeout' : 'reconnect');
+        },
+        onUncovered: (reason) => {
+          this.subscribeProgressAt = Date.now();
+          this.degradedSince = 0;
+          this.markDown(reason);
+        },
+        onProgress: () => {
+          if (this.subscribeProgressAt !== 0) this.subscribeProgressAt = Date.now();
+        },
+        onError: (error) => {
+          this.listener.onError(error);
+          // Refused for good (ACL, credentials, a certificate): tell whoever waits for ready(); the
+          // subscription keeps trying (backing off) in case the rules change.
+          if (!this.everUp && isPermanentConnectionError(error)) this.rejectWaiters(permanentConnectionError(error, 'The subscription was refused'));
+        },
+      },
+    );
+    this.shards.start();
+    this.timer = setInterval(() => this.heartbeat(), this.settings.heartbeatIntervalMs);
+    this.timer.unref();
+  }
+
+  private createConnection(): Redis {
     const data = this.data;
     if (!isCluster(data)) {
       return data.duplicate({ autoResubscribe: false, lazyConnect: false, enableOfflineQueue: true, maxRetriesPerRequest: null });
-    }
-    if (this.settings.sharded) {
-      return data.duplicate(undefined, { shardedSubscribers: true });
     }
     // Classic pub/sub is broadcast to every node of a Cluster: one plain connection to any node.
     const nodes = data.nodes('all');
@@ -278,29 +324,14 @@ export class Subscriber {
     });
   }
 
-  private async subscribe(conn: Redis | Cluster): Promise<void> {
-    const { channels: channelsOf, commandKeyPrefix } = this.settings;
-    // ioredis adds the client's keyPrefix to SSUBSCRIBE channels: give it the names without it.
-    const cut = commandKeyPrefix.length;
+  private async subscribe(conn: Redis): Promise<void> {
     this.subscribeProgressAt = Date.now();
-    const progress = (): void => {
-      if (this.conn === conn && this.subscribeProgressAt !== 0) this.subscribeProgressAt = Date.now();
-    };
     try {
       // The run_id is read before subscribing: on RESP2 (ioredis 5) a subscribed connection only
       // accepts pub/sub commands. Same connection, so it names the server the subscription is on.
-      const runId = isCluster(conn) ? undefined : await readRunId(conn);
-      if (this.settings.sharded) {
-        const pending: Promise<unknown>[] = [];
-        for (let slot = 0; slot < 16384; slot++) {
-          const channels = channelsOf(slot);
-          pending.push(conn.ssubscribe(channels.update.slice(cut), channels.delete.slice(cut)).then(progress));
-        }
-        await Promise.all(pending);
-      } else {
-        const channels = channelsOf(0);
-        await conn.subscribe(channels.update, channels.delete);
-      }
+      const runId = await readRunId(conn);
+      const channels = this.settings.channels(0);
+      await conn.subscribe(channels.update, channels.delete);
       let reason: ResyncReason | 'initial' = this.everUp ? 'reconnect' : 'initial';
       if (runId !== undefined) {
         if (this.runId !== undefined && runId !== this.runId) reason = 'run-id-changed';
@@ -367,36 +398,33 @@ export class Subscriber {
   }
 
   private heartbeat(): void {
-    const conn = this.conn;
-    if (!conn || this.closed) return;
+    if (this.closed) return;
     const now = Date.now();
     if (now - this.seqRotatedAt >= (this.settings.originIdleMs ?? ORIGIN_IDLE_MS)) this.rotateSeq(now);
-    const timeout = this.settings.heartbeatTimeoutMs;
-    if (!this.live && this.degradedSince !== 0 && this.settings.sharded) {
-      this.recoverShards(now, conn as Cluster);
+    if (this.shards) {
+      this.shardHeartbeat(now, this.shards);
       return;
     }
+    const conn = this.conn;
+    if (!conn) return;
+    const timeout = this.settings.heartbeatTimeoutMs;
     if (!this.live) {
       // Stuck connecting (e.g. a partition swallowing the handshake): start over. A subscription
       // is started over only when none of its calls has answered for a while: one that progresses
-      // (2 x 16384 channels with sharded pub/sub, on a loaded machine) is never cut, one that lost
-      // a reply is not left waiting for minutes.
-      const subscribing = this.subscribeProgressAt !== 0;
-      const since = subscribing ? this.subscribeProgressAt : this.notReadySince;
-      const deadline = subscribing ? Math.max(30_000, 10 * timeout) : timeout;
-      const waiting = this.retryTimer !== undefined;
-      if (since !== 0 && !waiting && now - since > deadline && conn.status !== 'reconnecting') {
-        this.notReadySince = now;
-        this.subscribeProgressAt = 0;
-        conn.disconnect(true);
+      // is never cut, one that lost a reply is not left waiting for minutes. Judged after pending
+      // I/O has been read: an event loop kept busy (by other work of the process) delays the
+      // connection's 'ready', which must not be taken for a hung handshake.
+      if (this.stuckConnecting(now, conn)) {
+        setImmediate(() => {
+          if (this.conn !== conn || this.closed || this.live || !this.stuckConnecting(Date.now(), conn)) return;
+          this.notReadySince = Date.now();
+          this.subscribeProgressAt = 0;
+          conn.disconnect(true);
+        });
       }
       return;
     }
     this.notReadySince = 0;
-    if (this.settings.sharded) {
-      this.probeShards(now, conn as Cluster);
-      return;
-    }
     if (this.pingPending) {
       if (now - this.pingSentAt > timeout) {
         this.markDown('heartbeat-timeout');
@@ -415,6 +443,39 @@ export class Subscriber {
     );
   }
 
+  /** True when the (classic) connection has been connecting, or its subscription silent, for too long. */
+  private stuckConnecting(now: number, conn: Redis): boolean {
+    const subscribing = this.subscribeProgressAt !== 0;
+    const since = subscribing ? this.subscribeProgressAt : this.notReadySince;
+    const deadline = subscribing ? Math.max(30_000, 10 * this.settings.heartbeatTimeoutMs) : this.settings.heartbeatTimeoutMs;
+    const waiting = this.retryTimer !== undefined;
+    return since !== 0 && !waiting && now - since > deadline && conn.status !== 'reconnecting';
+  }
+
+  /**
+   * Sharded pub/sub: probes while live; while degraded, see {@link Subscriber.recoverShards}; while
+   * some slot is not covered, the connections are brought in line with the slot map (which is
+   * refreshed), and started over only when nothing progressed for max(30 s, 10 x
+   * `heartbeatTimeoutMs`): a subscription that progresses (a loaded machine) is never cut.
+   */
+  private shardHeartbeat(now: number, shards: ShardLinks): void {
+    if (this.live) {
+      this.notReadySince = 0;
+      this.probeShards(now, shards);
+      return;
+    }
+    if (this.degradedSince !== 0 && shards.covered) {
+      this.recoverShards(now, shards);
+      return;
+    }
+    shards.tick();
+    const deadline = Math.max(30_000, 10 * this.settings.heartbeatTimeoutMs);
+    if (this.subscribeProgressAt !== 0 && now - this.subscribeProgressAt > deadline) {
+      this.subscribeProgressAt = now;
+      shards.restart();
+    }
+  }
+
   /**
    * With sharded pub/sub, a probe through every shard proves the subscription end to end. Liveness
    * is measured from progress, not from the clock alone: a probe is late only `heartbeatTimeoutMs`
@@ -425,10 +486,10 @@ export class Subscriber {
    * link). Then the cache stops serving, and the subscription is kept and probed until every
    * master answers again (see {@link Subscriber.recoverShards}).
    */
-  private probeShards(now: number, conn: Cluster): void {
+  private probeShards(now: number, shards: ShardLinks): void {
     if (this.lateProbe(now)) {
       setImmediate(() => {
-        if (this.conn !== conn || this.closed || !this.live || !this.lateProbe(Date.now())) return;
+        if (this.shards !== shards || this.closed || !this.live || !this.lateProbe(Date.now())) return;
         this.probes.clear();
         this.echoed.clear();
         this.degradedSince = Date.now();
@@ -453,16 +514,20 @@ export class Subscriber {
    * over (disconnect, resubscribe) only when that did not happen within max(30 s, 10 x
    * `heartbeatTimeoutMs`), a shard that stays silent.
    */
-  private recoverShards(now: number, conn: Cluster): void {
+  private recoverShards(now: number, shards: ShardLinks): void {
     const masters = this.masters();
     if (masters.size > 0 && [...masters.keys()].every((m) => this.echoed.has(m))) {
       this.markUp('heartbeat-timeout');
       return;
     }
+    // Perhaps a slot changed master and the slot map does not say so yet.
+    shards.refreshSlotMap(false);
+    shards.sync();
     if (now - this.degradedSince > Math.max(30_000, 10 * this.settings.heartbeatTimeoutMs)) {
       this.degradedSince = 0;
       this.notReadySince = now;
-      conn.disconnect(true);
+      this.subscribeProgressAt = now;
+      shards.restart();
       return;
     }
     // Probes that got lost are sent again.

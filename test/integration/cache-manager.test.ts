@@ -515,7 +515,7 @@ describe.each(variants)('PubSubCacheManager (%s)', (name, factory, sharded) => {
       let n = 0;
       for (const node of nodes) {
         const list = String(await node.call('CLIENT', 'LIST', 'TYPE', 'pubsub'));
-        // Sharded subscriber connections are named `ioredis-cluster(ssubscriber):<name>` by ioredis.
+        // Sharded subscriber connections (one per master) carry the client's connectionName too.
         n += list.split('\n').filter((line) => line.includes(tag)).length;
       }
       return n;
