@@ -15,6 +15,7 @@ import { checkOptions, describe, functionOption, integerOption, invalidOption } 
 import { MAX_EXPIRES_AT, type SplitRecord, changeHeaderLength, splitRecord, type VersionedValue, writeChange } from './record.js';
 import { type FrameArg, FramedCommand, argLength, bulkLength, frameLength, writeArg, writeBulkHeader, writeCrlf, writeFrameStart } from './resp.js';
 import { APPLY_LUA, APPLY_SHA, STAMPS_LUA, STAMPS_SHA } from './scripts/apply.js';
+import { type CoalescedBatch, WriteCoalescer } from './write-coalescer.js';
 import { HybridClock, MAX_DRIFT_MS, type Stamp, isStamp, parseStamp } from './stamp.js';
 import type { ChainableCommander } from 'ioredis';
 import { DEFAULT_RETRY_TIMEOUT_MS, type RedisClient, type RedisClientLike, chunk, clusterReady, groupBySlot, isCluster, runPerNode, scanTargets, slotOf, slotTag } from './topology.js';
@@ -199,6 +200,11 @@ export class RedisDict<V = unknown> implements AsyncIterable<[string, V]> {
   private readonly keyPrefix: string;
   /** `keyPrefix` + `<namespace>/` as bytes: what the framed script calls write before each key. */
   private readonly wirePrefix: Buffer;
+  /**
+   * Every write goes through it: concurrent calls to one slot group share script calls. Typed over
+   * `unknown` so that the dictionary's value type stays covariant (a private member's type counts).
+   */
+  private readonly coalescer: WriteCoalescer<PreparedChange<unknown>, WriteOutcome<unknown>>;
 
   /**
    * @param redis - an ioredis `Redis` or `Cluster`; the dictionary never closes it.
@@ -232,6 +238,17 @@ export class RedisDict<V = unknown> implements AsyncIterable<[string, V]> {
     this.wallClock = functionOption(where, 'clock', opts['clock'], Date.now);
     this.defaultTtlMs = integerOption(where, 'defaultTtlMs', opts['defaultTtlMs'], 0, 0);
     this.clock = new HybridClock(undefined, this.wallClock, this.maxDriftMs);
+    this.coalescer = new WriteCoalescer<PreparedChange<unknown>, WriteOutcome<unknown>>({
+      maxKeys: this.batchSize,
+      maxBytes: MAX_BATCH_BYTES,
+      keyOf: (p) => p.change.key,
+      slotOf: this.isCluster ? (p) => slotOf(this.keyPrefix + p.redisKey) : () => 0,
+      sizeOf: (p) => (p.payload?.length ?? 0) + changeHeaderLength(expiryOfChange(p.change)) + p.change.key.length,
+      send: (batches, timeoutMs, onBatch) => this.sendBatches(batches as readonly CoalescedBatch<PreparedChange<V>>[], timeoutMs, onBatch),
+      failure: (error, p) => ({ status: 'failed', error: redisError(error, p.change.key, 'the write') }),
+      // An ACL key pattern refuses the whole call for one key; so does a malformed argument.
+      splittable: (error) => /^(NOPERM|BADARGS)|^ERR The user executing the script can't/.test(error.message),
+    });
   }
 
   /**
@@ -503,32 +520,21 @@ export class RedisDict<V = unknown> implements AsyncIterable<[string, V]> {
     });
   }
 
-  private async applyPrepared(prepared: readonly PreparedChange<V>[], onOutcome?: OutcomeListener<V>): Promise<WriteOutcome<V>[]> {
-    const outcomes: WriteOutcome<V>[] = new Array(prepared.length);
-    if (prepared.length === 0) return outcomes;
-    const units = [...this.bySlot(prepared, (p) => p.redisKey)].flatMap(([slot, items]) => {
-      const target = this.publishTarget(slot);
-      return this.splitBatch(items).map((part) => new ApplyUnit(slot, part, target, this.tombstoneTtlMs, this.maxDriftMs, this.clock.nodeId, this.keyPrefix, this.wirePrefix));
-    });
-    // The listener hears each outcome once, as soon as it is known; its first error is rethrown
-    // once every outcome is settled.
-    let listenerError: { error: unknown } | undefined;
-    const settle = (unit: ApplyUnit<V>, failure: Error | null, reply: unknown): void => {
-      // ACL refusals and refused calls become coded errors, naming the batch's first key.
-      const err = failure && redisError(failure, unit.part[0]?.change.key, 'the write');
-      // The single integer 2: every key was new and written (the script's fast path).
-      const list = reply === 2 ? undefined : (reply as unknown[]);
-      unit.part.forEach((p, j) => {
-        const { index } = p;
-        const outcome: WriteOutcome<V> = err ? { status: 'failed', error: err } : list === undefined ? WRITTEN_NEW : this.outcomeOf(p.change, list[j]);
-        outcomes[index] = outcome;
-        if (onOutcome === undefined) return;
-        try {
-          onOutcome(index, outcome);
-        } catch (error) {
-          listenerError ??= { error };
-        }
-      });
+  /**
+   * Writes prepared changes through the {@link WriteCoalescer}: concurrent calls to one slot group
+   * share script calls, and each call hears its own outcomes.
+   */
+  private applyPrepared(prepared: readonly PreparedChange<V>[], onOutcome?: OutcomeListener<V>): Promise<WriteOutcome<V>[]> {
+    return this.coalescer.write(prepared, this.retryTimeoutMs, onOutcome as OutcomeListener<unknown> | undefined) as Promise<WriteOutcome<V>[]>;
+  }
+
+  /** Sends batches of the coalescer, one apply-script call each, pipelined per node (the coalescer's `send`). */
+  private async sendBatches(batches: readonly CoalescedBatch<PreparedChange<V>>[], timeoutMs: number, onBatch: (index: number, result: readonly WriteOutcome<V>[] | Error) => void): Promise<void> {
+    const units = batches.map(({ slot, items }) => new ApplyUnit(slot, items, this.publishTarget(slot), this.tombstoneTtlMs, this.maxDriftMs, this.clock.nodeId, this.keyPrefix, this.wirePrefix));
+    const reported = new Uint8Array(units.length);
+    const report = (u: number, failure: Error | null, reply: unknown): void => {
+      reported[u] = 1;
+      onBatch(u, failure ?? this.outcomesOf(units[u]!, reply));
     };
     try {
       // Redirections, retries and NOSCRIPT are handled by runPerNode; a resent write is a no-op
@@ -539,37 +545,24 @@ export class RedisDict<V = unknown> implements AsyncIterable<[string, V]> {
         (done, results) => {
           for (const u of done) {
             const [err, reply] = results[u]!;
-            settle(units[u]!, err, reply);
+            report(u, err, reply);
           }
         },
-        { timeoutMs: this.retryTimeoutMs },
+        { timeoutMs },
       );
     } catch (error) {
       // Nothing was sent (no cluster slot map, say): every change failed.
-      const failure = redisError(asError(error), prepared[0]?.change.key, 'the write');
-      for (const unit of units) if (unit.part.some(({ index }) => outcomes[index] === undefined)) settle(unit, failure, undefined);
+      for (let u = 0; u < units.length; u++) if (reported[u] === 0) report(u, asError(error), undefined);
     }
-    if (listenerError) throw listenerError.error;
-    return outcomes;
   }
 
-  /** Splits a slot group into script calls of at most `batchSize` keys and about 1 MiB of changes. */
-  private splitBatch(items: PreparedChange<V>[]): PreparedChange<V>[][] {
-    const parts: PreparedChange<V>[][] = [];
-    let current: PreparedChange<V>[] = [];
-    let bytes = 0;
-    for (const item of items) {
-      const size = (item.payload?.length ?? 0) + changeHeaderLength(expiryOfChange(item.change)) + item.change.key.length;
-      if (current.length >= this.batchSize || (current.length > 0 && bytes + size > MAX_BATCH_BYTES)) {
-        parts.push(current);
-        current = [];
-        bytes = 0;
-      }
-      current.push(item);
-      bytes += size;
-    }
-    if (current.length > 0) parts.push(current);
-    return parts;
+  /** Outcomes of one script call's reply, aligned with its changes. */
+  private outcomesOf(unit: ApplyUnit<V>, reply: unknown): WriteOutcome<V>[] {
+    const { part } = unit;
+    // The single integer 2: every key was new and written (the script's fast path).
+    if (reply === 2) return part.map(() => WRITTEN_NEW);
+    const list = reply as unknown[];
+    return part.map((p, j) => this.outcomeOf(p.change, list[j]));
   }
 
   private outcomeOf(change: VersionedChange<V>, reply: unknown): WriteOutcome<V> {
