@@ -4,7 +4,7 @@
  *
  *   node --expose-gc bench/main.mjs [--redis-url redis://host:port] [--quick] [--only a,b]
  *
- * Sections (--only): single, mixed, memory, miss, invalidation, writeback.
+ * Sections (--only): single, mixed, memory, miss, invalidation, writeback, fanout.
  * `--scale` runs only the batch-scaling case instead (bench/scale.mjs).
  * Writes bench/results/latest.json, latest.md and *.svg.
  */
@@ -62,13 +62,13 @@ const config = {
 /** A fixed 32-byte key for the signed cases (signingKeys). */
 const SIGNING_KEY = 'bench-signing-key-0123456789abcdef';
 
-const sections = new Set((argv.only ?? 'single,memory,mixed,miss,invalidation,writeback').split(',').map((s) => s.trim()));
+const sections = new Set((argv.only ?? 'single,memory,mixed,miss,invalidation,writeback,fanout').split(',').map((s) => s.trim()));
 const has = (s) => sections.has(s);
 
 // ------------------------------------------------------------------------------------ state
 
 const t0 = now();
-const results = { rows: [], invalidation: [], writeBack: [], memory: [], targets: [], failures: [] };
+const results = { rows: [], invalidation: [], writeBack: [], fanOut: [], memory: [], targets: [], failures: [] };
 const elapsed = () => `${(since(t0) / 1e9).toFixed(1).padStart(5)}s`;
 const log = (line) => console.log(`[${elapsed()}] ${line}`);
 const fmt = (n, digits = 0) => (Number.isFinite(n) ? n.toLocaleString('en-US', { maximumFractionDigits: digits, minimumFractionDigits: digits }) : '—');
@@ -371,6 +371,7 @@ async function main() {
 
   // ---------------------------------------------------------------- write-back vs write-through
   if (has('writeback')) await writeBackSection();
+  if (has('fanout')) await runFanOut();
 
   // ---------------------------------------------------------------- ratios and targets
   const baseline = results.rows.find((r) => r.section === 'single' && r.adapter === rawAdapter.name && r.case.startsWith('GET, one at a time') && r.status === 'ok');
@@ -726,6 +727,27 @@ async function writeBackSection() {
   target(`write-through set, ${config.inFlight} in flight vs raw SET, ${config.inFlight} in flight (auto-pipelining)`, wtConcRow && rawSetConcRow ? wtConcRow.keysPerSec / rawSetConcRow.keysPerSec : NaN, 0.7, undefined, 17);
   target('versioned flush vs raw MSET', flushRow && msetRow ? flushRow.keysPerSec / msetRow.keysPerSec : NaN, 0.7);
   target('signed flush vs unsigned flush (signingKeys cost at most 15 %)', signedFlushRow && flushRow ? signedFlushRow.keysPerSec / flushRow.keysPerSec : NaN, 0.85);
+}
+
+// ------------------------------------------------------------------------------------ fan-out
+
+/** Write throughput with 16 subscribing instances (child processes) vs 1: see bench/fanout.mjs. */
+async function runFanOut() {
+  try {
+    const { fanOutSection } = await import('./fanout.mjs');
+    const { rows, targets } = await fanOutSection({ url, prefix, config, log, libAdapter, fmt });
+    results.fanOut.push(...rows);
+    for (const [name, value, goal] of targets) {
+      const t = { name, value, target: goal, pass: Number.isFinite(value) ? value >= goal : null, issue: 17 };
+      results.targets.push(t);
+      log(`target › ${name}: ${Number.isFinite(value) ? `${fmt(value, 2)}×` : 'not measured'} (target ≥ ${goal}×) ${t.pass === null ? '' : t.pass ? 'PASS' : 'FAIL'}`);
+    }
+  } catch (error) {
+    const status = errorStatus(error);
+    results.fanOut.push({ case: 'fan-out', ...status });
+    log(`fan-out: ${status.message}`);
+    if (status.status === 'failed') results.failures.push(`fan-out: ${status.message}`);
+  }
 }
 
 async function verifyFlushed(namespace, tag, n) {
