@@ -23,19 +23,23 @@ import { median, now, pool, since } from './lib/timing.mjs';
 const CHILD = fileURLToPath(new URL('./fanout-subscriber.mjs', import.meta.url));
 export const FANOUT_SUBSCRIBERS = 16;
 
-/** Runs the fan-out case; returns its rows (and pushes its targets). */
+/** Runs the fan-out case; returns its rows, its targets, and `problem` when the subscribers did not all receive every write. */
 export async function fanOutSection({ url, prefix, config, log, libAdapter, fmt }) {
   const rows = [];
   const targets = [];
   const keys = Array.from({ length: 1000 }, (_, i) => `fan-${i}`);
   const nsOne = `${prefix}-fan1`;
   const nsMany = `${prefix}-fan${FANOUT_SUBSCRIBERS}`;
-  const seqN = config.quick ? 1000 : 3000;
-  const concN = config.quick ? 5000 : 20_000;
-  const reps = config.quick ? 2 : 5;
+  // Kept small enough that every subscriber, at the lowest priority, keeps up without Redis
+  // disconnecting it for its output buffer (`client-output-buffer-limit pubsub`, 8 MB for 60 s):
+  // a subscriber that lost messages would leave Redis less work and the ratio would flatter.
+  const seqN = config.quick ? 1000 : 2000;
+  const concN = config.quick ? 5000 : 10_000;
+  const reps = config.quick ? 2 : 4;
   const children = [];
   const writers = {};
   const written = { [nsOne]: 0, [nsMany]: 0 };
+  let problem;
   try {
     // The subscribers, each ready (subscribed, keys cached) before any timing.
     for (let c = 0; c < FANOUT_SUBSCRIBERS; c++) {
@@ -109,10 +113,15 @@ export async function fanOutSection({ url, prefix, config, log, libAdapter, fmt 
       })));
       const short = stats.flatMap((received) => Object.entries(received).filter(([ns, n]) => n < written[ns]));
       if (short.length === 0) break;
-      if (Date.now() > deadline) throw new Error(`fan-out: ${short.length} subscriber(s) did not receive every write: ${JSON.stringify(short.slice(0, 3))}`);
+      if (Date.now() > deadline) {
+        // The figures do not hold: some subscriber lost messages (disconnected by Redis, say).
+        problem = `${short.length} subscriber(s) did not receive every write (${JSON.stringify(short.slice(0, 3))} of ${written[nsMany]}): the ratios are not valid`;
+        log(`fan-out: ${problem}`);
+        break;
+      }
       await delay(100);
     }
-    log(`fan-out: every subscriber received all ${fmt(written[nsMany])} writes of its namespace (and child 0 the ${fmt(written[nsOne])} of the other)`);
+    if (problem === undefined) log(`fan-out: every subscriber received all ${fmt(written[nsMany])} writes of its namespace (and child 0 the ${fmt(written[nsOne])} of the other)`);
   } finally {
     for (const w of Object.values(writers)) await w.close().catch(() => {});
     await Promise.all(children.map((child) => new Promise((resolve) => {
@@ -127,5 +136,5 @@ export async function fanOutSection({ url, prefix, config, log, libAdapter, fmt 
       });
     })));
   }
-  return { rows, targets };
+  return { rows, targets, problem };
 }

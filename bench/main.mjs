@@ -735,10 +735,11 @@ async function writeBackSection() {
 async function runFanOut() {
   try {
     const { fanOutSection } = await import('./fanout.mjs');
-    const { rows, targets } = await fanOutSection({ url, prefix, config, log, libAdapter, fmt });
+    const { rows, targets, problem } = await fanOutSection({ url, prefix, config, log, libAdapter, fmt });
     results.fanOut.push(...rows);
+    if (problem) results.failures.push(`fan-out: ${problem}`);
     for (const [name, value, goal] of targets) {
-      const t = { name, value, target: goal, pass: Number.isFinite(value) ? value >= goal : null, issue: 17 };
+      const t = { name, value, target: goal, pass: Number.isFinite(value) && !problem ? value >= goal : null, issue: 17, ...(problem ? { detail: problem } : {}) };
       results.targets.push(t);
       log(`target › ${name}: ${Number.isFinite(value) ? `${fmt(value, 2)}×` : 'not measured'} (target ≥ ${goal}×) ${t.pass === null ? '' : t.pass ? 'PASS' : 'FAIL'}`);
     }
