@@ -500,6 +500,11 @@ export class RedisDict<V = unknown> implements AsyncIterable<[string, V]> {
    * outcome says whether it was written, refused because Redis holds a stamp at or above the
    * guard, or failed (Redis error). Changes must name distinct keys.
    *
+   * Concurrent calls share script calls: a call made while an earlier write to the same slot group
+   * is in flight waits for it and is sent with the other calls that waited (see
+   * `src/write-coalescer.ts`); its outcomes are its own, and two writes of one key are applied in
+   * the order they were made. A call to an idle group is sent at once.
+   *
    * @param onOutcome - optional: hears each outcome as soon as its batch replies, so that a large
    *   write can be followed up while its later batches still execute.
    * @throws SerializationError before anything is written, when a value cannot be stored.
