@@ -94,6 +94,8 @@ interface Entry<T, O> {
 interface Batch<T, O> {
   readonly slot: number;
   readonly group: Group<T, O>;
+  /** Its index in its group's `pending` while it waits (-1 once sent). */
+  readonly position: number;
   readonly entries: Entry<T, O>[];
   bytes: number;
 }
@@ -105,6 +107,11 @@ interface Group<T, O> {
   inFlight: number;
   /** Batches waiting to be sent, in order. */
   pending: Batch<T, O>[];
+  /**
+   * Index in `pending` of the first batch that may still take a change: a batch that once refused
+   * one (full) is passed over for good, so that placing n changes costs O(n), not O(n × batches).
+   */
+  firstOpen: number;
   /** Per key, the last pending batch holding it. */
   readonly lastBatchOf: Map<string, Batch<T, O>>;
 }
@@ -139,7 +146,7 @@ export class WriteCoalescer<T, O> {
         const slot = host.slotOf(item);
         let group = this.#groups.get(slot);
         if (group === undefined) {
-          group = { slot, inFlight: 0, pending: [], lastBatchOf: new Map() };
+          group = { slot, inFlight: 0, pending: [], firstOpen: 0, lastBatchOf: new Map() };
           this.#groups.set(slot, group);
         }
         if (group.pending.length === 0) touched.push(group);
@@ -158,8 +165,8 @@ export class WriteCoalescer<T, O> {
     const size = host.sizeOf(entry.item);
     const { pending } = group;
     const after = group.lastBatchOf.get(key);
-    let start = 0;
-    if (after !== undefined) start = pending.lastIndexOf(after) + 1;
+    let start = group.firstOpen;
+    if (after !== undefined) start = Math.max(start, after.position + 1);
     let batch: Batch<T, O> | undefined;
     for (let b = start; b < pending.length; b++) {
       const candidate = pending[b]!;
@@ -167,9 +174,10 @@ export class WriteCoalescer<T, O> {
         batch = candidate;
         break;
       }
+      if (b === group.firstOpen) group.firstOpen = b + 1;
     }
     if (batch === undefined) {
-      batch = { slot: group.slot, group, entries: [], bytes: 0 };
+      batch = { slot: group.slot, group, position: pending.length, entries: [], bytes: 0 };
       pending.push(batch);
     }
     batch.entries.push(entry);
@@ -193,9 +201,10 @@ export class WriteCoalescer<T, O> {
         });
         if (live.length === 0) continue;
         for (const entry of live) deadline = Math.min(deadline, entry.call.deadline);
-        batches.push(live.length === batch.entries.length ? batch : { slot: batch.slot, group, entries: live, bytes: batch.bytes });
+        batches.push(live.length === batch.entries.length ? batch : { slot: batch.slot, group, position: -1, entries: live, bytes: batch.bytes });
       }
       group.pending = [];
+      group.firstOpen = 0;
       group.lastBatchOf.clear();
     }
     this.#send(batches, Math.max(0, deadline - now));
@@ -242,7 +251,7 @@ export class WriteCoalescer<T, O> {
     if (byCall.size > 1 && this.#host.splittable(error)) {
       // The resend is sent before this batch's send is counted as done: the group stays busy, so
       // nothing sent later overtakes it.
-      const parts = [...byCall.values()].map((entries) => ({ slot: batch.slot, group: batch.group, entries, bytes: 0 }));
+      const parts = [...byCall.values()].map((entries) => ({ slot: batch.slot, group: batch.group, position: -1, entries, bytes: 0 }));
       const deadline = Math.min(...parts.map((part) => part.entries[0]!.call.deadline));
       this.#send(parts, Math.max(0, deadline - Date.now()));
       return;
