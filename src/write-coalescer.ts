@@ -97,6 +97,8 @@ interface Batch<T, O> {
   /** Its index in its group's `pending` while it waits (-1 once sent). */
   readonly position: number;
   readonly entries: Entry<T, O>[];
+  /** The changes of `entries`, in the same order (what the host sends). */
+  readonly items: T[];
   bytes: number;
 }
 
@@ -114,6 +116,12 @@ interface Group<T, O> {
   firstOpen: number;
   /** Per key, the last pending batch holding it. */
   readonly lastBatchOf: Map<string, Batch<T, O>>;
+  /**
+   * The call being placed in this group while it was idle with nothing pending: its changes are
+   * sent before `write()` returns, so no later call can join their batches and they need no entry
+   * in `lastBatchOf`.
+   */
+  direct: Call<O> | undefined;
 }
 
 /** Concurrent write calls of one dictionary, coalesced per slot group (see the module's doc). */
@@ -146,10 +154,13 @@ export class WriteCoalescer<T, O> {
         const slot = host.slotOf(item);
         let group = this.#groups.get(slot);
         if (group === undefined) {
-          group = { slot, inFlight: 0, pending: [], firstOpen: 0, lastBatchOf: new Map() };
+          group = { slot, inFlight: 0, pending: [], firstOpen: 0, lastBatchOf: new Map(), direct: undefined };
           this.#groups.set(slot, group);
         }
-        if (group.pending.length === 0) touched.push(group);
+        if (group.pending.length === 0) {
+          touched.push(group);
+          if (group.inFlight < MAX_SENDS_PER_GROUP) group.direct = call;
+        }
         this.#place(group, { item, call, index });
       }
       // The groups that are idle are sent now, together (one send: pipelined per node).
@@ -164,7 +175,8 @@ export class WriteCoalescer<T, O> {
     const key = host.keyOf(entry.item);
     const size = host.sizeOf(entry.item);
     const { pending } = group;
-    const after = group.lastBatchOf.get(key);
+    const direct = group.direct === entry.call;
+    const after = direct ? undefined : group.lastBatchOf.get(key);
     let start = group.firstOpen;
     if (after !== undefined) start = Math.max(start, after.position + 1);
     let batch: Batch<T, O> | undefined;
@@ -177,12 +189,13 @@ export class WriteCoalescer<T, O> {
       if (b === group.firstOpen) group.firstOpen = b + 1;
     }
     if (batch === undefined) {
-      batch = { slot: group.slot, group, position: pending.length, entries: [], bytes: 0 };
+      batch = { slot: group.slot, group, position: pending.length, entries: [], items: [], bytes: 0 };
       pending.push(batch);
     }
     batch.entries.push(entry);
+    batch.items.push(entry.item);
     batch.bytes += size;
-    group.lastBatchOf.set(key, batch);
+    if (!direct) group.lastBatchOf.set(key, batch);
   }
 
   /** Sends everything pending in `groups`, as one send. */
@@ -193,6 +206,17 @@ export class WriteCoalescer<T, O> {
     for (const group of groups) {
       if (group.pending.length === 0) continue;
       for (const batch of group.pending) {
+        let expired = false;
+        let earliest = Infinity;
+        for (const { call } of batch.entries) {
+          if (call.deadline <= now) expired = true;
+          else if (call.deadline < earliest) earliest = call.deadline;
+        }
+        if (!expired) {
+          deadline = Math.min(deadline, earliest);
+          batches.push(batch);
+          continue;
+        }
         // A change whose call's deadline passed while it waited fails unsent.
         const live = batch.entries.filter((entry) => {
           if (entry.call.deadline > now) return true;
@@ -200,12 +224,13 @@ export class WriteCoalescer<T, O> {
           return false;
         });
         if (live.length === 0) continue;
-        for (const entry of live) deadline = Math.min(deadline, entry.call.deadline);
-        batches.push(live.length === batch.entries.length ? batch : { slot: batch.slot, group, position: -1, entries: live, bytes: batch.bytes });
+        deadline = Math.min(deadline, earliest);
+        batches.push({ slot: batch.slot, group, position: -1, entries: live, items: live.map((entry) => entry.item), bytes: batch.bytes });
       }
       group.pending = [];
       group.firstOpen = 0;
-      group.lastBatchOf.clear();
+      group.direct = undefined;
+      if (group.lastBatchOf.size > 0) group.lastBatchOf.clear();
     }
     this.#send(batches, Math.max(0, deadline - now));
   }
@@ -233,11 +258,7 @@ export class WriteCoalescer<T, O> {
         else if (group.inFlight === 0 && this.#groups.get(group.slot) === group) this.#groups.delete(group.slot);
       }
     };
-    void host.send(
-      batches.map((batch) => ({ slot: batch.slot, items: batch.entries.map((entry) => entry.item) })),
-      timeoutMs,
-      onBatch,
-    );
+    void host.send(batches, timeoutMs, onBatch);
   }
 
   /** A batch failed as a whole: resent one batch per call when it may concern some calls only, else every change failed. */
@@ -251,7 +272,7 @@ export class WriteCoalescer<T, O> {
     if (byCall.size > 1 && this.#host.splittable(error)) {
       // The resend is sent before this batch's send is counted as done: the group stays busy, so
       // nothing sent later overtakes it.
-      const parts = [...byCall.values()].map((entries) => ({ slot: batch.slot, group: batch.group, position: -1, entries, bytes: 0 }));
+      const parts = [...byCall.values()].map((entries) => ({ slot: batch.slot, group: batch.group, position: -1, entries, items: entries.map((entry) => entry.item), bytes: 0 }));
       const deadline = Math.min(...parts.map((part) => part.entries[0]!.call.deadline));
       this.#send(parts, Math.max(0, deadline - Date.now()));
       return;
