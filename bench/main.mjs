@@ -4,7 +4,7 @@
  *
  *   node --expose-gc bench/main.mjs [--redis-url redis://host:port] [--quick] [--only a,b]
  *
- * Sections (--only): single, mixed, memory, miss, invalidation, writeback.
+ * Sections (--only): single, mixed, memory, miss, invalidation, writeback, fanout.
  * `--scale` runs only the batch-scaling case instead (bench/scale.mjs).
  * Writes bench/results/latest.json, latest.md and *.svg.
  */
@@ -62,13 +62,13 @@ const config = {
 /** A fixed 32-byte key for the signed cases (signingKeys). */
 const SIGNING_KEY = 'bench-signing-key-0123456789abcdef';
 
-const sections = new Set((argv.only ?? 'single,memory,mixed,miss,invalidation,writeback').split(',').map((s) => s.trim()));
+const sections = new Set((argv.only ?? 'single,memory,mixed,miss,invalidation,writeback,fanout').split(',').map((s) => s.trim()));
 const has = (s) => sections.has(s);
 
 // ------------------------------------------------------------------------------------ state
 
 const t0 = now();
-const results = { rows: [], invalidation: [], writeBack: [], memory: [], targets: [], failures: [] };
+const results = { rows: [], invalidation: [], writeBack: [], fanOut: [], memory: [], targets: [], failures: [] };
 const elapsed = () => `${(since(t0) / 1e9).toFixed(1).padStart(5)}s`;
 const log = (line) => console.log(`[${elapsed()}] ${line}`);
 const fmt = (n, digits = 0) => (Number.isFinite(n) ? n.toLocaleString('en-US', { maximumFractionDigits: digits, minimumFractionDigits: digits }) : '—');
@@ -371,6 +371,7 @@ async function main() {
 
   // ---------------------------------------------------------------- write-back vs write-through
   if (has('writeback')) await writeBackSection();
+  if (has('fanout')) await runFanOut();
 
   // ---------------------------------------------------------------- ratios and targets
   const baseline = results.rows.find((r) => r.section === 'single' && r.adapter === rawAdapter.name && r.case.startsWith('GET, one at a time') && r.status === 'ok');
@@ -647,36 +648,58 @@ async function writeBackSection() {
     await raw.quit();
   }
 
-  // write-through
+  // Write-through, and raw SET of the same data one at a time and with 100 in flight on an
+  // auto-pipelining client (its references, issue #17: >= 0.8x one at a time, >= 0.7x with 100 in
+  // flight), alternating in each repetition so that a change of load on the host affects both.
+  let rawSetRow;
+  let rawSetConcRow;
   let wtRow;
+  let wtConcRow;
   const libCreate = (options) => libAdapter.create(env, options);
+  const rawAuto = await rawAdapter.connect(url, { autoPipelining: true });
   try {
     const wt = await libCreate({ namespace: `${prefix}-wt` });
     try {
+      const rawSeqSamples = [];
+      const rawConcSamples = [];
       const seqSamples = [];
       const concSamples = [];
-      // Warm-up: 1,000 writes of each kind.
+      // Warm-up: 1,000 writes of each kind, each side.
       const warm = entriesOf('wt-warm');
+      const warmArgs = rawAdapter.msetArgs(`${prefix}:wbset:`, rawAdapter.encodeEntries(warm.ks, warm.vs));
       for (let i = 0; i < 1000; i++) await wt.set(warm.ks[i], warm.vs[i]);
       await pool(1000, config.inFlight, (i) => wt.set(`${warm.ks[i]}c`, warm.vs[i]));
+      for (let i = 0; i < 1000; i++) await rawAuto.set(warmArgs[2 * i], warmArgs[2 * i + 1]);
+      await pool(1000, config.inFlight, (i) => rawAuto.set(`${warmArgs[2 * i]}c`, warmArgs[2 * i + 1]));
       // Write-through one at a time is the slowest case: stop repeating after ~8 s.
       const wtStart = now();
       for (let rep = 0; rep < reps && (rep < 1 || since(wtStart) < 8e9); rep++) {
         const { ks, vs } = entriesOf(`wt${rep}`);
+        const args = rawAdapter.msetArgs(`${prefix}:wbset:`, rawAdapter.encodeEntries(ks, vs));
         let start = now();
+        for (let i = 0; i < args.length; i += 2) await rawAuto.set(args[i], args[i + 1]);
+        rawSeqSamples.push(since(start));
+        start = now();
         for (let i = 0; i < N; i++) await wt.set(ks[i], vs[i]);
         seqSamples.push(since(start));
+        start = now();
+        await pool(N, config.inFlight, (i) => rawAuto.set(`${args[2 * i]}c`, args[2 * i + 1]));
+        rawConcSamples.push(since(start));
         start = now();
         await pool(N, config.inFlight, (i) => wt.set(`${ks[i]}c`, vs[i]));
         concSamples.push(since(start));
       }
+      rawSetRow = addRow('raw ioredis: N SET one at a time', rawSeqSamples);
+      rawSetConcRow = addRow(`raw ioredis: N SET, ${config.inFlight} in flight (auto-pipelining)`, rawConcSamples);
       wtRow = addRow('PubSubCacheManager: N set() one at a time (write-through)', seqSamples);
-      addRow(`PubSubCacheManager: N set(), ${config.inFlight} in flight (write-through)`, concSamples);
+      wtConcRow = addRow(`PubSubCacheManager: N set(), ${config.inFlight} in flight (write-through)`, concSamples);
     } finally {
       await wt.close();
     }
   } catch (error) {
     addError('PubSubCacheManager: N set() one at a time (write-through)', error);
+  } finally {
+    await rawAuto.quit();
   }
 
   // write-back, unsigned and with signingKeys (the cost of signing every flushed batch), beside
@@ -771,14 +794,38 @@ async function writeBackSection() {
     await rawTurns.quit();
   }
 
-  const target = (name, value, goal, detail) => {
-    const t = { name, value, target: goal, pass: Number.isFinite(value) ? value >= goal : null, detail, issue: 4 };
+  const target = (name, value, goal, detail, issue = 4) => {
+    const t = { name, value, target: goal, pass: Number.isFinite(value) ? value >= goal : null, detail, issue };
     results.targets.push(t);
     log(`target › ${name}: ${Number.isFinite(value) ? `${fmt(value, 2)}×` : 'not measured'} (target ≥ ${goal}×) ${t.pass === null ? '' : t.pass ? 'PASS' : 'FAIL'}`);
   };
   target('write-back (N set + flush) vs write-through (N set one at a time)', wbRow && wtRow ? wbRow.keysPerSec / wtRow.keysPerSec : NaN, 20);
+  target('write-through set one at a time vs raw SET one at a time (same data, write-back section)', wtRow && rawSetRow ? wtRow.keysPerSec / rawSetRow.keysPerSec : NaN, 0.8, undefined, 17);
+  target(`write-through set, ${config.inFlight} in flight vs raw SET, ${config.inFlight} in flight (auto-pipelining)`, wtConcRow && rawSetConcRow ? wtConcRow.keysPerSec / rawSetConcRow.keysPerSec : NaN, 0.7, undefined, 17);
   target('versioned flush vs raw MSET', flushRow && msetRow ? flushRow.keysPerSec / msetRow.keysPerSec : NaN, 0.7);
   target('signed flush vs unsigned flush (signingKeys cost at most 15 %)', signedFlushRow && flushRow ? signedFlushRow.keysPerSec / flushRow.keysPerSec : NaN, 0.85);
+}
+
+// ------------------------------------------------------------------------------------ fan-out
+
+/** Write throughput with 16 subscribing instances (child processes) vs 1: see bench/fanout.mjs. */
+async function runFanOut() {
+  try {
+    const { fanOutSection } = await import('./fanout.mjs');
+    const { rows, targets, problem } = await fanOutSection({ url, prefix, config, log, libAdapter, fmt });
+    results.fanOut.push(...rows);
+    if (problem) results.failures.push(`fan-out: ${problem}`);
+    for (const [name, value, goal] of targets) {
+      const t = { name, value, target: goal, pass: Number.isFinite(value) && !problem ? value >= goal : null, issue: 17, ...(problem ? { detail: problem } : {}) };
+      results.targets.push(t);
+      log(`target › ${name}: ${Number.isFinite(value) ? `${fmt(value, 2)}×` : 'not measured'} (target ≥ ${goal}×) ${t.pass === null ? '' : t.pass ? 'PASS' : 'FAIL'}`);
+    }
+  } catch (error) {
+    const status = errorStatus(error);
+    results.fanOut.push({ case: 'fan-out', ...status });
+    log(`fan-out: ${status.message}`);
+    if (status.status === 'failed') results.failures.push(`fan-out: ${status.message}`);
+  }
 }
 
 async function verifyFlushed(namespace, tag, n) {

@@ -167,6 +167,17 @@ export async function writeReports(results, outDir = join(benchDir, 'results')) 
     md.push('');
   }
 
+  if (results.fanOut?.length) {
+    md.push('## Fan-out (write throughput with 16 subscribing instances vs 1)');
+    md.push('');
+    md.push('One writer (a PubSubCacheManager, invalidate mode) writes keys that 1 or 16 other PubSubCacheManagers hold cached. ' +
+      'The subscribers are child processes at the lowest CPU priority (nice 19), so that on a small host they take what the writer and Redis ' +
+      'leave, as in a fleet where they run elsewhere; every subscriber is checked to have received every write (untimed). See bench/fanout.mjs.');
+    md.push('');
+    md.push(table(['case', 'writes/s'], results.fanOut.map((r) => (r.status === 'ok' ? [r.case, fmt(r.keysPerSec)] : [r.case, r.message]))));
+    md.push('');
+  }
+
   if (results.memory.length) {
     md.push('## Memory per cached entry');
     md.push('');
@@ -191,7 +202,7 @@ export async function writeReports(results, outDir = join(benchDir, 'results')) 
   md.push('- See `bench/README.md` for how each number is measured.');
   md.push('');
 
-  const notOk = [...results.rows, ...results.invalidation, ...results.writeBack, ...results.memory].filter((r) => r.status !== 'ok');
+  const notOk = [...results.rows, ...results.invalidation, ...results.writeBack, ...(results.fanOut ?? []), ...results.memory].filter((r) => r.status !== 'ok');
   if (notOk.length || results.failures.length) {
     md.push('## Skipped and failed');
     md.push('');

@@ -12,7 +12,8 @@ import { type DictKey, checkNamespace, normalizeKey, normalizeKeys } from '../pr
 import { checkOptions, describe, integerOption, invalidOption } from '../options.js';
 import { MAX_EXPIRES_AT, type SplitRecord, splitRecord, type VersionedValue } from '../protocol/record.js';
 import { resolveRedisDictOptions } from './resolve-options.js';
-import { ApplyUnit, applyOutcome, GUARD_PATTERN, type OutcomeContext, RELEASE_LOCK_LUA, splitApplyBatches, stampOfReply, stampsCall, WRITTEN_NEW } from './scripts.js';
+import { ApplyUnit, applyOutcome, changeSize, GUARD_PATTERN, MAX_BATCH_BYTES, type OutcomeContext, RELEASE_LOCK_LUA, stampOfReply, stampsCall, WRITTEN_NEW } from './scripts.js';
+import { type CoalescedBatch, WriteCoalescer } from './write-coalescer.js';
 import { type OutcomeListener, type PreparedChange, type PublishTarget, SET_OPTION_KEYS, type SetOptions, type VersionedChange, type WriteOutcome } from './types.js';
 import { HybridClock, type Stamp, isStamp } from '../protocol/stamp.js';
 import { type Commands, type RedisClient, type RedisClientLike, chunk, clusterReady, groupBySlot, isCluster, runPerNode, scanTargets, slotOf } from './topology.js';
@@ -126,6 +127,13 @@ export class RedisDict<V = unknown> implements AsyncIterable<[string, V]> {
   private readonly keyPrefix: string;
   /** `keyPrefix` + `<namespace>/` as bytes: what the framed script calls write before each key. */
   private readonly wirePrefix: Buffer;
+  /**
+   * Every write goes through it: concurrent calls to one slot group share script calls. Typed over
+   * `unknown` so that the dictionary's value type stays covariant (a private member's type counts).
+   */
+  private readonly coalescer: WriteCoalescer<PreparedChange<unknown>, WriteOutcome<unknown>>;
+  /** What {@link applyOutcome} needs of this dictionary: its clock and its decoder. */
+  private readonly outcomeContext: OutcomeContext<V>;
 
   /**
    * @param redis - an ioredis `Redis` or `Cluster`; the dictionary never closes it.
@@ -155,6 +163,18 @@ export class RedisDict<V = unknown> implements AsyncIterable<[string, V]> {
     this.wallClock = o.clock;
     this.defaultTtlMs = o.defaultTtlMs;
     this.clock = new HybridClock(undefined, this.wallClock, this.maxDriftMs);
+    this.outcomeContext = { maxDriftMs: this.maxDriftMs, observe: (stamp) => this.clock.observe(stamp), decodeValue: (key, payload) => this.decodeValue(key, payload) };
+    this.coalescer = new WriteCoalescer<PreparedChange<unknown>, WriteOutcome<unknown>>({
+      maxKeys: this.batchSize,
+      maxBytes: MAX_BATCH_BYTES,
+      keyOf: (p) => p.change.key,
+      slotOf: this.isCluster ? (p) => slotOf(this.keyPrefix + p.redisKey) : () => 0,
+      sizeOf: changeSize,
+      send: (batches, timeoutMs, onBatch) => this.sendBatches(batches as readonly CoalescedBatch<PreparedChange<V>>[], timeoutMs, onBatch),
+      failure: (error, p) => ({ status: 'failed', error: redisError(error, p.change.key, 'the write') }),
+      // An ACL key pattern refuses the whole call for one key; so does a malformed argument.
+      splittable: (error) => /^(NOPERM|BADARGS)|^ERR The user executing the script can't/.test(error.message),
+    });
   }
 
   /**
@@ -401,6 +421,11 @@ export class RedisDict<V = unknown> implements AsyncIterable<[string, V]> {
    * outcome says whether it was written, refused because Redis holds a stamp at or above the
    * guard, or failed (Redis error). Changes must name distinct keys.
    *
+   * Concurrent calls share script calls: a call made while an earlier write to the same slot group
+   * is in flight waits for it and is sent with the other calls that waited (see
+   * `src/store/write-coalescer.ts`); its outcomes are its own, and two writes of one key are applied in
+   * the order they were made. A call to an idle group is sent at once.
+   *
    * @param onOutcome - optional: hears each outcome as soon as its batch replies, so that a large
    *   write can be followed up while its later batches still execute.
    * @throws SerializationError before anything is written, when a value cannot be stored.
@@ -421,33 +446,21 @@ export class RedisDict<V = unknown> implements AsyncIterable<[string, V]> {
     });
   }
 
-  private async applyPrepared(prepared: readonly PreparedChange<V>[], onOutcome?: OutcomeListener<V>): Promise<WriteOutcome<V>[]> {
-    const outcomes: WriteOutcome<V>[] = new Array(prepared.length);
-    if (prepared.length === 0) return outcomes;
-    const units = [...this.bySlot(prepared, (p) => p.redisKey)].flatMap(([slot, items]) => {
-      const target = this.publishTarget(slot);
-      return splitApplyBatches(items, this.batchSize).map((part) => new ApplyUnit(slot, part, target, this.tombstoneTtlMs, this.maxDriftMs, this.clock.nodeId, this.keyPrefix, this.wirePrefix));
-    });
-    // The listener hears each outcome once, as soon as it is known; its first error is rethrown
-    // once every outcome is settled.
-    let listenerError: { error: unknown } | undefined;
-    const context: OutcomeContext<V> = { maxDriftMs: this.maxDriftMs, observe: (stamp) => this.clock.observe(stamp), decodeValue: (key, payload) => this.decodeValue(key, payload) };
-    const settle = (unit: ApplyUnit<V>, failure: Error | null, reply: unknown): void => {
-      // ACL refusals and refused calls become coded errors, naming the batch's first key.
-      const err = failure && redisError(failure, unit.part[0]?.change.key, 'the write');
-      // The single integer 2: every key was new and written (the script's fast path).
-      const list = reply === 2 ? undefined : (reply as unknown[]);
-      unit.part.forEach((p, j) => {
-        const { index } = p;
-        const outcome: WriteOutcome<V> = err ? { status: 'failed', error: err } : list === undefined ? WRITTEN_NEW : applyOutcome(p.change, list[j], context);
-        outcomes[index] = outcome;
-        if (onOutcome === undefined) return;
-        try {
-          onOutcome(index, outcome);
-        } catch (error) {
-          listenerError ??= { error };
-        }
-      });
+  /**
+   * Writes prepared changes through the {@link WriteCoalescer}: concurrent calls to one slot group
+   * share script calls, and each call hears its own outcomes.
+   */
+  private applyPrepared(prepared: readonly PreparedChange<V>[], onOutcome?: OutcomeListener<V>): Promise<WriteOutcome<V>[]> {
+    return this.coalescer.write(prepared, this.retryTimeoutMs, onOutcome as OutcomeListener<unknown> | undefined) as Promise<WriteOutcome<V>[]>;
+  }
+
+  /** Sends batches of the coalescer, one apply-script call each, pipelined per node (the coalescer's `send`). */
+  private async sendBatches(batches: readonly CoalescedBatch<PreparedChange<V>>[], timeoutMs: number, onBatch: (index: number, result: readonly WriteOutcome<V>[] | Error) => void): Promise<void> {
+    const units = batches.map(({ slot, items }) => new ApplyUnit(slot, items, this.publishTarget(slot), this.tombstoneTtlMs, this.maxDriftMs, this.clock.nodeId, this.keyPrefix, this.wirePrefix));
+    const reported = new Uint8Array(units.length);
+    const report = (u: number, failure: Error | null, reply: unknown): void => {
+      reported[u] = 1;
+      onBatch(u, failure ?? this.outcomesOf(units[u]!, reply));
     };
     try {
       // Redirections, retries and NOSCRIPT are handled by runPerNode; a resent write is a no-op
@@ -458,18 +471,24 @@ export class RedisDict<V = unknown> implements AsyncIterable<[string, V]> {
         (done, results) => {
           for (const u of done) {
             const [err, reply] = results[u]!;
-            settle(units[u]!, err, reply);
+            report(u, err, reply);
           }
         },
-        { timeoutMs: this.retryTimeoutMs },
+        { timeoutMs },
       );
     } catch (error) {
       // Nothing was sent (no cluster slot map, say): every change failed.
-      const failure = redisError(asError(error), prepared[0]?.change.key, 'the write');
-      for (const unit of units) if (unit.part.some(({ index }) => outcomes[index] === undefined)) settle(unit, failure, undefined);
+      for (let u = 0; u < units.length; u++) if (reported[u] === 0) report(u, asError(error), undefined);
     }
-    if (listenerError) throw listenerError.error;
-    return outcomes;
+  }
+
+  /** Outcomes of one script call's reply, aligned with its changes. */
+  private outcomesOf(unit: ApplyUnit<V>, reply: unknown): WriteOutcome<V>[] {
+    const { part } = unit;
+    // The single integer 2: every key was new and written (the script's fast path).
+    if (reply === 2) return part.map(() => WRITTEN_NEW);
+    const list = reply as unknown[];
+    return part.map((p, j) => applyOutcome(p.change, list[j], this.outcomeContext));
   }
 
   /**

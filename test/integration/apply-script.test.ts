@@ -96,6 +96,20 @@ describe.each(topologies())('apply script guards (%s)', (topology, factory) => {
     });
   }
 
+  it('a user without MSETNX (the fast path\'s first write, which the script leaves to Redis to check): E_NOPERM, nothing written', async () => {
+    const ns = uniqueNamespace('acl-msetnx');
+    const tenant = new PubSubRedisDict<unknown>(await userClient([`~${ns}/*`, `&${ns}/*`, '+@all', '-msetnx']), ns);
+    const honest = new PubSubRedisDict<unknown>(admin(), ns);
+    await honest.set('old', 'before');
+    const error = await rejection(tenant.setMany([['k1', 1], ['k2', 2]]));
+    expect(error.code).toBe('E_NOPERM');
+    expect(await storedKeys(admin(), ns, ['k1', 'k2'])).toEqual([]);
+    // The general path (an existing key) is checked by the script before its first write.
+    expect((await rejection(tenant.setMany([['old', 'after'], ['k3', 3]]))).code).toBe('E_NOPERM');
+    expect(await storedKeys(admin(), ns, ['k3'])).toEqual([]);
+    expect(await honest.get('old')).toBe('before');
+  });
+
   it('a peer hears nothing of a refused write', async () => {
     const ns = uniqueNamespace('acl-peer');
     const tenant = new PubSubRedisDict<unknown>(await userClient([`~${ns}/*`, 'resetchannels', '+@all']), ns);
