@@ -68,8 +68,6 @@ export const ORIGIN_TABLE_LIMIT = 10_000;
 /** Default {@link SubscriberSettings.originIdleMs}: 10 minutes. */
 const ORIGIN_IDLE_MS = 600_000;
 
-
-
 export class Subscriber {
   private readonly data: RedisClient;
   private readonly settings: SubscriberSettings;
@@ -556,7 +554,6 @@ export class Subscriber {
     }
   }
 }
-
 
 async function readRunId(conn: Redis): Promise<string | undefined> {
   try {
