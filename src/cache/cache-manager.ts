@@ -77,7 +77,7 @@ export class PubSubCacheManager<V = unknown> extends EventEmitter<CacheManagerEv
    * @internal
    */
   protected readonly core: NearCache<V>;
-  /** @internal */ protected readonly subscriber: Subscriber;
+  private readonly subscriber: Subscriber;
   /** @internal */ protected closed = false;
   /** True once a `close()` that finishes asynchronously (a write-back's final flush) has started. @internal */
   protected closing = false;

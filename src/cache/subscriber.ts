@@ -71,8 +71,6 @@ export const ORIGIN_TABLE_LIMIT = 10_000;
 /** Default {@link SubscriberSettings.originIdleMs}: 10 minutes. */
 const ORIGIN_IDLE_MS = 600_000;
 
-
-
 export class Subscriber {
   private readonly data: RedisClient;
   private readonly settings: SubscriberSettings;
@@ -638,7 +636,6 @@ function guardSocket(conn: Redis | Cluster): void {
   guardedSockets.add(socket);
   (socket as { on(event: 'error', listener: () => void): void }).on('error', () => {});
 }
-
 
 async function readRunId(conn: Redis): Promise<string | undefined> {
   try {

@@ -222,7 +222,6 @@ export interface GetOrSetOptions {
   lockTtlMs?: number;
 }
 
-
 /** Why `getOrSet` served a stale value. */
 export type StaleReason = 'revalidate' | 'grace' | 'timeout';
 

@@ -60,7 +60,6 @@ export interface PubSubRedisDictOptions<V> extends RedisDictOptions<V> {
   signingKeys?: readonly (string | Uint8Array)[];
 }
 
-
 /**
  * A {@link RedisDict} that publishes every change (set, delete, batch, clear) atomically with it.
  *
@@ -111,7 +110,6 @@ export class PubSubRedisDict<V = unknown> extends RedisDict<V> {
     }
     if (!this.shardedPubSub) this.classicTarget = this.makeTarget('PUBLISH', this.channels());
   }
-
 
   /** True when update messages carry values. */
   get publishValues(): boolean {

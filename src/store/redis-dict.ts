@@ -19,7 +19,6 @@ import { HybridClock, type Stamp, isStamp } from '../protocol/stamp.js';
 import { type Commands, type RedisClient, type RedisClientLike, chunk, clusterReady, groupBySlot, isCluster, runPerNode, scanTargets, slotOf } from './topology.js';
 import { slotTag } from '../protocol/channels.js';
 
-
 /** Options of {@link RedisDict}. */
 export interface RedisDictOptions<V> {
   /**
@@ -82,10 +81,6 @@ export interface RedisDictOptions<V> {
    */
   defaultTtlMs?: number;
 }
-
-
-
-
 
 /**
  * An async dictionary stored in Redis: `get`, `set`, `has`, `delete`, batch operations, and
@@ -552,7 +547,6 @@ export class RedisDict<V = unknown> implements AsyncIterable<[string, V]> {
     }
   }
 }
-
 
 function throwFailure(outcomes: readonly WriteOutcome<unknown>[]): void {
   for (const outcome of outcomes) if (outcome?.status === 'failed') throw outcome.error;

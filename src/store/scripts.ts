@@ -390,7 +390,6 @@ export function applyOutcome<V>(change: VersionedChange<V>, reply: unknown, cont
   }
 }
 
-
 /** Deletes a lock (KEYS[1]) only if it still holds the caller's token (ARGV[1]). */
 export const RELEASE_LOCK_LUA = "if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end return 0";
 
