@@ -454,23 +454,39 @@ export class RedisDict<V = unknown> implements AsyncIterable<[string, V]> {
     const units = batches.map(({ slot, items }) => new ApplyUnit(slot, items, this.publishTarget(slot), this.tombstoneTtlMs, this.maxDriftMs, this.clock.nodeId, this.keyPrefix, this.wirePrefix));
     const reported = new Uint8Array(units.length);
     const report = (u: number, failure: Error | null, reply: unknown): void => {
+      if (reported[u] === 1) return;
       reported[u] = 1;
-      onBatch(u, failure ?? this.outcomesOf(units[u]!, reply));
+      let result: readonly WriteOutcome<V>[] | Error;
+      try {
+        result = failure ?? this.outcomesOf(units[u]!, reply);
+      } catch (error) {
+        // A reply of an unexpected shape fails its batch, not the other batches of the send.
+        result = asError(error);
+      }
+      onBatch(u, result);
     };
     try {
       // Redirections, retries and NOSCRIPT are handled by runPerNode; a resent write is a no-op
       // when its first attempt was applied (compare-and-set on its own stamp, see applyOutcome).
-      await runPerNode(
+      const results = await runPerNode(
         this.redis,
         units,
-        (done, results) => {
+        (done, replies) => {
           for (const u of done) {
-            const [err, reply] = results[u]!;
+            const [err, reply] = replies[u]!;
             report(u, err, reply);
           }
         },
         { timeoutMs },
       );
+      // Every unit is reported through the callback; should one not be, its result still settles
+      // its callers (the coalescer's callers wait for it).
+      for (let u = 0; u < units.length; u++) {
+        if (reported[u] === 0) {
+          const [err, reply] = results[u] ?? [new Error('No reply for the write'), undefined];
+          report(u, err, reply);
+        }
+      }
     } catch (error) {
       // Nothing was sent (no cluster slot map, say): every change failed.
       for (let u = 0; u < units.length; u++) if (reported[u] === 0) report(u, asError(error), undefined);
