@@ -434,16 +434,7 @@ describe('near cache under faults (private redis-server)', () => {
       const writer = new PubSubRedisDict<unknown>(direct({}, own), ns, { clock: () => now });
       await writer.set('k', 'written after the restart');
       // The writer's events reach b in publish order: once the sentinel's arrived, k's did too.
-      await pollUntil(
-        async () => {
-          await b.get('sentinel');
-          return b.isServing && b.cache.has('sentinel');
-        },
-        { timeoutMs: 10_000, message: 'b never cached the sentinel' },
-      );
-      const seen = nextEvent(b, 'invalidate', 10_000, (key) => key === 'sentinel');
-      await writer.set('sentinel', 'done');
-      await seen;
+      await sentinelSeen(b, writer);
 
       expect(await truthOf(ns, own).get('k')).toBe('written after the restart');
       expect(await staleCached(b, truthOf(ns, own))).toEqual([]);
@@ -473,16 +464,7 @@ describe('near cache under faults (private redis-server)', () => {
 
     const writer = new PubSubRedisDict<unknown>(direct(), ns, { clock: () => now });
     await writer.set('k', 'written after the tombstone expired');
-    await pollUntil(
-      async () => {
-        await b.get('sentinel');
-        return b.isServing && b.cache.has('sentinel');
-      },
-      { timeoutMs: 10_000, message: 'b never cached the sentinel' },
-    );
-    const seen = nextEvent(b, 'invalidate', 10_000, (key) => key === 'sentinel');
-    await writer.set('sentinel', 'done');
-    await seen;
+    await sentinelSeen(b, writer);
 
     expect(await truth.get('k')).toBe('written after the tombstone expired');
     expect(await staleCached(b, truth)).toEqual([]);
@@ -918,3 +900,20 @@ describe('near cache through a cluster failover (private 3+3 cluster)', () => {
     }
   }, 180_000);
 });
+
+/**
+ * Waits until `b` caches a sentinel key, then writes it with `writer` and waits for its
+ * invalidation on `b`: the writer's events reach `b` in publish order, so every earlier one did too.
+ */
+async function sentinelSeen(b: PubSubCacheManager<unknown>, writer: PubSubRedisDict<unknown>): Promise<void> {
+  await pollUntil(
+    async () => {
+      await b.get('sentinel');
+      return b.isServing && b.cache.has('sentinel');
+    },
+    { timeoutMs: 10_000, message: 'b never cached the sentinel' },
+  );
+  const seen = nextEvent(b, 'invalidate', 10_000, (key) => key === 'sentinel');
+  await writer.set('sentinel', 'done');
+  await seen;
+}
