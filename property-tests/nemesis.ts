@@ -123,6 +123,10 @@ export class Nemesis implements NemesisControl {
     await this.target.server.restart();
     nemesisStats.restarts++;
     await this.barrier(world);
+    // Writes applied before the recorder had subscribed again (an attempt queued in an instance's
+    // connection while the server was down, sent on its reconnection) reached no recorder: they
+    // are known by what Redis holds now (I3, see heldSeen; seed 1776045533).
+    world.noteHeld(await world.redisStates());
   }
 
   /** `CLIENT PAUSE <ms> WRITE` on every master; the pause ends by itself or at the next heal. */
@@ -165,6 +169,9 @@ export class Nemesis implements NemesisControl {
     nemesisStats.failovers++;
     if (world.checker.redis instanceof Cluster) await new Promise<void>((resolve) => (world.checker.redis as Cluster).refreshSlotsCache(() => resolve()));
     await this.barrier(world);
+    // As after a restart: what was applied while the recorder's connection to the old master was
+    // cut is known by what Redis holds.
+    world.noteHeld(await world.redisStates());
   }
 }
 
