@@ -11,6 +11,7 @@
 import { parseArgs } from 'node:util';
 import os from 'node:os';
 import { isDeepStrictEqual } from 'node:util';
+import { setTimeout as sleep } from 'node:timers/promises';
 
 import { makeDataset, makeValue } from './lib/data.mjs';
 import { startRedisServer, redisServerVersion } from './lib/redis-server.mjs';
@@ -194,7 +195,7 @@ async function heapSnapshot() {
  */
 async function quiesce(client) {
   await client.ping();
-  await new Promise((resolve) => setTimeout(resolve, 20));
+  await sleep(20);
 }
 
 /** Fills `inst` with every key and records (heap delta / entries). */
