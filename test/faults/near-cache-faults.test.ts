@@ -28,6 +28,7 @@ import type { ResyncReason } from '../../src/cache/subscriber.js';
 import { formatStamp, MAX_DRIFT_MS, parseStamp, type Stamp } from '../../src/protocol/stamp.js';
 import { slotOf, type RedisClient } from '../../src/store/topology.js';
 import { pollUntil, uniqueNamespace, withClients } from '../helpers/connections.js';
+import { nextEvent } from '../helpers/events.js';
 import { startCluster, startServer, type RedisServerHandle } from '../helpers/harness.js';
 import { startTcpProxy, type TcpProxy } from '../helpers/tcp-proxy.js';
 import { type PubSubCacheManagerOptions, type ResyncInfo } from '../../src/cache/types.js';
@@ -54,23 +55,6 @@ function record(m: Manager): Recorder {
   return r;
 }
 
-/** Resolves with the args of the next `name` event of `m` that satisfies `accept`; rejects after `timeoutMs`. */
-function nextEvent(m: Manager, name: 'down' | 'resync' | 'invalidate' | 'update', timeoutMs: number, accept: (...args: unknown[]) => boolean = () => true): Promise<unknown[]> {
-  const emitter = m as unknown as NodeJS.EventEmitter;
-  return new Promise((resolve, reject) => {
-    const timer = setTimeout(() => {
-      emitter.off(name, listener);
-      reject(new Error(`no '${name}' event within ${timeoutMs} ms`));
-    }, timeoutMs);
-    const listener = (...args: unknown[]): void => {
-      if (!accept(...args)) return;
-      clearTimeout(timer);
-      emitter.off(name, listener);
-      resolve(args);
-    };
-    emitter.on(name, listener);
-  });
-}
 
 /** A writer id nobody uses: the origin of forged messages. */
 const fakeOrigin = (): string => randomBytes(8).toString('hex');

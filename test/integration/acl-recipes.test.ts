@@ -19,6 +19,7 @@ import { PubSubRedisDict } from '../../src/store/pubsub-redis-dict.js';
 import type { RedisClient } from '../../src/store/topology.js';
 import { WriteBackCacheManager } from '../../src/write-back/manager.js';
 import { clusterSeeds, redisEndpoints, topologies, uniqueNamespace, withClients, type Topology } from '../helpers/connections.js';
+import { nextEventFor } from '../helpers/events.js';
 import { type PubSubCacheManagerOptions, type ResyncInfo } from '../../src/cache/types.js';
 
 const SECURITY_MD = new URL('../../docs/security.md', import.meta.url);
@@ -90,17 +91,6 @@ function manager(store: PubSubRedisDict<unknown>, opts: PubSubCacheManagerOption
   return { m, errors, resyncs };
 }
 
-function nextInvalidation(m: PubSubCacheManager<unknown>, key: string): Promise<void> {
-  return new Promise((resolve) => {
-    const listener = (k: string): void => {
-      if (k !== key) return;
-      m.off('invalidate', listener);
-      resolve();
-    };
-    m.on('invalidate', listener);
-  });
-}
-
 async function collect<T>(iterable: AsyncIterable<T>): Promise<T[]> {
   const out: T[] = [];
   for await (const item of iterable) out.push(item);
@@ -131,14 +121,14 @@ describe.each(topologies())('ACL recipes of docs/security.md (%s)', (topology) =
 
       // The near cache: a miss read, then an invalidation through the subscription.
       expect(await m.get('a')).toEqual({ n: 1 });
-      const invalidated = nextInvalidation(m, 'a');
+      const invalidated = nextEventFor(m, 'invalidate', 'a');
       await dict.set('a', { n: 2 });
       await invalidated;
       expect(await m.get('a')).toEqual({ n: 2 });
       await m.set('b', 20);
       expect(await dict.get('b')).toBe(20);
 
-      const cleared = nextInvalidation(m, 'a');
+      const cleared = nextEventFor(m, 'invalidate', 'a');
       await dict.clear();
       await cleared;
       expect(await dict.size()).toBe(0);
@@ -173,7 +163,7 @@ describe.each(topologies())('ACL recipes of docs/security.md (%s)', (topology) =
       await m.ready();
       await dict.set('k', 1);
       expect(await m.get('k')).toBe(1);
-      const invalidated = nextInvalidation(m, 'k');
+      const invalidated = nextEventFor(m, 'invalidate', 'k');
       await dict.set('k', 2);
       await invalidated;
       expect(await m.get('k')).toBe(2);
@@ -199,7 +189,7 @@ describe.each(topologies())('ACL recipes of docs/security.md (%s)', (topology) =
       expect(await m.has('b')).toBe(true);
       expect(await m.size()).toBe(2);
       expect((await collect(m.keys())).sort()).toEqual(['a', 'b']);
-      const invalidated = nextInvalidation(m, 'a');
+      const invalidated = nextEventFor(m, 'invalidate', 'a');
       await writer.set('a', 10);
       await invalidated;
       expect(await m.get('a')).toBe(10);

@@ -22,6 +22,7 @@ import { RedisDict } from '../../src/store/redis-dict.js';
 import { formatStamp, parseStamp, type Stamp } from '../../src/protocol/stamp.js';
 import { isCluster, slotOf, type RedisClient } from '../../src/store/topology.js';
 import { pollUntil, redisEndpoints, topologies, uniqueNamespace, withClients, type ClientFactory } from '../helpers/connections.js';
+import { nextEventFor } from '../helpers/events.js';
 import { forceResync, onceAfterStampsRead } from '../helpers/resync.js';
 import { startTcpProxy, type TcpProxy } from '../helpers/tcp-proxy.js';
 import { type PubSubCacheManagerOptions, type ResyncInfo } from '../../src/cache/types.js';
@@ -48,22 +49,6 @@ function forge(type: MessageType, origin: string, seq: number, group: number, en
   ]);
 }
 
-/** Resolves with the args of the next `name` event of `m` about `key`; rejects after `timeoutMs`. */
-function nextEventFor<V>(m: PubSubCacheManager<V>, name: 'invalidate' | 'update', key: string, timeoutMs = 10_000): Promise<unknown[]> {
-  return new Promise((resolve, reject) => {
-    const timer = setTimeout(() => {
-      m.off(name, listener);
-      reject(new Error(`no '${name}' event for key ${key} within ${timeoutMs} ms`));
-    }, timeoutMs);
-    const listener = (...args: unknown[]): void => {
-      if (args[0] !== key) return;
-      clearTimeout(timer);
-      m.off(name, listener);
-      resolve(args);
-    };
-    m.on(name, listener);
-  });
-}
 
 describe.each(variants)('PubSubCacheManager (%s)', (name, factory, sharded) => {
   const clients = withClients();

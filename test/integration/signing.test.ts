@@ -22,6 +22,7 @@ import { formatStamp, parseStamp, type Stamp } from '../../src/protocol/stamp.js
 import { slotOf } from '../../src/store/topology.js';
 import { WriteBackCacheManager } from '../../src/write-back/manager.js';
 import { clusterClient, hasCluster, pollUntil, redisEndpoints, standaloneClient, uniqueNamespace, withClients } from '../helpers/connections.js';
+import { markerSeen } from '../helpers/events.js';
 import { type PubSubCacheManagerOptions } from '../../src/cache/types.js';
 
 const KEY1 = 'k1-0123456789abcdef0123456789abcdef';
@@ -76,20 +77,7 @@ describe('signed messages (standalone)', () => {
   ): Promise<PubSubCacheManager<string>> => managed(new PubSubCacheManager<string>(storeOf<string>(ns, { ...storeOpts, ...(keys ? { signingKeys: keys } : {}) }), opts));
 
   /** Writes a marker through `writer` and waits until `m` has its event. */
-  async function marker(writer: PubSubCacheManager<string>, m: PubSubCacheManager<string>): Promise<void> {
-    const k = `marker-${randomBytes(3).toString('hex')}`;
-    const seen = new Promise<void>((resolve) => {
-      const listener = (name: string): void => {
-        if (name !== k) return;
-        m.off('invalidate', listener);
-        resolve();
-      };
-      m.on('invalidate', listener);
-    });
-    expect(await m.get(k)).toBeUndefined();
-    await writer.set(k, 'marker');
-    await seen;
-  }
+  const marker = (writer: PubSubCacheManager<string>, m: PubSubCacheManager<string>): Promise<void> => markerSeen(writer, m, 'marker');
 
   /** Every frame published on `channels` from now on. */
   async function capture(channels: string[]): Promise<{ frames: [string, Buffer][]; close: () => void }> {

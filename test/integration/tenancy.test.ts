@@ -21,6 +21,7 @@ import { ZERO_STAMP } from '../../src/protocol/stamp.js';
 import { isCluster, slotOf, type RedisClient } from '../../src/store/topology.js';
 import { WriteBackCacheManager } from '../../src/write-back/manager.js';
 import { clusterClient, hasCluster, pollUntil, standaloneClient, uniqueNamespace, withClients } from '../helpers/connections.js';
+import { markerSeen } from '../helpers/events.js';
 
 interface Kind {
   name: string;
@@ -63,21 +64,7 @@ describe.each(kinds)('tenants apart: $name', ({ a, b, sharded }) => {
   const key = (name: string): string => `${tag}${name}`;
 
   /** Writes a marker through `writer` and waits until `m` has received its event. */
-  async function marker(writer: PubSubCacheManager<string>, m: PubSubCacheManager<string>): Promise<void> {
-    const k = key(`marker-${randomBytes(3).toString('hex')}`);
-    const seen = new Promise<void>((resolve) => {
-      const listener = (name: string): void => {
-        if (name !== k) return;
-        m.off('invalidate', listener);
-        resolve();
-      };
-      m.on('invalidate', listener);
-    });
-    // A cached miss is dropped by the marker's event, which makes the event observable.
-    expect(await m.get(k)).toBeUndefined();
-    await writer.set(k, 'marker');
-    await seen;
-  }
+  const marker = (writer: PubSubCacheManager<string>, m: PubSubCacheManager<string>): Promise<void> => markerSeen(writer, m, 'marker', key);
 
   it('the channels differ', () => {
     const ns = uniqueNamespace('tenancy-names');
