@@ -237,13 +237,18 @@ export class ClockSkewError extends RedisDictError {
 /**
  * Maps an error of a Redis command to a coded error: an ACL refusal (`NOPERM`, or a command a
  * script may not run) to {@link PermissionError}, a call the apply script refused as malformed
- * (`BADARGS`) to `E_INVALID_ARGUMENT`; anything else is returned as it is. `key` is the (first)
- * dictionary key of the command, for the message. @internal
+ * (`BADARGS`) to `E_INVALID_ARGUMENT`, the client's command timeout to {@link TimeoutError}
+ * (`E_TIMEOUT`; a write may still be applied), a dropped or refused connection to
+ * {@link ConnectionError} (`E_CONNECTION`); any other reply of Redis is returned as it is. `key`
+ * is the (first) dictionary key of the command, for the message. @internal
  */
 export function redisError(error: Error, key: string | undefined, what: string): Error {
   if (error instanceof RedisDictError) return error;
   const text = error.message;
   const about = key === undefined ? '' : ` (key \`${key}\`)`;
+  // The client gave up waiting (its commandTimeout): a write may still be applied by Redis later.
+  if (/Command timed out/.test(text)) return new TimeoutError(`${what}${about} timed out (the client's commandTimeout): ${text}`, { cause: error });
+  if (isConnectionFailure(text)) return new ConnectionError(`${what}${about} failed, no connection to Redis: ${text}`, { cause: error });
   if (text.startsWith('NOPERM') || /^ERR The user executing the script can't/.test(text)) {
     const channel = /channel (\S+)$/.exec(text)?.[1];
     return new PermissionError(`Redis refused ${what}${about} by ACL: ${text}`, { key, channel, cause: error });
@@ -264,6 +269,15 @@ export function permanentConnectionError(error: Error, what: string): RedisDictE
     return new PermissionError(`${what} by ACL: ${error.message}`, { channel, cause: error });
   }
   return new ConnectionError(`${what}: ${error.message}`, { cause: error });
+}
+
+/**
+ * True when an error's `message` says the connection failed: dropped, refused, not writeable, or
+ * the client's retries or its Cluster routing gave up (not a reply of Redis to the command).
+ * @internal
+ */
+export function isConnectionFailure(message: string): boolean {
+  return /Connection is closed|Stream isn't writeable|max retries per request|Too many Cluster redirections|Failed to refresh slots cache|None of startup nodes|Cluster is disconnected|E(CONNREFUSED|CONNRESET|PIPE|TIMEDOUT|HOSTUNREACH|NETUNREACH)/.test(message);
 }
 
 /** `value` if it is an Error, else an Error with its text (for what a `catch` or a rejection gives). @internal */

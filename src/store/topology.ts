@@ -10,7 +10,7 @@
  */
 import calculateSlot from 'cluster-key-slot';
 import { Cluster, type ChainableCommander, type Redis } from 'ioredis';
-import { ClusterError, ConnectionError, RedisDictError, TimeoutError, asError } from '../errors.js';
+import { ClusterError, ConnectionError, RedisDictError, TimeoutError, asError, isConnectionFailure } from '../errors.js';
 
 /** An ioredis client: a standalone `Redis` or a `Cluster`. */
 export type RedisClient = Redis | Cluster;
@@ -122,13 +122,7 @@ function verdictOf(error: Error): Verdict {
   if (message.startsWith('MOVED ') || message.includes('should belong to the same slots allocation group')) return 'moved';
   if (message.startsWith('ASK ')) return 'ask';
   if (/^(TRYAGAIN|CLUSTERDOWN|LOADING|MASTERDOWN|READONLY)\b/.test(message)) return 'busy';
-  if (
-    /Connection is closed|Stream isn't writeable|max retries per request|Too many Cluster redirections|Failed to refresh slots cache|None of startup nodes|Cluster is disconnected|Command timed out|E(CONNREFUSED|CONNRESET|PIPE|TIMEDOUT|HOSTUNREACH|NETUNREACH)/.test(
-      message,
-    )
-  ) {
-    return 'connection';
-  }
+  if (isConnectionFailure(message) || message.includes('Command timed out')) return 'connection';
   return 'final';
 }
 
