@@ -25,6 +25,7 @@
  */
 import { Redis, type Cluster, type RedisOptions } from 'ioredis';
 import { asError } from '../errors.js';
+import { guardSocket } from './socket-guard.js';
 
 const SLOTS = 16_384;
 
@@ -235,6 +236,7 @@ export class ShardLinks {
     const link: Link = { node, conn, pending: new Set() };
     this.links.set(node, link);
     conn.on('error', (error: Error) => {
+      guardSocket(conn);
       if (this.links.get(node) !== link) return;
       this.listener.onError(error);
       // ioredis 5 reports a slot moved away from a subscribed node (Redis unsubscribes its

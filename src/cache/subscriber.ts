@@ -25,6 +25,7 @@ import { asError, isPermanentConnectionError, permanentConnectionError } from '.
 import { encodeProbe, isOwnMessage, MalformedMessageError, type Message, MessageDecoder, PROBE_PREFIX, PROBE_SEQ } from '../protocol/messages.js';
 import type { FrameSigner } from '../protocol/signing.js';
 import { ShardLinks } from './shard-links.js';
+import { guardSocket } from './socket-guard.js';
 import { type RedisClient, isCluster } from '../store/topology.js';
 
 /** Why the cache had to resynchronise. */
@@ -621,21 +622,6 @@ export class Subscriber {
   }
 }
 
-const guardedSockets = new WeakSet<object>();
-
-/**
- * ioredis listens to its socket's `error` with `once` (twice: the connector and the connection),
- * and a failed TLS handshake can emit more errors than that on one socket (a refused certificate,
- * then the server's alert): the extra one is an uncaught exception that ends the process
- * (ioredis pull requests #961/#962, not merged). On the first error of a connection the library
- * owns, the socket gets a listener of its own; ioredis still reports the connection's errors.
- */
-function guardSocket(conn: Redis | Cluster): void {
-  const socket = (conn as { stream?: { on?: unknown } }).stream;
-  if (socket === undefined || typeof socket.on !== 'function' || guardedSockets.has(socket)) return;
-  guardedSockets.add(socket);
-  (socket as { on(event: 'error', listener: () => void): void }).on('error', () => {});
-}
 
 async function readRunId(conn: Redis): Promise<string | undefined> {
   try {
