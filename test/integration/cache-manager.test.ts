@@ -23,6 +23,7 @@ import { formatStamp, parseStamp, type Stamp } from '../../src/protocol/stamp.js
 import { isCluster, slotOf, type RedisClient } from '../../src/store/topology.js';
 import { pollUntil, redisEndpoints, topologies, uniqueNamespace, withClients, type ClientFactory } from '../helpers/connections.js';
 import { nextEventFor } from '../helpers/events.js';
+import { rawMonitor } from '../helpers/monitor.js';
 import { forceResync, onceAfterStampsRead } from '../helpers/resync.js';
 import { startTcpProxy, type TcpProxy } from '../helpers/tcp-proxy.js';
 import { type PubSubCacheManagerOptions, type ResyncInfo } from '../../src/cache/types.js';
@@ -118,19 +119,23 @@ describe.each(variants)('PubSubCacheManager (%s)', (name, factory, sharded) => {
    */
   async function countMgets(raw: RedisClient, redisKey: string, action: () => Promise<void>): Promise<number> {
     const node = await nodeHolding(raw, redisKey);
-    const monitor = clients.track(await node.monitor());
     const token = `sentinel-${randomBytes(8).toString('hex')}`;
     let count = 0;
     let sentinelSeen = false;
-    monitor.on('monitor', (_time: string, args: string[]) => {
+    const { host, port } = node.options;
+    const monitor = await rawMonitor({ host: host ?? '127.0.0.1', port: port ?? 6379 }, (args: string[]) => {
       const [command = '', ...rest] = args;
       if (command.toLowerCase() === 'mget' && rest.includes(redisKey)) count++;
       if (command.toLowerCase() === 'echo' && rest[0] === token) sentinelSeen = true;
     });
-    await action();
-    await node.echo(token);
-    await pollUntil(() => sentinelSeen, { timeoutMs: 10_000, message: 'MONITOR did not show the sentinel ECHO' });
-    return count;
+    try {
+      await action();
+      await node.echo(token);
+      await pollUntil(() => sentinelSeen, { timeoutMs: 10_000, message: 'MONITOR did not show the sentinel ECHO' });
+      return count;
+    } finally {
+      monitor.stop();
+    }
   }
 
   // ---------------------------------------------------------------- propagation

@@ -16,6 +16,7 @@ import type { WriteOutcome } from '../../src/store/types.js';
 import { formatStamp } from '../../src/protocol/stamp.js';
 import { isCluster, slotOf, type RedisClient } from '../../src/store/topology.js';
 import { MAX_SENDS_PER_GROUP } from '../../src/store/write-coalescer.js';
+import { rawMonitor } from '../helpers/monitor.js';
 import { clusterSeeds, pollUntil, redisEndpoints, topologies, uniqueNamespace, withClients, type Topology } from '../helpers/connections.js';
 
 const clients = withClients({ closeAfter: 'all' });
@@ -47,11 +48,10 @@ async function nodeOf(client: RedisClient, redisKey: string): Promise<{ host: st
 async function watchScripts(client: RedisClient, ns: string): Promise<{ calls(): Promise<ScriptCall[]>; stop(): void }> {
   const node = await nodeOf(client, `${ns}/{g}-x`);
   const admin = clients.track(new Redis(node));
-  const monitor = await clients.track(new Redis(node)).monitor();
   const seen: ScriptCall[] = [];
   const markers = new Set<string>();
   const prefix = `${ns}/`;
-  monitor.on('monitor', (_time: string, args: string[]) => {
+  const monitor = await rawMonitor(node, (args: string[]) => {
     const name = args[0]?.toLowerCase();
     if ((name === 'evalsha' || name === 'eval') && args[3]?.startsWith(prefix)) {
       const n = Number(args[2]);
@@ -68,7 +68,7 @@ async function watchScripts(client: RedisClient, ns: string): Promise<{ calls():
       return seen.splice(0);
     },
     stop() {
-      monitor.disconnect();
+      monitor.stop();
     },
   };
 }
