@@ -15,7 +15,7 @@ import { uniqueNamespace } from '../test/helpers/connections.js';
 import { startCluster, startServer, type RedisClusterHandle, type RedisServerHandle } from '../test/helpers/harness.js';
 import { type Cmd, commandArbs, configArb, mark, printSummary, runFinished } from './commands.js';
 import { commandsReplayPath, nemesisConfig, params, seedOf, timeoutOf } from './config.js';
-import { Nemesis, faultArb, nemesisStats } from './nemesis.js';
+import { APPLIED_LOG_ARGS, Nemesis, faultArb, nemesisStats } from './nemesis.js';
 import { type PolicyName, World } from './world.js';
 
 const FILE = import.meta.url;
@@ -37,7 +37,7 @@ describe.each(topologies)('nemesis: caches against a faulty Redis (%s)', (topolo
   let cluster: RedisClusterHandle | undefined;
 
   beforeAll(async () => {
-    if (topology === 'standalone') server = await startServer();
+    if (topology === 'standalone') server = await startServer({ args: APPLIED_LOG_ARGS });
     else cluster = await startCluster();
   }, 120_000);
   afterAll(async () => {

@@ -22,6 +22,7 @@ import type { RedisClusterHandle, RedisServerHandle } from '../test/helpers/harn
 import { parseInfo, respCommand } from '../test/helpers/resp.js';
 import { type Cmd, type Model, count, instArb } from './commands.js';
 import type { FaultKind } from './config.js';
+import { AppliedLog } from './applied-log.js';
 import { RECORDER_NAME, fenceKeys } from './support.js';
 import type { NemesisControl, World } from './world.js';
 import type { Stamp } from '../src/protocol/stamp.js';
@@ -40,10 +41,33 @@ export const nemesisStats = {
 /** The servers a nemesis acts on. */
 export type NemesisTarget = { readonly server: RedisServerHandle } | { readonly cluster: RedisClusterHandle };
 
+/**
+ * The arguments of a standalone server the nemesis can check against its own log: an append-only
+ * file (see `applied-log.ts`; no fsync, no rewrite: the file is read, not recovered from).
+ */
+export const APPLIED_LOG_ARGS = ['--appendonly', 'yes', '--appendfsync', 'no', '--auto-aof-rewrite-percentage', '0', '--aof-use-rdb-preamble', 'no'];
+
+/** One reader per server data folder, so that each run reads only what was appended since. */
+const logs = new Map<string, AppliedLog>();
+
 export class Nemesis implements NemesisControl {
   private fenceRound = 0;
+  private readonly log: AppliedLog | undefined;
 
-  constructor(readonly target: NemesisTarget) {}
+  constructor(readonly target: NemesisTarget) {
+    if ('server' in target) {
+      const dir = target.server.dir;
+      this.log = logs.get(dir) ?? new AppliedLog(dir);
+      logs.set(dir, this.log);
+    }
+  }
+
+  /** What the standalone server's append-only file says it applied since the last read (none without `APPLIED_LOG_ARGS`). */
+  async readAppliedLog(world: World): Promise<void> {
+    if (this.log === undefined) return;
+    world.logActive = true;
+    await this.log.read((redisKey, stamp) => world.noteLogged(redisKey, stamp));
+  }
 
   /** Every running node. */
   nodes(): RedisServerHandle[] {
@@ -117,6 +141,10 @@ export class Nemesis implements NemesisControl {
     world.noteHeld(await world.redisStates());
     const epoch = world.recorder.epoch;
     await this.target.server.shutdownNoSave();
+    // Everything the old server applied is in its log (flushed at shutdown); the new one starts
+    // with no data and no log.
+    await this.readAppliedLog(world);
+    await this.log?.erase();
     await pollUntil(() => world.recorder.epoch > epoch, { timeoutMs: 10_000, intervalMs: 5, message: 'restart: the recorder saw its connection cut' });
     world.restartMark = { seq: world.writes.length === 0 ? 0 : world.writes[world.writes.length - 1]!.seq, epoch: world.recorder.epoch };
     for (const inst of world.instances) inst.serverRestarted();

@@ -90,6 +90,14 @@ export const exercised = {
   appliedUnrecorded: 0,
   /** Of those, changes no longer held at the check (a later restart erased them): only heldSeen knew. */
   appliedUnrecordedErased: 0,
+  /**
+   * I3: local changes known applied only by the server's append-only file (standalone nemesis):
+   * the recorder missed their message and no read of Redis found them held (replaced, or erased
+   * by a restart, before any read).
+   */
+  appliedOnlyLogged: 0,
+  /** Writes of the model's keys read from the server's append-only file (the log is live). */
+  loggedWrites: 0,
 };
 
 /** Reports every remote entry a manager receives (test-only hook on the protected `applyRemote`). */
@@ -356,6 +364,8 @@ export class Instance {
 export interface NemesisControl {
   /** Ends every fault still active (a `CLIENT PAUSE`), and waits until the recorder is live. */
   heal(world: World): Promise<void>;
+  /** Reports to {@link World.noteLogged} what the server's log says it applied since the last call (standalone). */
+  readAppliedLog?(world: World): Promise<void>;
   /** Waits until the recorder received every message published before (fence keys), healing nothing. */
   barrier(world: World): Promise<void>;
 }
@@ -396,6 +406,11 @@ export class World {
    * reconnecting after a restart) and a later restart erased it (I3).
    */
   readonly heldSeen = new Set<string>();
+  /** `key|stamp` of every write the server's append-only file shows applied (standalone nemesis; see `applied-log.ts`). */
+  readonly logged = new Set<string>();
+  /** The server's log was read (standalone nemesis): it must hold every write the recorder saw. */
+  logActive = false;
+  private loggedKeys: Map<string, string> | undefined;
   readonly violations: string[] = [];
   private readonly values = new Map<string, Set<string>>();
   private valueCounter = 0;
@@ -553,6 +568,15 @@ export class World {
     }
   }
 
+  /** Records a write the server's log shows applied (see {@link logged}); keys of other namespaces are ignored. */
+  noteLogged(redisKey: string, stamp: string): void {
+    this.loggedKeys ??= new Map([...KEYS, ...FILLERS].map((key) => [this.checker.redisKey(key), key]));
+    const key = this.loggedKeys.get(redisKey);
+    if (key === undefined) return;
+    this.logged.add(`${key}|${stamp}`);
+    exercised.loggedWrites++;
+  }
+
   /** Records what Redis holds as applied (see {@link heldSeen}). */
   noteHeld(states: Map<string, RedisState>): void {
     for (const [key, state] of states) if (state.kind !== 'none') this.heldSeen.add(`${key}|${state.stamp}`);
@@ -595,6 +619,7 @@ export class World {
   async checkInvariants(): Promise<void> {
     const states = await this.redisStates();
     this.noteHeld(states);
+    await this.nemesis?.readAppliedLog?.(this);
     this.afterCommand();
     for (const inst of this.instances) {
       expect(inst.unexpectedErrors(), `instance ${inst.index} reported errors`).toEqual([]);
@@ -647,6 +672,12 @@ export class World {
    * key, or reported in a conflict, or discarded by that instance's own clear().
    */
   private checkNoSilentLoss(states: Map<string, RedisState>): void {
+    // The log itself is checked: every write whose message the recorder received is in it.
+    if (this.logActive) {
+      for (const w of this.writes) {
+        if (!w.key.startsWith('__fence__') && this.recorder.saw(w.key, w.stamp) && !this.logged.has(`${w.key}|${w.stamp}`)) this.violations.push(`the server's log misses ${w.key}@${w.stamp}, which the recorder saw applied`);
+      }
+    }
     for (const w of this.writes) {
       // Local changes only: write-through writes and clear()'s tombstones are compare-and-set
       // writes whose refusal means Redis holds a newer write (I2 covers them).
@@ -660,6 +691,12 @@ export class World {
         exercised.appliedUnrecorded++;
         const now = states.get(w.key);
         if (now === undefined || now.kind === 'none' || now.stamp !== w.stamp) exercised.appliedUnrecordedErased++;
+        continue;
+      }
+      // Applied while the recorder was reconnecting and replaced (or erased by a restart) before
+      // any read of Redis: only the server's own log knows.
+      if (this.logged.has(`${w.key}|${w.stamp}`)) {
+        exercised.appliedOnlyLogged++;
         continue;
       }
       const superseded = this.writes.some((o) => o.instance === w.instance && o.key === w.key && o.stamp > w.stamp && (o.kind === 'wb' || o.kind === 'resolver'));
@@ -716,7 +753,7 @@ export class World {
     const short = (stamp: string): string => `${stamp.slice(10, 18)}/${stamp.slice(-2)}`;
     const lines = [
       'writes:',
-      ...this.writes.map((w) => `  #${w.seq} i${w.instance} ${w.kind} ${w.key}${w.deleted ? ' DELETE' : `=${JSON.stringify(w.value)}`} @${short(w.stamp)} applied=${this.recorder.saw(w.key, w.stamp)}${this.ambiguous.has(w.seq) ? ' AMBIGUOUS' : ''}${this.survived(w) ? '' : ' LOST'}`),
+      ...this.writes.map((w) => `  #${w.seq} i${w.instance} ${w.kind} ${w.key}${w.deleted ? ' DELETE' : `=${JSON.stringify(w.value)}`} @${short(w.stamp)} applied=${this.recorder.saw(w.key, w.stamp)}${this.logged.has(`${w.key}|${w.stamp}`) ? ' LOGGED' : ''}${this.ambiguous.has(w.seq) ? ' AMBIGUOUS' : ''}${this.survived(w) ? '' : ' LOST'}`),
       'conflicts:',
       ...this.conflicts.map(({ instance, conflict: c }) => `  i${instance} ${c.key} ${c.detectedBy} local@${short(c.local.stamp)} remote@${short(c.remote.stamp)} known=${c.remote.known} -> ${c.outcome}${c.stamp ? ` new@${short(c.stamp)}` : ''}`),
       'redis:',
