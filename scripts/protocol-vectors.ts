@@ -560,7 +560,7 @@ export function buildVectors(): Record<string, unknown> {
       cases: [
         signedFrameVector('update, one entry, string key', SIGNING_KEYS[0], 'ns/update', 'u', 1, [{ key: 'alpha', stamp: stamp(T0, 0) }]),
         signedFrameVector('delete, two entries, binary key', SIGNING_KEYS[1], 'tA:ns/delete@1', 'd', 2, [{ key: 'alpha', stamp: stamp(T0, 1) }, { key: 'beta', stamp: stamp(T0, 2) }]),
-        signedFrameVector('update with a value, sharded channel', SIGNING_KEYS[0], `ns/update{${slotTag(5)}}`, 'u', 3, [{ key: 'k', stamp: stamp(T0, 3), payload: codec.encode({ a: 1 }) }]),
+        signedFrameVector('update with a value, sharded channel', SIGNING_KEYS[0], `ns/changes{${slotTag(5)}}`, 'u', 3, [{ key: 'k', stamp: stamp(T0, 3), payload: codec.encode({ a: 1 }) }]),
       ],
     },
     channels: {

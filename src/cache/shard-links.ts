@@ -304,7 +304,9 @@ export class ShardLinks {
     const pipeline = link.conn.pipeline();
     for (const slot of chunk) {
       const { update, delete: del } = this.settings.channels(slot);
-      pipeline.ssubscribe(update, del);
+      // One channel per slot carries both kinds of message (protocol/channels.ts).
+      if (update === del) pipeline.ssubscribe(update);
+      else pipeline.ssubscribe(update, del);
     }
     this.stats.subscribeCalls += chunk.length;
     this.stats.pipelines++;

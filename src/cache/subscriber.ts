@@ -479,7 +479,7 @@ export class Subscriber {
    * With sharded pub/sub, a probe through every shard proves the subscription end to end. Liveness
    * is measured from progress, not from the clock alone: a probe is late only `heartbeatTimeoutMs`
    * after its SPUBLISH was answered (the server delivers it to subscribers as it answers), so a
-   * server busy with a large resubscription (2 x 16,384 channels per instance) is not taken for a
+   * server busy with a large resubscription (16,384 channels per instance) is not taken for a
    * partition; an SPUBLISH unanswered for 10 x `heartbeatTimeoutMs` counts as late too. A late
    * probe is judged after pending I/O has been read (a busy event loop delays the probe, not the
    * link). Then the cache stops serving, and the subscription is kept and probed until every

@@ -270,7 +270,7 @@ export interface CacheManagerEvents<V> {
 export interface ReadyOptions extends WaitOptions {
   /**
    * Reject with `E_TIMEOUT` after this many ms (the subscription keeps trying in the background);
-   * 0 = no time limit. The default leaves room for sharded pub/sub, whose subscription (2 x 16,384
+   * 0 = no time limit. The default leaves room for sharded pub/sub, whose subscription (16,384
    * channels, one SSUBSCRIBE per slot) took up to 20-30 s on a loaded 2-core host with ioredis 6.
    * @defaultValue 60000
    */

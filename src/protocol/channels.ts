@@ -1,7 +1,7 @@
 /**
  * Channel names of the wire format (see `docs/protocol.md`): where a namespace's changes are
- * published, classic (`<scope>/update`, `<scope>/delete`) or sharded per hash slot (`…{<tag>}`,
- * with a tag that hashes to the slot of the keys it announces).
+ * published, classic (`<scope>/update`, `<scope>/delete`) or sharded, one channel per hash slot
+ * (`<scope>/changes{<tag>}`, with a tag that hashes to the slot of the keys it announces).
  *
  * @module
  */
@@ -60,11 +60,16 @@ export interface ChannelScope {
 /**
  * The update and delete channel names of a scope as Redis sees them (`docs/protocol.md`):
  * `<keyPrefix><channelPrefix><ns>/update[@<db>]` and `…/delete[@<db>]`, or for sharded pub/sub
- * (`slot` given) those of one slot, `…/update{<tag>}`, where `<tag>` hashes to `slot`.
+ * (`slot` given) the one channel of that slot, `…/changes{<tag>}`, where `<tag>` hashes to `slot`,
+ * for both kinds of message (a message says whether it is an update or a delete): a sharded
+ * subscription is then one channel per slot, 16,384, instead of two.
  */
 export function channelNames(scope: ChannelScope, slot?: number): { update: string; delete: string } {
   const base = `${scope.keyPrefix ?? ''}${scope.channelPrefix ?? ''}${scope.namespace}/`;
   const db = scope.db !== undefined && scope.db !== 0 ? `@${scope.db}` : '';
-  const tag = slot === undefined ? '' : `{${slotTag(slot)}}`;
-  return { update: `${base}update${db}${tag}`, delete: `${base}delete${db}${tag}` };
+  if (slot !== undefined) {
+    const channel = `${base}changes${db}{${slotTag(slot)}}`;
+    return { update: channel, delete: channel };
+  }
+  return { update: `${base}update${db}`, delete: `${base}delete${db}` };
 }

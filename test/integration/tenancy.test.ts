@@ -180,6 +180,8 @@ describe('channel names', () => {
     const slot = slotOf(`{tenant}:${store.redisKey('k')}`);
     expect(slotOf(store.channels(slot).update)).toBe(slot);
     expect(slotOf(store.channels(0).update)).toBe(slot);
-    expect(store.channels(slot).update.startsWith('{tenant}:ns/update')).toBe(true);
+    expect(store.channels(slot).update.startsWith('{tenant}:ns/changes')).toBe(true);
+    // One channel per slot carries both kinds of message.
+    expect(store.channels(slot).delete).toBe(store.channels(slot).update);
   });
 });
