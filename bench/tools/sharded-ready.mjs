@@ -1,5 +1,5 @@
 /**
- * How long a sharded-pub/sub cache manager takes to be ready (16,384 slots × 2 channels), alone
+ * How long a sharded-pub/sub cache manager takes to be ready (16,384 slots, one channel each), alone
  * and eight at once in one process, on a spawned 3+3 cluster. Run after `npm run build`:
  *
  *   node bench/tools/sharded-ready.mjs [rounds]
