@@ -381,33 +381,84 @@ export class RedisDict<V = unknown> implements AsyncIterable<[string, V]> {
    * `undefined` for missing, deleted or expired by this dictionary's clock (Redis may not have
    * expired the key yet, its clock may be behind). Observes every stamp read.
    *
-   * @throws CorruptDataError when a stored value is not a record of this library.
+   * MGET answers nil for a key of another Redis type, so each MGET goes with an EXISTS of its keys
+   * in the same round trip; only when EXISTS counts more keys than MGET found (a tombstone, or data
+   * of another type) are those nil keys classified, in one more round trip ({@link classifyNilKeys}).
+   *
+   * @throws CorruptDataError when a stored value is not a record of this library, whatever its type.
    */
   private async readRecords(keys: readonly string[]): Promise<(SplitRecord | undefined)[]> {
     const out: (SplitRecord | undefined)[] = new Array(keys.length).fill(undefined);
     if (keys.length === 0) return out;
     const indexed = keys.map((key, index) => ({ key, index, redisKey: this.redisKey(key) }));
+    // Per slot and chunk two units, MGET then EXISTS of the same keys: same slot, so same node,
+    // sent together (one pipeline, or consecutive chunks of one send).
     const units = [...this.bySlot(indexed, (i) => i.redisKey)].flatMap(([slot, items]) =>
-      chunk(items, this.batchSize).map((part) => ({
-        slot,
-        part,
-        weight: part.length,
-        queue: (p: Commands) => p.mgetBuffer(...part.map((i) => i.redisKey)),
-      })),
+      chunk(items, this.batchSize).flatMap((part) => {
+        const redisKeys = part.map((i) => i.redisKey);
+        return [
+          { slot, part, weight: part.length, queue: (p: Commands) => p.mgetBuffer(...redisKeys) },
+          { slot, part, weight: part.length, queue: (p: Commands) => p.exists(...redisKeys) },
+        ];
+      }),
     );
     const replies = await runPerNode(this.redis, units, undefined, { timeoutMs: this.retryTimeoutMs });
-    units.forEach((unit, u) => {
+    let suspects: { key: string; redisKey: string }[] | undefined;
+    for (let u = 0; u < units.length; u += 2) {
+      const unit = units[u]!;
       const [err, values] = replies[u]!;
       if (err) throw redisError(err, unit.part[0]?.key, 'the read');
+      const [existsErr, existing] = replies[u + 1]!;
+      if (existsErr) throw redisError(existsErr, unit.part[0]?.key, 'the read');
+      let found = 0;
       (values as (Buffer | null)[]).forEach((raw, j) => {
         const { key, index } = unit.part[j]!;
         if (raw === null) return;
+        found++;
         const record = splitRecord(key, raw);
         this.clock.observe(record.stamp);
         if (record.expiresAt === undefined || !this.isExpired(record.expiresAt)) out[index] = record;
       });
-    });
+      if ((existing as number) > found) {
+        suspects ??= [];
+        (values as (Buffer | null)[]).forEach((raw, j) => {
+          if (raw === null) suspects!.push(unit.part[j]!);
+        });
+      }
+    }
+    if (suspects !== undefined) await this.classifyNilKeys(suspects);
     return out;
+  }
+
+  /**
+   * Classifies keys that MGET answered nil for while some of them exist: a tombstone (a hash whose
+   * field `s` is a stamp) or nothing reads as missing; anything else (a list, set, sorted set,
+   * stream, a hash without a valid stamp) rejects with {@link CorruptDataError} naming the key.
+   * One round trip: `HGET <key> s` then `TYPE <key>` per key, pipelined per node.
+   *
+   * The two replies are read so that the library's own transitions in between (a tombstone written
+   * over by a record, a record deleted into a tombstone, an expiry) never look foreign: only a type
+   * the library never writes, or a hash without a stamp, counts.
+   */
+  private async classifyNilKeys(suspects: readonly { key: string; redisKey: string }[]): Promise<void> {
+    const unique = [...new Map(suspects.map((s) => [s.key, s])).values()];
+    const units = [...this.bySlot(unique, (s) => s.redisKey)].flatMap(([slot, items]) =>
+      items.flatMap((item) => [
+        { slot, item, queue: (p: Commands) => p.hget(item.redisKey, 's') },
+        { slot, item, queue: (p: Commands) => p.type(item.redisKey) },
+      ]),
+    );
+    const replies = await runPerNode(this.redis, units, undefined, { timeoutMs: this.retryTimeoutMs });
+    for (let u = 0; u < units.length; u += 2) {
+      const { key } = units[u]!.item;
+      const [hgetErr, field] = replies[u]!;
+      const [typeErr, type] = replies[u + 1]!;
+      if (typeErr) throw redisError(typeErr, key, 'the read');
+      const wrongType = hgetErr !== null && hgetErr.message.startsWith('WRONGTYPE');
+      if (hgetErr !== null && !wrongType) throw redisError(hgetErr, key, 'the read');
+      const reason = foreignReason(wrongType ? WRONG_TYPE : (field as string | null), type as string);
+      if (reason !== undefined) throw new CorruptDataError(key, reason);
+    }
   }
 
   /**
@@ -562,6 +613,23 @@ export class RedisDict<V = unknown> implements AsyncIterable<[string, V]> {
       } while (cursor !== '0');
     }
   }
+}
+
+/** HGET's answer for a key that is not a hash (WRONGTYPE), in {@link foreignReason}. */
+const WRONG_TYPE = Symbol('WRONGTYPE');
+
+/**
+ * Why a key that MGET answered nil for holds foreign data, or undefined when it reads as missing,
+ * from `HGET <key> s` (`field`) and then `TYPE <key>` (`type`). Of the types, the library writes
+ * strings (records) and hashes (tombstones) only.
+ */
+function foreignReason(field: string | null | typeof WRONG_TYPE, type: string): string | undefined {
+  if (typeof field === 'string') return isStamp(field) ? undefined : 'a hash whose field `s` is not a stamp';
+  // Not a hash at the HGET (or nothing): foreign only if it is of a type the library never writes
+  // (a hash now may be the tombstone of a record deleted in between).
+  if (type === 'none' || type === 'string') return undefined;
+  if (type === 'hash') return field === WRONG_TYPE ? undefined : 'a hash without a stamp field `s`';
+  return `a ${type}`;
 }
 
 function throwFailure(outcomes: readonly WriteOutcome<unknown>[]): void {

@@ -855,17 +855,72 @@ describe.each(topologies())('RedisDict contract (%s)', (topology, factory) => {
       expect(stamps.slice(1)).toEqual(['', '', undefined, undefined, undefined, undefined, undefined]);
     });
 
-    // Not done (issue #14 §2): a read is one MGET, which answers nil for a key of another Redis
-    // type, so get() and has() cannot tell a foreign hash (or list, set...) from nothing without
-    // one more command per missing key, which the read-only ACL recipe (docs/security.md) does not
-    // allow. A foreign string already rejects with E_CORRUPT (tests above).
-    it.fails('get() and has() reject a plain hash where a record should be with E_CORRUPT naming the key', async () => {
+    // A read is MGET + EXISTS in one round trip; when EXISTS counts keys MGET answered nil for,
+    // those are classified (HGET s, TYPE): tombstones read as missing, data of another type rejects.
+    it('get() and has() reject a plain hash where a record should be with E_CORRUPT naming the key', async () => {
       const namespace = ns();
       const raw = connect();
       const dict = dictOf<string>(namespace);
       await raw.hset(`${namespace}/hash`, 'a', '1');
       await expect(dict.get('hash')).rejects.toMatchObject({ code: 'E_CORRUPT', key: 'hash' });
       await expect(dict.has('hash')).rejects.toMatchObject({ code: 'E_CORRUPT', key: 'hash' });
+      await expect(dict.getMany(['nothing', 'hash'])).rejects.toMatchObject({ code: 'E_CORRUPT', key: 'hash' });
+      // A hash whose `s` is not a stamp is not a tombstone either; and nothing was changed.
+      await raw.hset(`${namespace}/fake-tombstone`, 's', 'not a stamp');
+      await expect(dict.get('fake-tombstone')).rejects.toMatchObject({ code: 'E_CORRUPT', key: 'fake-tombstone' });
+      expect(await raw.hgetall(`${namespace}/hash`)).toEqual({ a: '1' });
+      expect(await raw.hgetall(`${namespace}/fake-tombstone`)).toEqual({ s: 'not a stamp' });
+    });
+
+    it.each([
+      ['list', (raw: RedisClient, key: string) => raw.rpush(key, 'a')],
+      ['set', (raw: RedisClient, key: string) => raw.sadd(key, 'a')],
+      ['zset', (raw: RedisClient, key: string) => raw.zadd(key, 1, 'a')],
+      ['stream', (raw: RedisClient, key: string) => raw.xadd(key, '*', 'f', 'v')],
+    ] as const)('get(), has() and getMany() reject a %s where a record should be with E_CORRUPT naming the key', async (type, write) => {
+      const namespace = ns();
+      const raw = connect();
+      const dict = dictOf<string>(namespace);
+      await write(raw, `${namespace}/foreign`);
+      await dict.set('good', 'value');
+      await expect(dict.get('foreign')).rejects.toMatchObject({ code: 'E_CORRUPT', key: 'foreign', message: expect.stringContaining(`a ${type}`) });
+      await expect(dict.has('foreign')).rejects.toMatchObject({ code: 'E_CORRUPT', key: 'foreign' });
+      await expect(dict.getMany(['good', 'foreign'])).rejects.toMatchObject({ code: 'E_CORRUPT', key: 'foreign' });
+      expect(await raw.type(`${namespace}/foreign`)).toBe(type);
+    });
+
+    it('getMany() over records, tombstones and nothing reads tombstones as missing; one foreign key among them rejects naming it', async () => {
+      const namespace = ns();
+      const raw = connect();
+      const dict = dictOf<string>(namespace);
+      // Many keys, so that on the cluster they spread over slots and nodes.
+      const records = Array.from({ length: 30 }, (_, i) => `r${i}`);
+      const tombstones = Array.from({ length: 30 }, (_, i) => `t${i}`);
+      const nothing = Array.from({ length: 30 }, (_, i) => `n${i}`);
+      await dict.setMany([...records, ...tombstones].map((k) => [k, `v-${k}`] as const));
+      await dict.deleteMany(tombstones);
+      expect(await raw.type(`${namespace}/t0`)).toBe('hash');
+      const mixed = records.flatMap((r, i) => [r, tombstones[i]!, nothing[i]!]);
+      expect(await dict.getMany(mixed)).toEqual(mixed.map((k) => (k.startsWith('r') ? `v-${k}` : undefined)));
+      expect(await dict.has('t3')).toBe(false);
+      expect(await dict.get('t3')).toBeUndefined();
+      await raw.sadd(`${namespace}/foreign`, 'x');
+      await expect(dict.getMany([...mixed.slice(0, 45), 'foreign', ...mixed.slice(45)])).rejects.toMatchObject({ code: 'E_CORRUPT', key: 'foreign' });
+      await expect(rejection(dict.getMany([...mixed, 'foreign']))).resolves.toBeInstanceOf(CorruptDataError);
+      expect(await dict.getMany(records)).toEqual(records.map((k) => `v-${k}`));
+    });
+
+    it('reads racing writes and deletes of the same keys (records becoming tombstones and back) never report E_CORRUPT', async () => {
+      const namespace = ns();
+      const writer = dictOf<number>(namespace);
+      const reader = dictOf<number>(namespace);
+      const keys = Array.from({ length: 20 }, (_, i) => `k${i}`);
+      await writer.setMany(keys.map((k) => [k, 0] as const));
+      for (let round = 1; round <= 60; round++) {
+        const write = round % 2 === 0 ? writer.setMany(keys.map((k) => [k, round] as const)) : writer.deleteMany(keys);
+        const reads = [reader.getMany(keys), reader.get(keys[round % keys.length]!), reader.has(keys[(round * 7) % keys.length]!)];
+        await Promise.all([write, ...reads]);
+      }
     });
 
     it('set() and delete() overwrite corrupt data', async () => {
