@@ -18,6 +18,7 @@ import { type OutcomeListener, type PreparedChange, type PublishTarget, SET_OPTI
 import { HybridClock, type Stamp, isStamp } from '../protocol/stamp.js';
 import { type Commands, type RedisClient, type RedisClientLike, chunk, clusterReady, groupBySlot, isCluster, runPerNode, scanTargets, slotOf } from './topology.js';
 import { slotTag } from '../protocol/channels.js';
+import { FramedCommand, bulkLength, frameLength, writeBulkHeader, writeCrlf, writeFrameStart } from './resp.js';
 
 /** Options of {@link RedisDict}. */
 export interface RedisDictOptions<V> {
@@ -392,13 +393,14 @@ export class RedisDict<V = unknown> implements AsyncIterable<[string, V]> {
     if (keys.length === 0) return out;
     const indexed = keys.map((key, index) => ({ key, index, redisKey: this.redisKey(key) }));
     // Per slot and chunk two units, MGET then EXISTS of the same keys: same slot, so same node,
-    // sent together (one pipeline, or consecutive chunks of one send).
+    // sent together (one pipeline, or consecutive chunks of one send). Both are framed here, the
+    // keys' bytes written once for the two (see resp.ts); a resend reuses the frames.
     const units = [...this.bySlot(indexed, (i) => i.redisKey)].flatMap(([slot, items]) =>
       chunk(items, this.batchSize).flatMap((part) => {
-        const redisKeys = part.map((i) => i.redisKey);
+        const frames = new ReadFrames(this.wirePrefix, this.keyPrefix + part[0]!.redisKey, part);
         return [
-          { slot, part, weight: part.length, queue: (p: Commands) => p.mgetBuffer(...redisKeys) },
-          { slot, part, weight: part.length, queue: (p: Commands) => p.exists(...redisKeys) },
+          { slot, part, weight: part.length, queue: (p: Commands) => send(p, frames.command('mget')) },
+          { slot, part, weight: part.length, queue: (p: Commands) => send(p, frames.command('exists')) },
         ];
       }),
     );
@@ -613,6 +615,61 @@ export class RedisDict<V = unknown> implements AsyncIterable<[string, V]> {
       } while (cursor !== '0');
     }
   }
+}
+
+/**
+ * MGET and EXISTS of the same keys (`keyPrefix` + `<namespace>/` + key each), framed in one buffer
+ * each (see resp.ts): ioredis would frame every key of both commands argument by argument. The
+ * keys' section is written once; each command is built on first use.
+ */
+class ReadFrames {
+  private section: Buffer | undefined;
+  private readonly frames = new Map<'mget' | 'exists', Buffer>();
+
+  constructor(
+    private readonly wirePrefix: Buffer,
+    /** A key of the batch as sent (all are in one slot): what ioredis routes the commands by. */
+    private readonly route: string,
+    private readonly part: readonly { readonly key: string }[],
+  ) {}
+
+  command(name: 'mget' | 'exists'): FramedCommand {
+    let frame = this.frames.get(name);
+    if (frame === undefined) {
+      const section = (this.section ??= this.keys());
+      const start = Buffer.allocUnsafe(frameLength(name, this.part.length));
+      writeFrameStart(start, name, this.part.length);
+      frame = Buffer.concat([start, section], start.length + section.length);
+      this.frames.set(name, frame);
+    }
+    return new FramedCommand(name, [this.route], frame);
+  }
+
+  /** `$<len>\r\n<prefix><key>\r\n` per key. */
+  private keys(): Buffer {
+    const { part, wirePrefix } = this;
+    const lengths = new Int32Array(part.length);
+    let size = 0;
+    for (let j = 0; j < part.length; j++) {
+      lengths[j] = wirePrefix.length + Buffer.byteLength(part[j]!.key, 'utf8');
+      size += bulkLength(lengths[j]!);
+    }
+    const out = Buffer.allocUnsafe(size);
+    let at = 0;
+    for (let j = 0; j < part.length; j++) {
+      at = writeBulkHeader(out, at, lengths[j]!);
+      out.set(wirePrefix, at);
+      at += wirePrefix.length;
+      at += out.write(part[j]!.key, at, 'utf8');
+      at = writeCrlf(out, at);
+    }
+    return out;
+  }
+}
+
+/** Sends a framed command on a client or queues it on a pipeline. */
+function send(target: Commands, command: FramedCommand): unknown {
+  return (target as { sendCommand(command: FramedCommand): unknown }).sendCommand(command);
 }
 
 /** HGET's answer for a key that is not a hash (WRONGTYPE), in {@link foreignReason}. */

@@ -166,6 +166,10 @@ describe.each(topologies())('RedisDict contract (%s)', (topology, factory) => {
       expect((await raw.getBuffer(`${prefix}${namespace}/ключ`))?.subarray(35).toString()).toContain('three');
       expect(await raw.type(`${prefix}${namespace}/b`)).toBe('hash');
       for (const key of ['a', 'b', 'ключ']) expect(await raw.exists(`${namespace}/${key}`)).toBe(0);
+      // The read's EXISTS (framed by the library) names the prefixed keys: foreign data is found there.
+      await raw.sadd(`${prefix}${namespace}/foreign`, 'x');
+      await expect(dict.getMany(['a', 'foreign'])).rejects.toMatchObject({ code: 'E_CORRUPT', key: 'foreign' });
+      await raw.del(`${prefix}${namespace}/foreign`);
       // SCAN-based calls find the prefixed keys too.
       expect(await dict.size()).toBe(2);
       const seen: string[] = [];
