@@ -23,7 +23,9 @@ export type ErrorCode =
   | 'E_CLOCK_SKEW'
   | 'E_CONNECTION'
   | 'E_CLUSTER'
-  | 'E_LOADER';
+  | 'E_LOADER'
+  | 'E_READONLY'
+  | 'E_OOM';
 
 /** Codes of the `warning` event of a cache manager. */
 export type WarningCode = 'E_EVICTION_POLICY';
@@ -212,6 +214,22 @@ export class PermissionError extends RedisDictError {
 }
 
 /**
+ * Redis refused a write: the server is a read-only replica (`E_READONLY`: the client is connected
+ * to a replica, or to a master demoted by a failover), or it is out of memory under a `maxmemory`
+ * with the `noeviction` policy (`E_OOM`). Nothing was written. The Redis error is the `cause`. On a
+ * Cluster, READONLY is taken for a failover in progress and retried until `retryTimeoutMs`.
+ */
+export class WriteRefusedError extends RedisDictError {
+  /** The (first) dictionary key of the refused command. */
+  readonly key: string | undefined;
+
+  constructor(code: 'E_READONLY' | 'E_OOM', message: string, options: { key?: string | undefined; cause?: unknown }) {
+    super(code, message, { cause: options.cause });
+    this.key = options.key;
+  }
+}
+
+/**
  * A change was refused because its version stamp is more than `maxDriftMs` ahead of the Redis
  * server's clock: the writer's clock is ahead. Nothing was written for that key.
  */
@@ -239,7 +257,8 @@ export class ClockSkewError extends RedisDictError {
  * script may not run) to {@link PermissionError}, a call the apply script refused as malformed
  * (`BADARGS`) to `E_INVALID_ARGUMENT`, the client's command timeout to {@link TimeoutError}
  * (`E_TIMEOUT`; a write may still be applied), a dropped or refused connection to
- * {@link ConnectionError} (`E_CONNECTION`); any other reply of Redis is returned as it is. `key`
+ * {@link ConnectionError} (`E_CONNECTION`), a write refused by a read-only replica or for lack of
+ * memory to {@link WriteRefusedError} (`E_READONLY`, `E_OOM`); any other reply of Redis is returned as it is. `key`
  * is the (first) dictionary key of the command, for the message. @internal
  */
 export function redisError(error: Error, key: string | undefined, what: string): Error {
@@ -254,6 +273,8 @@ export function redisError(error: Error, key: string | undefined, what: string):
     return new PermissionError(`Redis refused ${what}${about} by ACL: ${text}`, { key, channel, cause: error });
   }
   if (text.startsWith('BADARGS')) return new InvalidArgumentError('E_INVALID_ARGUMENT', `Redis refused ${what}${about}: ${text}`, { cause: error });
+  if (/^READONLY\b/.test(text)) return new WriteRefusedError('E_READONLY', `Redis refused ${what}${about}: the server is a read-only replica: ${text}`, { key, cause: error });
+  if (/^OOM\b/.test(text)) return new WriteRefusedError('E_OOM', `Redis refused ${what}${about}: out of memory (\`maxmemory\` reached, policy \`noeviction\`): ${text}`, { key, cause: error });
   return error;
 }
 

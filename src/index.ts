@@ -54,6 +54,7 @@ export {
   PermissionError,
   ClockSkewError,
   LoaderError,
+  WriteRefusedError,
   type ErrorCode,
   type WarningCode,
   type DictWarning,

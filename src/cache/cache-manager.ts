@@ -12,48 +12,30 @@
  *
  * @module
  */
-import { randomBytes } from 'node:crypto';
 import { EventEmitter } from 'node:events';
 import { bounded, waitOptions } from '../deadline.js';
-import { ClosedError, InvalidArgumentError, LoaderError, TimeoutError, asError } from '../errors.js';
+import { ClosedError } from '../errors.js';
 import { type DictKey, normalizeKey, normalizeKeys } from '../protocol/keys.js';
 import { MalformedMessageError, type Message, type MessageEntry } from '../protocol/messages.js';
-import { checkOptions, describe, integerOption, invalidOption } from '../options.js';
+import { invalidOption } from '../options.js';
 import { PubSubRedisDict } from '../store/pubsub-redis-dict.js';
 import { collectEntries } from '../store/redis-dict.js';
 import type { VersionedValue } from '../protocol/record.js';
 import { type Stamp } from '../protocol/stamp.js';
 import { type ResyncReason, Subscriber } from './subscriber.js';
-import { NearCache } from './near-cache.js';
+import { GetOrSet } from './get-or-set.js';
+import { NearCache, SETTLED, type Settled } from './near-cache.js';
 import { resolveCacheManagerOptions } from './resolve-options.js';
 import { CacheView, makeStorage } from './storage.js';
 import {
-  type CacheEntry,
   type CacheManagerEvents,
   type CacheStats,
   DEFAULT_READY_TIMEOUT_MS,
   type GetOrSetOptions,
   type PubSubCacheManagerOptions,
   type ReadyOptions,
-  type StaleReason,
 } from './types.js';
 import { type SetOptions, type WriteOutcome } from '../store/types.js';
-
-/** Option names of {@link GetOrSetOptions}, for validation. */
-const GET_OR_SET_OPTION_KEYS = ['ttlMs', 'staleWhileRevalidateMs', 'graceMs', 'timeoutMs', 'lockTtlMs'] as const;
-
-/** Validated {@link GetOrSetOptions}. */
-interface LoadOptions {
-  readonly expiresAt: number | undefined;
-  readonly ttlMs: number;
-  readonly swr: number;
-  readonly grace: number;
-  readonly timeoutMs: number;
-  readonly lockTtlMs: number;
-}
-
-/** How often a caller waiting for another instance's lock looks again (a message wakes it sooner), in ms. */
-const LOCK_POLL_MS = 50;
 
 /**
  * A write-through near cache: reads are served from local memory, misses go to Redis (concurrent
@@ -113,10 +95,8 @@ export class PubSubCacheManager<V = unknown> extends EventEmitter<CacheManagerEv
   private lastGapResyncAt = -Infinity;
   /** The deferred resync of gaps noticed during the quiet interval. */
   private gapTimer: NodeJS.Timeout | undefined;
-  /** `getOrSet` loads in flight, one per key; `fail` rejects its callers when the manager closes. */
-  private readonly flights = new Map<string, { promise: Promise<V>; fail: (error: Error) => void }>();
-  /** Callers waiting for a write of a key (another instance's load). */
-  private readonly writeWaiters = new Map<string, Set<() => void>>();
+  /** `getOrSet`: its hot path, loads in flight (one per key), the fleet-wide lock, stale serving. */
+  private readonly loads: GetOrSet<V>;
 
   /**
    * @param store - a {@link PubSubRedisDict}; one cache manager per store.
@@ -139,7 +119,15 @@ export class PubSubCacheManager<V = unknown> extends EventEmitter<CacheManagerEv
       cacheMisses: o.cacheMisses,
       read: (keys) => store.readVersioned(keys),
       isTooFarAhead: (stamp) => store.clock.isTooFarAhead(stamp),
-      onWrite: (k) => this.wakeWriteWaiters(k),
+      onWrite: (k) => this.loads.wake(k),
+    });
+    this.loads = new GetOrSet<V>(this.core, store, this.counters, {
+      isClosed: () => this.closed,
+      assertOpen: () => this.assertOpen(),
+      write: (change) => this.writeThrough([change]),
+      onStale: (k, reason, error) => this.emit('stale', k, reason, error),
+      onLoadError: (k, error) => this.emit('loadError', k, error),
+      reportError: (error) => this.reportError(error),
     });
     this.gapResyncIntervalMs = o.gapResyncIntervalMs;
     store.claim(this);
@@ -312,15 +300,6 @@ export class PubSubCacheManager<V = unknown> extends EventEmitter<CacheManagerEv
     return out;
   }
 
-  /** Wakes the callers waiting for a write of `k` (see {@link waitForWrite}). */
-  private wakeWriteWaiters(k: string): void {
-    const waiters = this.writeWaiters.get(k);
-    if (waiters !== undefined) {
-      this.writeWaiters.delete(k);
-      for (const wake of waiters) wake();
-    }
-  }
-
   // ---------------------------------------------------------------- cache-aside
 
   /**
@@ -340,211 +319,7 @@ export class PubSubCacheManager<V = unknown> extends EventEmitter<CacheManagerEv
    * @throws InvalidArgumentError `E_INVALID_KEY`, `E_INVALID_OPTION` or `E_INVALID_ARGUMENT` (loader not a function).
    */
   getOrSet(key: DictKey, loader: () => V | Promise<V>, options?: GetOrSetOptions): Promise<V> {
-    // Hot path, as in get(): a string key is looked up as is (only validated keys were ever
-    // cached), and valid options are checked without allocating; anything else takes the full path.
-    if (typeof key === 'string' && !this.closed && typeof loader === 'function' && validLoadOptions(options)) {
-      // An expired entry must still be there for this call's stale-while-revalidate and grace.
-      if (options !== undefined) {
-        const keep = Math.max(options.staleWhileRevalidateMs ?? 0, options.graceMs ?? 0);
-        this.core.retain(keep);
-      }
-      const entry = this.core.lookup(key) as Settled<V> | undefined;
-      if (entry !== undefined && entry.present) {
-        this.counters.hits++;
-        return (entry[SETTLED] ??= Promise.resolve(entry.value)) as Promise<V>;
-      }
-    }
-    return this.getOrSetSlow(key, loader, options);
-  }
-
-  private getOrSetSlow(key: DictKey, loader: () => V | Promise<V>, options?: GetOrSetOptions): Promise<V> {
-    let k: string;
-    let opts: LoadOptions;
-    try {
-      this.assertOpen();
-      k = normalizeKey(key);
-      if (typeof loader !== 'function') throw new InvalidArgumentError('E_INVALID_ARGUMENT', `getOrSet: expected \`loader\` to be a function, got ${describe(loader)}`);
-      opts = options === undefined ? this.defaultLoadOptions() : this.loadOptions(options);
-    } catch (error) {
-      return Promise.reject(error as Error);
-    }
-    const entry = this.core.lookup(k) as Settled<V> | undefined;
-    if (entry !== undefined && entry.present) {
-      this.counters.hits++;
-      return (entry[SETTLED] ??= Promise.resolve(entry.value)) as Promise<V>;
-    }
-    this.counters.misses++;
-    return this.getOrLoad(k, loader, opts);
-  }
-
-  private defaultLoadOptions(): LoadOptions {
-    const ttlMs = this.store.defaultTtlMs;
-    return { expiresAt: undefined, ttlMs, swr: 0, grace: 0, timeoutMs: 0, lockTtlMs: 10_000 };
-  }
-
-  private loadOptions(options: GetOrSetOptions): LoadOptions {
-    const where = 'getOrSet';
-    const o = checkOptions(where, options, GET_OR_SET_OPTION_KEYS);
-    const ttlMs = integerOption(where, 'ttlMs', o['ttlMs'], this.store.defaultTtlMs, 0);
-    // Validated as set() would (range of the expiry time); the time itself is fixed at the write.
-    this.store.expiryOf(where, { ttlMs });
-    const swr = integerOption(where, 'staleWhileRevalidateMs', o['staleWhileRevalidateMs'], 0, 0);
-    const grace = integerOption(where, 'graceMs', o['graceMs'], 0, 0);
-    const timeoutMs = integerOption(where, 'timeoutMs', o['timeoutMs'], 0, 1);
-    const lockTtlMs = integerOption(where, 'lockTtlMs', o['lockTtlMs'], 10_000, 1);
-    this.core.retain(Math.max(swr, grace));
-    return { expiresAt: undefined, ttlMs, swr, grace, timeoutMs, lockTtlMs };
-  }
-
-  /** The last known value of `k` if it is within `windowMs` of its expiry (expired or not). */
-  private staleEntry(k: string, windowMs: number): CacheEntry<V> | undefined {
-    if (windowMs <= 0) return undefined;
-    const entry = this.core.peek(k);
-    if (entry === undefined || !entry.present) return undefined;
-    return this.core.now() < entry.expiresAt + windowMs ? entry : undefined;
-  }
-
-  private serveStaleValue(k: string, entry: CacheEntry<V>, reason: StaleReason, error?: Error): V {
-    this.counters.staleServed++;
-    this.emit('stale', k, reason, error);
-    return entry.value as V;
-  }
-
-  private async getOrLoad(k: string, loader: () => V | Promise<V>, opts: LoadOptions): Promise<V> {
-    // Stale-while-revalidate: the previous value at once, one refresh in the background.
-    if (opts.swr > 0 && this.core.serving) {
-      const stale = this.staleEntry(k, opts.swr);
-      if (stale !== undefined && stale.expiresAt <= this.core.now()) {
-        if (!this.flights.has(k)) {
-          this.counters.refreshes++;
-          this.flight(k, loader, opts).promise.catch(() => undefined);
-        }
-        return this.serveStaleValue(k, stale, 'revalidate');
-      }
-    }
-    const { promise } = this.flight(k, loader, opts);
-    let result: Promise<V> = promise;
-    let timer: NodeJS.Timeout | undefined;
-    let timedOut = false;
-    if (opts.timeoutMs > 0) {
-      const timeout = new Promise<never>((_, reject) => {
-        timer = setTimeout(() => {
-          timedOut = true;
-          reject(new TimeoutError(`getOrSet: key \`${k}\` was not loaded within ${opts.timeoutMs} ms`));
-        }, opts.timeoutMs);
-      });
-      result = Promise.race([promise, timeout]);
-    }
-    try {
-      return await result;
-    } catch (error) {
-      const failure = asError(error);
-      if (failure instanceof ClosedError) throw failure;
-      // Fail-safe: the last known value, within the grace (or, on a timeout, the refresh window).
-      const stale = this.staleEntry(k, timedOut ? Math.max(opts.grace, opts.swr) : opts.grace);
-      if (stale !== undefined) return this.serveStaleValue(k, stale, timedOut ? 'timeout' : 'grace', failure);
-      throw failure;
-    } finally {
-      clearTimeout(timer);
-    }
-  }
-
-  /** The load of `k` in flight, or a new one: one per key in the process. */
-  private flight(k: string, loader: () => V | Promise<V>, opts: LoadOptions): { promise: Promise<V>; fail: (error: Error) => void } {
-    let flight = this.flights.get(k);
-    if (flight !== undefined) return flight;
-    let fail!: (error: Error) => void;
-    const done = (): void => {
-      if (this.flights.get(k) === flight) this.flights.delete(k);
-    };
-    const promise = new Promise<V>((resolve, reject) => {
-      fail = reject;
-      this.loadAcrossFleet(k, loader, opts).then(
-        (value) => {
-          done();
-          resolve(value);
-        },
-        (error: unknown) => {
-          // Gone from the map first: a call made when the error is reported starts a new load.
-          done();
-          if (error instanceof LoaderError) {
-            this.counters.loadErrors++;
-            this.emit('loadError', k, error);
-          }
-          reject(error as Error);
-        },
-      );
-    });
-    flight = { promise, fail };
-    this.flights.set(k, flight);
-    return flight;
-  }
-
-  /**
-   * Reads `k` from Redis; when it has no value, takes the fleet-wide load lock and loads, or waits
-   * for the instance holding it (its write wakes us; the lock expiring lets us take over).
-   */
-  private async loadAcrossFleet(k: string, loader: () => V | Promise<V>, opts: LoadOptions): Promise<V> {
-    let waited = false;
-    for (;;) {
-      this.assertOpen();
-      const found = await this.core.load(k);
-      if (found !== undefined) return found.value;
-      const token = randomBytes(12).toString('base64');
-      if (await this.store.acquireLock(k, token, opts.lockTtlMs)) {
-        try {
-          // Written between our read and the lock: no load needed.
-          const again = await this.core.load(k);
-          if (again !== undefined) return again.value;
-          return await this.callLoader(k, loader, opts);
-        } finally {
-          this.store.releaseLock(k, token).catch((error: unknown) => this.reportError(asError(error)));
-        }
-      }
-      if (!waited) {
-        waited = true;
-        this.counters.lockWaits++;
-      }
-      await this.waitForWrite(k, LOCK_POLL_MS);
-    }
-  }
-
-  private async callLoader(k: string, loader: () => V | Promise<V>, opts: LoadOptions): Promise<V> {
-    this.counters.loads++;
-    let value: V;
-    try {
-      value = await loader();
-    } catch (cause) {
-      throw new LoaderError(k, cause);
-    }
-    if (this.closed) return value;
-    // The expiry time is fixed now, when the value is stored.
-    const expiresAt = this.store.expiryOf('getOrSet', { ttlMs: opts.ttlMs });
-    const payload = this.store.encodeValue(k, value);
-    try {
-      await this.writeThrough([{ key: k, stamp: this.store.clock.now(), deleted: false, value, payload, expiresAt }]);
-    } catch (error) {
-      // The value is returned though not stored; the next call loads again.
-      this.reportError(asError(error));
-    }
-    return value;
-  }
-
-  /** Resolves on the next write announced for `k` (message or local write), or after `ms`. */
-  private waitForWrite(k: string, ms: number): Promise<void> {
-    return new Promise((resolve) => {
-      let waiters = this.writeWaiters.get(k);
-      if (waiters === undefined) this.writeWaiters.set(k, (waiters = new Set()));
-      const wake = (): void => {
-        clearTimeout(timer);
-        waiters.delete(wake);
-        if (waiters.size === 0 && this.writeWaiters.get(k) === waiters) this.writeWaiters.delete(k);
-        resolve();
-      };
-      const timer = setTimeout(wake, ms);
-      timer.unref();
-      waiters.add(wake);
-    });
+    return this.loads.getOrSet(key, loader, options);
   }
 
   // ---------------------------------------------------------------- writes (write-through)
@@ -882,8 +657,7 @@ export class PubSubCacheManager<V = unknown> extends EventEmitter<CacheManagerEv
     this.core.close();
     if (this.gapTimer !== undefined) clearTimeout(this.gapTimer);
     this.gapTimer = undefined;
-    for (const { fail } of this.flights.values()) fail(new ClosedError(this.constructor.name));
-    this.flights.clear();
+    this.loads.close(new ClosedError(this.constructor.name));
     await this.subscriber.close();
     this.store.release(this);
     this.core.clear();
@@ -895,40 +669,7 @@ export class PubSubCacheManager<V = unknown> extends EventEmitter<CacheManagerEv
   }
 }
 
-/** Largest `ttlMs` the hot path of `getOrSet` accepts without the full check (which also bounds the expiry time). */
-const FAST_MAX_TTL_MS = 1e15;
-
-/** Optional non-negative safe integer. */
-function optionalCount(value: unknown, min: number, max = Number.MAX_SAFE_INTEGER): boolean {
-  return value === undefined || (typeof value === 'number' && Number.isSafeInteger(value) && value >= min && value <= max);
-}
-
-/**
- * True when `options` are valid {@link GetOrSetOptions}, checked without allocating (the hot path of
- * a hit); false sends the call to the full check, which throws the precise error.
- */
-function validLoadOptions(options: unknown): boolean {
-  if (options === undefined) return true;
-  if (typeof options !== 'object' || options === null || Array.isArray(options)) return false;
-  for (const name in options) {
-    if (name !== 'ttlMs' && name !== 'staleWhileRevalidateMs' && name !== 'graceMs' && name !== 'timeoutMs' && name !== 'lockTtlMs') return false;
-  }
-  const o = options as GetOrSetOptions;
-  return (
-    optionalCount(o.ttlMs, 0, FAST_MAX_TTL_MS) &&
-    optionalCount(o.staleWhileRevalidateMs, 0) &&
-    optionalCount(o.graceMs, 0) &&
-    optionalCount(o.timeoutMs, 1) &&
-    optionalCount(o.lockTtlMs, 1)
-  );
-}
-
 /** The hit answer of a cached miss. */
 const UNDEFINED: Promise<undefined> = Promise.resolve(undefined);
 
-/** Key of a served entry's value as a settled promise (internal, not part of {@link CacheEntry}). */
-const SETTLED = Symbol('settled');
-
-/** A cached entry as the hot path sees it. */
-type Settled<V> = CacheEntry<V> & { [SETTLED]?: Promise<V | undefined> };
 

@@ -18,6 +18,7 @@ import { type OutcomeListener, type PreparedChange, type PublishTarget, SET_OPTI
 import { HybridClock, type Stamp, isStamp } from '../protocol/stamp.js';
 import { type Commands, type RedisClient, type RedisClientLike, chunk, clusterReady, groupBySlot, isCluster, runPerNode, scanTargets, slotOf } from './topology.js';
 import { slotTag } from '../protocol/channels.js';
+import { FramedCommand, bulkLength, frameLength, writeBulkHeader, writeCrlf, writeFrameStart } from './resp.js';
 
 /** Options of {@link RedisDict}. */
 export interface RedisDictOptions<V> {
@@ -381,33 +382,85 @@ export class RedisDict<V = unknown> implements AsyncIterable<[string, V]> {
    * `undefined` for missing, deleted or expired by this dictionary's clock (Redis may not have
    * expired the key yet, its clock may be behind). Observes every stamp read.
    *
-   * @throws CorruptDataError when a stored value is not a record of this library.
+   * MGET answers nil for a key of another Redis type, so each MGET goes with an EXISTS of its keys
+   * in the same round trip; only when EXISTS counts more keys than MGET found (a tombstone, or data
+   * of another type) are those nil keys classified, in one more round trip ({@link classifyNilKeys}).
+   *
+   * @throws CorruptDataError when a stored value is not a record of this library, whatever its type.
    */
   private async readRecords(keys: readonly string[]): Promise<(SplitRecord | undefined)[]> {
     const out: (SplitRecord | undefined)[] = new Array(keys.length).fill(undefined);
     if (keys.length === 0) return out;
     const indexed = keys.map((key, index) => ({ key, index, redisKey: this.redisKey(key) }));
+    // Per slot and chunk two units, MGET then EXISTS of the same keys: same slot, so same node,
+    // sent together (one pipeline, or consecutive chunks of one send). Both are framed here, the
+    // keys' bytes written once for the two (see resp.ts); a resend reuses the frames.
     const units = [...this.bySlot(indexed, (i) => i.redisKey)].flatMap(([slot, items]) =>
-      chunk(items, this.batchSize).map((part) => ({
-        slot,
-        part,
-        weight: part.length,
-        queue: (p: Commands) => p.mgetBuffer(...part.map((i) => i.redisKey)),
-      })),
+      chunk(items, this.batchSize).flatMap((part) => {
+        const frames = new ReadFrames(this.wirePrefix, this.keyPrefix + part[0]!.redisKey, part);
+        return [
+          { slot, part, weight: part.length, queue: (p: Commands) => send(p, frames.command('mget')) },
+          { slot, part, weight: part.length, queue: (p: Commands) => send(p, frames.command('exists')) },
+        ];
+      }),
     );
     const replies = await runPerNode(this.redis, units, undefined, { timeoutMs: this.retryTimeoutMs });
-    units.forEach((unit, u) => {
+    let suspects: { key: string; redisKey: string }[] | undefined;
+    for (let u = 0; u < units.length; u += 2) {
+      const unit = units[u]!;
       const [err, values] = replies[u]!;
       if (err) throw redisError(err, unit.part[0]?.key, 'the read');
+      const [existsErr, existing] = replies[u + 1]!;
+      if (existsErr) throw redisError(existsErr, unit.part[0]?.key, 'the read');
+      let found = 0;
       (values as (Buffer | null)[]).forEach((raw, j) => {
         const { key, index } = unit.part[j]!;
         if (raw === null) return;
+        found++;
         const record = splitRecord(key, raw);
         this.clock.observe(record.stamp);
         if (record.expiresAt === undefined || !this.isExpired(record.expiresAt)) out[index] = record;
       });
-    });
+      if ((existing as number) > found) {
+        suspects ??= [];
+        (values as (Buffer | null)[]).forEach((raw, j) => {
+          if (raw === null) suspects!.push(unit.part[j]!);
+        });
+      }
+    }
+    if (suspects !== undefined) await this.classifyNilKeys(suspects);
     return out;
+  }
+
+  /**
+   * Classifies keys that MGET answered nil for while some of them exist: a tombstone (a hash whose
+   * field `s` is a stamp) or nothing reads as missing; anything else (a list, set, sorted set,
+   * stream, a hash without a valid stamp) rejects with {@link CorruptDataError} naming the key.
+   * One round trip: `HGET <key> s` then `TYPE <key>` per key, pipelined per node.
+   *
+   * The two replies are read so that the library's own transitions in between (a tombstone written
+   * over by a record, a record deleted into a tombstone, an expiry) never look foreign: only a type
+   * the library never writes, or a hash without a stamp, counts.
+   */
+  private async classifyNilKeys(suspects: readonly { key: string; redisKey: string }[]): Promise<void> {
+    const unique = [...new Map(suspects.map((s) => [s.key, s])).values()];
+    const units = [...this.bySlot(unique, (s) => s.redisKey)].flatMap(([slot, items]) =>
+      items.flatMap((item) => [
+        { slot, item, queue: (p: Commands) => p.hget(item.redisKey, 's') },
+        { slot, item, queue: (p: Commands) => p.type(item.redisKey) },
+      ]),
+    );
+    const replies = await runPerNode(this.redis, units, undefined, { timeoutMs: this.retryTimeoutMs });
+    for (let u = 0; u < units.length; u += 2) {
+      const { key } = units[u]!.item;
+      const [hgetErr, field] = replies[u]!;
+      const [typeErr, type] = replies[u + 1]!;
+      if (typeErr) throw redisError(typeErr, key, 'the read');
+      const wrongType = hgetErr !== null && hgetErr.message.startsWith('WRONGTYPE');
+      if (hgetErr !== null && !wrongType) throw redisError(hgetErr, key, 'the read');
+      const reason = foreignReason(wrongType ? WRONG_TYPE : (field as string | null), type as string);
+      if (reason !== undefined) throw new CorruptDataError(key, reason);
+    }
   }
 
   /**
@@ -562,6 +615,78 @@ export class RedisDict<V = unknown> implements AsyncIterable<[string, V]> {
       } while (cursor !== '0');
     }
   }
+}
+
+/**
+ * MGET and EXISTS of the same keys (`keyPrefix` + `<namespace>/` + key each), framed in one buffer
+ * each (see resp.ts): ioredis would frame every key of both commands argument by argument. The
+ * keys' section is written once; each command is built on first use.
+ */
+class ReadFrames {
+  private section: Buffer | undefined;
+  private readonly frames = new Map<'mget' | 'exists', Buffer>();
+
+  constructor(
+    private readonly wirePrefix: Buffer,
+    /** A key of the batch as sent (all are in one slot): what ioredis routes the commands by. */
+    private readonly route: string,
+    private readonly part: readonly { readonly key: string }[],
+  ) {}
+
+  command(name: 'mget' | 'exists'): FramedCommand {
+    let frame = this.frames.get(name);
+    if (frame === undefined) {
+      const section = (this.section ??= this.keys());
+      const start = Buffer.allocUnsafe(frameLength(name, this.part.length));
+      writeFrameStart(start, name, this.part.length);
+      frame = Buffer.concat([start, section], start.length + section.length);
+      this.frames.set(name, frame);
+    }
+    return new FramedCommand(name, [this.route], frame);
+  }
+
+  /** `$<len>\r\n<prefix><key>\r\n` per key. */
+  private keys(): Buffer {
+    const { part, wirePrefix } = this;
+    const lengths = new Int32Array(part.length);
+    let size = 0;
+    for (let j = 0; j < part.length; j++) {
+      lengths[j] = wirePrefix.length + Buffer.byteLength(part[j]!.key, 'utf8');
+      size += bulkLength(lengths[j]!);
+    }
+    const out = Buffer.allocUnsafe(size);
+    let at = 0;
+    for (let j = 0; j < part.length; j++) {
+      at = writeBulkHeader(out, at, lengths[j]!);
+      out.set(wirePrefix, at);
+      at += wirePrefix.length;
+      at += out.write(part[j]!.key, at, 'utf8');
+      at = writeCrlf(out, at);
+    }
+    return out;
+  }
+}
+
+/** Sends a framed command on a client or queues it on a pipeline. */
+function send(target: Commands, command: FramedCommand): unknown {
+  return (target as { sendCommand(command: FramedCommand): unknown }).sendCommand(command);
+}
+
+/** HGET's answer for a key that is not a hash (WRONGTYPE), in {@link foreignReason}. */
+const WRONG_TYPE = Symbol('WRONGTYPE');
+
+/**
+ * Why a key that MGET answered nil for holds foreign data, or undefined when it reads as missing,
+ * from `HGET <key> s` (`field`) and then `TYPE <key>` (`type`). Of the types, the library writes
+ * strings (records) and hashes (tombstones) only.
+ */
+function foreignReason(field: string | null | typeof WRONG_TYPE, type: string): string | undefined {
+  if (typeof field === 'string') return isStamp(field) ? undefined : 'a hash whose field `s` is not a stamp';
+  // Not a hash at the HGET (or nothing): foreign only if it is of a type the library never writes
+  // (a hash now may be the tombstone of a record deleted in between).
+  if (type === 'none' || type === 'string') return undefined;
+  if (type === 'hash') return field === WRONG_TYPE ? undefined : 'a hash without a stamp field `s`';
+  return `a ${type}`;
 }
 
 function throwFailure(outcomes: readonly WriteOutcome<unknown>[]): void {

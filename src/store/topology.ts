@@ -308,6 +308,29 @@ function sendChunk(
       (error: unknown): [Error | null, unknown][] => [[asError(error), undefined]],
     );
   }
+  const stream = !asking && indexes.length <= CORKED_MAX_UNITS && !isCluster(target) && target.status === 'ready' ? corkable(target) : undefined;
+  if (stream !== undefined) {
+    // A few commands on a standalone server (a read's MGET and EXISTS): sent as plain commands
+    // with the socket corked, so they leave in one write like a pipeline, without the cost of an
+    // ioredis Pipeline (measured: a one-key MGET + EXISTS 65 µs corked, 80 µs as a pipeline, MGET
+    // alone 61 µs). ioredis writes a command synchronously when its connection is ready.
+    const replies: Promise<[Error | null, unknown]>[] = [];
+    stream.cork();
+    try {
+      for (const index of indexes) {
+        let reply: Promise<unknown>;
+        try {
+          reply = Promise.resolve(queue(index, target));
+        } catch (error) {
+          reply = Promise.reject(error);
+        }
+        replies.push(reply.then((value): [Error | null, unknown] => [null, value], (error: unknown): [Error | null, unknown] => [asError(error), undefined]));
+      }
+    } finally {
+      stream.uncork();
+    }
+    return Promise.all(replies);
+  }
   const pipeline = target.pipeline();
   for (const index of indexes) {
     // ASKING allows the next command only: one before each.
@@ -320,6 +343,17 @@ function sendChunk(
     // The chunk failed as a whole (connection closed...): each of its units failed, the others stand.
     (error: unknown) => indexes.map((): [Error | null, unknown] => [asError(error), undefined]),
   );
+}
+
+/** Most units of a chunk sent as corked plain commands instead of a pipeline (see {@link sendChunk}). */
+const CORKED_MAX_UNITS = 4;
+
+/** The socket of a standalone client, when it can be corked. */
+function corkable(client: Redis): { cork(): void; uncork(): void } | undefined {
+  const stream = (client as { stream?: { cork?: unknown; uncork?: unknown; writable?: boolean } }).stream;
+  return stream !== undefined && stream.writable === true && typeof stream.cork === 'function' && typeof stream.uncork === 'function'
+    ? (stream as { cork(): void; uncork(): void })
+    : undefined;
 }
 
 /** Refreshes the Cluster's slot map (joins a refresh in progress). */

@@ -181,11 +181,16 @@ describe.each(topologies())('ACL recipes of docs/security.md (%s)', (topology) =
       await writer.setMany([
         ['a', 1],
         ['b', 2],
+        ['gone', 3],
       ]);
+      await writer.delete('gone');
       const { m, errors, resyncs } = manager(new PubSubRedisDict<unknown>(clientAs(topology, user), ns), { onReconnect: 'clear' });
       await m.ready();
       expect(await m.get('a')).toBe(1);
       expect(await m.getMany(['a', 'b', 'c'])).toEqual([1, 2, undefined]);
+      // A tombstone: EXISTS counts it, HGET and TYPE tell it from foreign data (all in the recipe).
+      expect(await m.getMany(['a', 'gone'])).toEqual([1, undefined]);
+      expect(await m.has('gone')).toBe(false);
       expect(await m.has('b')).toBe(true);
       expect(await m.size()).toBe(2);
       expect((await collect(m.keys())).sort()).toEqual(['a', 'b']);

@@ -166,6 +166,10 @@ describe.each(topologies())('RedisDict contract (%s)', (topology, factory) => {
       expect((await raw.getBuffer(`${prefix}${namespace}/ключ`))?.subarray(35).toString()).toContain('three');
       expect(await raw.type(`${prefix}${namespace}/b`)).toBe('hash');
       for (const key of ['a', 'b', 'ключ']) expect(await raw.exists(`${namespace}/${key}`)).toBe(0);
+      // The read's EXISTS (framed by the library) names the prefixed keys: foreign data is found there.
+      await raw.sadd(`${prefix}${namespace}/foreign`, 'x');
+      await expect(dict.getMany(['a', 'foreign'])).rejects.toMatchObject({ code: 'E_CORRUPT', key: 'foreign' });
+      await raw.del(`${prefix}${namespace}/foreign`);
       // SCAN-based calls find the prefixed keys too.
       expect(await dict.size()).toBe(2);
       const seen: string[] = [];
@@ -302,21 +306,27 @@ describe.each(topologies())('RedisDict contract (%s)', (topology, factory) => {
       const dict = dictOf<number>(ns(), undefined, client);
       const entries = Array.from({ length: 200 }, (_, i): [string, number] => [`rt-${i}`, i]);
       const keys = entries.map(([k]) => k);
-      // ioredis sends a whole pipeline with one socket write, so socket writes per node count
-      // round trips. Warm up first: connect every node and load the script, so that no lazy
-      // connection or NOSCRIPT fallback adds writes to the ones counted.
+      // ioredis sends a whole pipeline with one socket write (and the library a few commands with
+      // the socket corked, flushed as one), so socket writes per node count round trips: counted
+      // where the socket hands bytes to the system (`_write`, or `_writev` for corked writes).
+      // Warm up first: connect every node and load the script, so that no lazy connection or
+      // NOSCRIPT fallback adds writes to the ones counted.
       await dict.setMany(entries);
       await dict.getMany(keys);
       const nodes = await dataNodes(client);
       for (const node of nodes) expect(node.status).toBe('ready');
 
       const countWrites = async (operation: () => Promise<unknown>): Promise<number[]> => {
-        const spies = nodes.map((node) => vi.spyOn(node.stream, 'write'));
+        type Flushing = { _write: (...args: unknown[]) => void; _writev: (...args: unknown[]) => void };
+        const spies = nodes.map((node) => [vi.spyOn(node.stream as unknown as Flushing, '_write'), vi.spyOn(node.stream as unknown as Flushing, '_writev')] as const);
         try {
           await operation();
-          return spies.map((spy) => spy.mock.calls.length);
+          return spies.map(([write, writev]) => write.mock.calls.length + writev.mock.calls.length);
         } finally {
-          for (const spy of spies) spy.mockRestore();
+          for (const [write, writev] of spies) {
+            write.mockRestore();
+            writev.mockRestore();
+          }
         }
       };
 
@@ -335,13 +345,14 @@ describe.each(topologies())('RedisDict contract (%s)', (topology, factory) => {
       }
 
       if (!isClusterTopology) {
-        // On one server the whole batch is one command, not one per key.
+        // On one server the whole batch is one command, not one per key (a read: MGET and the
+        // EXISTS of the same keys, in one pipeline; live keys, so no follow-up).
         const send = vi.spyOn(client as Redis, 'sendCommand');
         try {
-          await dict.getMany(keys);
           await dict.setMany(entries);
+          await dict.getMany(keys);
           await dict.deleteMany(keys);
-          expect(send.mock.calls.map(([command]) => command.name.toLowerCase())).toEqual(['mget', 'evalsha', 'evalsha']);
+          expect(send.mock.calls.map(([command]) => command.name.toLowerCase())).toEqual(['evalsha', 'mget', 'exists', 'evalsha']);
         } finally {
           send.mockRestore();
         }
@@ -454,7 +465,7 @@ describe.each(topologies())('RedisDict contract (%s)', (topology, factory) => {
       expect(await collect(dict.entries())).toEqual([]);
     });
 
-    it('skips foreign keys of other Redis types stored in the namespace', async () => {
+    it('iteration skips foreign keys of other Redis types stored in the namespace; get() and has() reject them with E_CORRUPT', async () => {
       const namespace = ns();
       const raw = connect();
       const dict = dictOf<number>(namespace);
@@ -462,9 +473,10 @@ describe.each(topologies())('RedisDict contract (%s)', (topology, factory) => {
       await raw.rpush(`${namespace}/list`, 'x');
       await raw.sadd(`${namespace}/set`, 'x');
       expect(await collect(dict.keys())).toEqual(['real']);
+      expect(await collect(dict.entries())).toEqual([['real', 1]]);
       expect(await dict.size()).toBe(1);
-      expect(await dict.get('list')).toBeUndefined();
-      expect(await dict.has('set')).toBe(false);
+      await expect(dict.get('list')).rejects.toMatchObject({ code: 'E_CORRUPT', key: 'list' });
+      await expect(dict.has('set')).rejects.toMatchObject({ code: 'E_CORRUPT', key: 'set' });
     });
   });
 
@@ -855,17 +867,72 @@ describe.each(topologies())('RedisDict contract (%s)', (topology, factory) => {
       expect(stamps.slice(1)).toEqual(['', '', undefined, undefined, undefined, undefined, undefined]);
     });
 
-    // Not done (issue #14 §2): a read is one MGET, which answers nil for a key of another Redis
-    // type, so get() and has() cannot tell a foreign hash (or list, set...) from nothing without
-    // one more command per missing key, which the read-only ACL recipe (docs/security.md) does not
-    // allow. A foreign string already rejects with E_CORRUPT (tests above).
-    it.fails('get() and has() reject a plain hash where a record should be with E_CORRUPT naming the key', async () => {
+    // A read is MGET + EXISTS in one round trip; when EXISTS counts keys MGET answered nil for,
+    // those are classified (HGET s, TYPE): tombstones read as missing, data of another type rejects.
+    it('get() and has() reject a plain hash where a record should be with E_CORRUPT naming the key', async () => {
       const namespace = ns();
       const raw = connect();
       const dict = dictOf<string>(namespace);
       await raw.hset(`${namespace}/hash`, 'a', '1');
       await expect(dict.get('hash')).rejects.toMatchObject({ code: 'E_CORRUPT', key: 'hash' });
       await expect(dict.has('hash')).rejects.toMatchObject({ code: 'E_CORRUPT', key: 'hash' });
+      await expect(dict.getMany(['nothing', 'hash'])).rejects.toMatchObject({ code: 'E_CORRUPT', key: 'hash' });
+      // A hash whose `s` is not a stamp is not a tombstone either; and nothing was changed.
+      await raw.hset(`${namespace}/fake-tombstone`, 's', 'not a stamp');
+      await expect(dict.get('fake-tombstone')).rejects.toMatchObject({ code: 'E_CORRUPT', key: 'fake-tombstone' });
+      expect(await raw.hgetall(`${namespace}/hash`)).toEqual({ a: '1' });
+      expect(await raw.hgetall(`${namespace}/fake-tombstone`)).toEqual({ s: 'not a stamp' });
+    });
+
+    it.each([
+      ['list', (raw: RedisClient, key: string) => raw.rpush(key, 'a')],
+      ['set', (raw: RedisClient, key: string) => raw.sadd(key, 'a')],
+      ['zset', (raw: RedisClient, key: string) => raw.zadd(key, 1, 'a')],
+      ['stream', (raw: RedisClient, key: string) => raw.xadd(key, '*', 'f', 'v')],
+    ] as const)('get(), has() and getMany() reject a %s where a record should be with E_CORRUPT naming the key', async (type, write) => {
+      const namespace = ns();
+      const raw = connect();
+      const dict = dictOf<string>(namespace);
+      await write(raw, `${namespace}/foreign`);
+      await dict.set('good', 'value');
+      await expect(dict.get('foreign')).rejects.toMatchObject({ code: 'E_CORRUPT', key: 'foreign', message: expect.stringContaining(`a ${type}`) });
+      await expect(dict.has('foreign')).rejects.toMatchObject({ code: 'E_CORRUPT', key: 'foreign' });
+      await expect(dict.getMany(['good', 'foreign'])).rejects.toMatchObject({ code: 'E_CORRUPT', key: 'foreign' });
+      expect(await raw.type(`${namespace}/foreign`)).toBe(type);
+    });
+
+    it('getMany() over records, tombstones and nothing reads tombstones as missing; one foreign key among them rejects naming it', async () => {
+      const namespace = ns();
+      const raw = connect();
+      const dict = dictOf<string>(namespace);
+      // Many keys, so that on the cluster they spread over slots and nodes.
+      const records = Array.from({ length: 30 }, (_, i) => `r${i}`);
+      const tombstones = Array.from({ length: 30 }, (_, i) => `t${i}`);
+      const nothing = Array.from({ length: 30 }, (_, i) => `n${i}`);
+      await dict.setMany([...records, ...tombstones].map((k) => [k, `v-${k}`] as const));
+      await dict.deleteMany(tombstones);
+      expect(await raw.type(`${namespace}/t0`)).toBe('hash');
+      const mixed = records.flatMap((r, i) => [r, tombstones[i]!, nothing[i]!]);
+      expect(await dict.getMany(mixed)).toEqual(mixed.map((k) => (k.startsWith('r') ? `v-${k}` : undefined)));
+      expect(await dict.has('t3')).toBe(false);
+      expect(await dict.get('t3')).toBeUndefined();
+      await raw.sadd(`${namespace}/foreign`, 'x');
+      await expect(dict.getMany([...mixed.slice(0, 45), 'foreign', ...mixed.slice(45)])).rejects.toMatchObject({ code: 'E_CORRUPT', key: 'foreign' });
+      await expect(rejection(dict.getMany([...mixed, 'foreign']))).resolves.toBeInstanceOf(CorruptDataError);
+      expect(await dict.getMany(records)).toEqual(records.map((k) => `v-${k}`));
+    });
+
+    it('reads racing writes and deletes of the same keys (records becoming tombstones and back) never report E_CORRUPT', async () => {
+      const namespace = ns();
+      const writer = dictOf<number>(namespace);
+      const reader = dictOf<number>(namespace);
+      const keys = Array.from({ length: 20 }, (_, i) => `k${i}`);
+      await writer.setMany(keys.map((k) => [k, 0] as const));
+      for (let round = 1; round <= 60; round++) {
+        const write = round % 2 === 0 ? writer.setMany(keys.map((k) => [k, round] as const)) : writer.deleteMany(keys);
+        const reads = [reader.getMany(keys), reader.get(keys[round % keys.length]!), reader.has(keys[(round * 7) % keys.length]!)];
+        await Promise.all([write, ...reads]);
+      }
     });
 
     it('set() and delete() overwrite corrupt data', async () => {
