@@ -1,6 +1,7 @@
 /**
  * HMAC-SHA-256 (RFC 2104 over FIPS 180-4 SHA-256) for the frame tags of `signing.ts`, computed here
- * rather than with `node:crypto`'s `createHmac`.
+ * rather than with `node:crypto`'s `createHmac` for frames of up to 512 bytes (longer ones, where
+ * OpenSSL's faster hashing pays for its set-up, still go to `createHmac`).
  *
  * Why: a tag is one HMAC over a frame of a few hundred bytes, and `createHmac` spends most of its
  * time outside the hash: a new `Hmac` object (a stream), and in OpenSSL 3 a digest fetch and three

@@ -19,12 +19,14 @@
  * about its 'all applied' tag. The channel name is inside the MAC, so that a frame captured on one
  * tenant's channel does not verify on another's.
  *
- * The HMACs are computed by `sha256.ts` (each key's padded blocks hashed once), not by
- * `node:crypto`'s `createHmac`, whose per-call set-up cost several times the hash itself.
+ * The HMAC of a frame of up to {@link NATIVE_FROM_BYTES} bytes (the common single-key write) is
+ * computed by `sha256.ts` (each key's padded blocks hashed once): `node:crypto`'s `createHmac`
+ * spends several times the hash itself on its per-call set-up. Longer frames (batches) go to
+ * `createHmac`, whose hashing is faster per byte. Both compute the same HMAC.
  *
  * @module
  */
-import { timingSafeEqual } from 'node:crypto';
+import { createHmac, timingSafeEqual } from 'node:crypto';
 import { InvalidArgumentError } from '../errors.js';
 import { HmacSha256 } from './sha256.js';
 
@@ -41,6 +43,7 @@ const FLAG_ALL = 0x61; // 'a'
 const FLAG_PARTIAL = 0x70; // 'p'
 
 interface SigningKey {
+  readonly secret: Buffer;
   readonly hmac: HmacSha256;
   readonly id: Buffer;
 }
@@ -57,7 +60,7 @@ export class FrameSigner {
       const hmac = new HmacSha256(secret);
       const id = Buffer.allocUnsafe(32);
       hmac.start().update(KEY_ID_LABEL).finish(id);
-      return { hmac, id: id.subarray(0, 4) };
+      return { secret, hmac, id: id.subarray(0, 4) };
     });
   }
 
@@ -87,9 +90,7 @@ export class FrameSigner {
    */
   tags(channel: Buffer, parts: readonly Uint8Array[]): Buffer {
     const key = this.keys[0]!;
-    const hmac = frameStart(key, channel);
-    for (const part of parts) hmac.update(part);
-    hmac.finish(mac);
+    frameMac(key, channel, parts, mac);
     const out = Buffer.allocUnsafe(2 * TAG_BYTES);
     writeTag(out, 0, FLAG_ALL, key, mac.subarray(0, MAC_BYTES));
     writeTag(out, TAG_BYTES, FLAG_PARTIAL, key, mac.subarray(MAC_BYTES));
@@ -111,7 +112,7 @@ export class FrameSigner {
     for (const key of this.keys) {
       if (!key.id.equals(id)) continue;
       known = true;
-      frameStart(key, channel).update(bytes, 0, at).finish(full);
+      frameMac(key, channel, [bytes.subarray(0, at)], full);
       if (timingSafeEqual(flag === FLAG_ALL ? fullFirst : fullSecond, mac)) return { partial: flag === FLAG_PARTIAL };
     }
     return { refused: known ? 'signature does not verify' : 'signed with an unknown key' };
@@ -124,13 +125,31 @@ const mac = Buffer.alloc(32);
 const full = Buffer.alloc(32);
 const fullFirst = full.subarray(0, MAC_BYTES);
 const fullSecond = full.subarray(MAC_BYTES);
-/** u32be(channel length), rewritten by each {@link frameStart}. */
+/** u32be(channel length), rewritten by each {@link frameMac}. */
 const channelLength = Buffer.alloc(4);
 
-/** Starts HMAC-SHA-256(key, domain | u32be(channel length) | channel | …): the caller adds the frame. */
-function frameStart(key: SigningKey, channel: Buffer): HmacSha256 {
+/**
+ * Frames longer than this (bytes) are hashed by `node:crypto`. Measured on a 2-core host (CPU time
+ * per HMAC, hot loop): 256 bytes 3.6 µs here vs 4.9 µs with `createHmac`, 512 bytes 5.2 vs 5.2,
+ * 1 KiB 7.8 vs 4.5, 64 KiB 447 vs 49; inside the write path `createHmac`'s set-up costs about twice
+ * its hot-loop figure, the hash here about 1.6 times.
+ */
+const NATIVE_FROM_BYTES = 512;
+
+/** Writes T = HMAC-SHA-256(key, domain | u32be(channel length) | channel | parts…), 32 bytes, into `out`. */
+function frameMac(key: SigningKey, channel: Buffer, parts: readonly Uint8Array[], out: Buffer): void {
   channelLength.writeUInt32BE(channel.length, 0);
-  return key.hmac.start().update(DOMAIN).update(channelLength).update(channel);
+  let length = 0;
+  for (const part of parts) length += part.length;
+  if (length > NATIVE_FROM_BYTES) {
+    const hmac = createHmac('sha256', key.secret).update(DOMAIN).update(channelLength).update(channel);
+    for (const part of parts) hmac.update(part);
+    hmac.digest().copy(out);
+    return;
+  }
+  const hmac = key.hmac.start().update(DOMAIN).update(channelLength).update(channel);
+  for (const part of parts) hmac.update(part);
+  hmac.finish(out);
 }
 
 function writeTag(out: Buffer, at: number, flag: number, key: SigningKey, mac: Buffer): void {
