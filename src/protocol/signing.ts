@@ -90,10 +90,10 @@ export class FrameSigner {
    */
   tags(channel: Buffer, parts: readonly Uint8Array[]): Buffer {
     const key = this.keys[0]!;
-    frameMac(key, channel, parts, mac);
+    frameMac(key, channel, parts, writerT);
     const out = Buffer.allocUnsafe(2 * TAG_BYTES);
-    writeTag(out, 0, FLAG_ALL, key, mac.subarray(0, MAC_BYTES));
-    writeTag(out, TAG_BYTES, FLAG_PARTIAL, key, mac.subarray(MAC_BYTES));
+    writeTag(out, 0, FLAG_ALL, key, writerT.subarray(0, MAC_BYTES));
+    writeTag(out, TAG_BYTES, FLAG_PARTIAL, key, writerT.subarray(MAC_BYTES));
     return out;
   }
 
@@ -112,27 +112,27 @@ export class FrameSigner {
     for (const key of this.keys) {
       if (!key.id.equals(id)) continue;
       known = true;
-      frameMac(key, channel, [bytes.subarray(0, at)], full);
-      if (timingSafeEqual(flag === FLAG_ALL ? fullFirst : fullSecond, mac)) return { partial: flag === FLAG_PARTIAL };
+      frameMac(key, channel, [bytes.subarray(0, at)], readerT);
+      if (timingSafeEqual(flag === FLAG_ALL ? readerFirst : readerSecond, mac)) return { partial: flag === FLAG_PARTIAL };
     }
     return { refused: known ? 'signature does not verify' : 'signed with an unknown key' };
   }
 }
 
 /** The writer's T (see the module's comment), written by {@link FrameSigner.tags}. */
-const mac = Buffer.alloc(32);
+const writerT = Buffer.alloc(32);
 /** The receiver's T, and its halves, written by {@link FrameSigner.verify}. */
-const full = Buffer.alloc(32);
-const fullFirst = full.subarray(0, MAC_BYTES);
-const fullSecond = full.subarray(MAC_BYTES);
+const readerT = Buffer.alloc(32);
+const readerFirst = readerT.subarray(0, MAC_BYTES);
+const readerSecond = readerT.subarray(MAC_BYTES);
 /** u32be(channel length), rewritten by each {@link frameMac}. */
 const channelLength = Buffer.alloc(4);
 
 /**
  * Frames longer than this (bytes) are hashed by `node:crypto`. Measured on a 2-core host (CPU time
  * per HMAC, hot loop): 256 bytes 3.6 µs here vs 4.9 µs with `createHmac`, 512 bytes 5.2 vs 5.2,
- * 1 KiB 7.8 vs 4.5, 64 KiB 447 vs 49; inside the write path `createHmac`'s set-up costs about twice
- * its hot-loop figure, the hash here about 1.6 times.
+ * 1 KiB 7.8 vs 4.5, 64 KiB 447 vs 49. Inside the write path both cost more than in a loop,
+ * `createHmac` the more (p50 10-13 µs for a 250-byte frame, 6-7 µs here; docs/benchmarks.md).
  */
 const NATIVE_FROM_BYTES = 512;
 
