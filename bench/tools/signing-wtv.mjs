@@ -9,8 +9,9 @@
  * SIGNING_WTV_BASE=<absolute dir>: also runs both cases on another build of the library, taking
  * turns with this build's, so that a change is compared with its base in one run: a copy of dist/
  * built from the base commit, in a directory that also holds a `node_modules` symlink to this
- * repository's (for ioredis). SIGNING_WTV_TIME=1: also times each FrameSigner.tags and .verify
- * call of this build where it runs.
+ * repository's (for ioredis). Several builds: comma-separated, each `label=dir` or `dir` (labelled
+ * `base`, `base2`…). SIGNING_WTV_TIME=1: also times each FrameSigner.tags and .verify call of every
+ * build where it runs.
  *
  * Prints p50 / p90 of write-to-visible and of the writer's set() per case, and the ratio
  * unsigned ÷ signed of the write-to-visible p50 (the bench's goal: at least 0.87).
@@ -22,23 +23,30 @@ import { now, since, tick, percentile } from '../lib/timing.mjs';
 
 const samples = Number(process.argv[2] ?? 3000);
 const only = process.argv[3];
-const builds = [{ label: '', lib: await importFromRoot('dist/index.js') }];
-if (process.env.SIGNING_WTV_BASE) builds.push({ label: ' (base)', lib: await import(`${process.env.SIGNING_WTV_BASE.replace(/\/$/, '')}/index.js`) });
+const builds = [{ label: '', lib: await importFromRoot('dist/index.js'), signing: () => importFromRoot('dist/protocol/signing.js') }];
+for (const [i, spec] of (process.env.SIGNING_WTV_BASE ?? '').split(',').filter(Boolean).entries()) {
+  const [label, dir] = spec.includes('=') ? spec.split('=') : [`base${i ? i + 1 : ''}`, spec];
+  const root = dir.replace(/\/$/, '');
+  builds.push({ label: ` (${label})`, lib: await import(`${root}/index.js`), signing: () => import(`${root}/protocol/signing.js`) });
+}
 const Redis = rootIORedis();
 // SIGNING_WTV_TIME=1: time FrameSigner.tags and .verify where they run (hrtime around each call).
-const timed = { tags: [], verify: [] };
+const timed = {};
 if (process.env.SIGNING_WTV_TIME) {
-  const { FrameSigner } = await importFromRoot('dist/protocol/signing.js');
-  for (const name of ['tags', 'verify']) {
-    const original = FrameSigner.prototype[name];
-    FrameSigner.prototype[name] = function (...args) {
-      const t = now();
-      try {
-        return original.apply(this, args);
-      } finally {
-        timed[name].push(since(t));
-      }
-    };
+  for (const build of builds) {
+    const { FrameSigner } = await build.signing();
+    for (const name of ['tags', 'verify']) {
+      const times = (timed[`${name}${build.label}`] = []);
+      const original = FrameSigner.prototype[name];
+      FrameSigner.prototype[name] = function (...args) {
+        const t = now();
+        try {
+          return original.apply(this, args);
+        } finally {
+          times.push(since(t));
+        }
+      };
+    }
   }
 }
 const SIGNING_KEY = 'bench-signing-key-0123456789abcdef';
