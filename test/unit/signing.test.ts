@@ -1,3 +1,4 @@
+import { createHmac } from 'node:crypto';
 import { describe, expect, it } from 'vitest';
 import { arrayHeader, encodeEntry, encodeHeader, MessageDecoder } from '../../src/protocol/messages.js';
 import { FrameSigner, TAG_BYTES } from '../../src/protocol/signing.js';
@@ -65,5 +66,27 @@ describe('FrameSigner', () => {
     const v1With7 = Buffer.from(bytes);
     v1With7[1] = 0x01;
     expect(() => decoder.decode(v1With7)).toThrow(/format version/);
+  });
+
+  it('tags follow the documented construction for frames of every size (@noble/hashes up to 512 bytes, node:crypto above), checked against createHmac', () => {
+    const s = signer(KEY_B);
+    const keyId = createHmac('sha256', KEY_B).update('redis-pubsub-dict key id', 'latin1').digest().subarray(0, 4);
+    const length = Buffer.alloc(4);
+    length.writeUInt32BE(channel.length, 0);
+    // Every size up to past the 512-byte switch (block edges, the switch itself), then every 7th.
+    for (let size = 0; size <= 1200; size += size < 600 ? 1 : 7) {
+      const parts = [encodeHeader('u', ORIGIN, 7, 0, true), arrayHeader(1), encodeEntry('k', STAMP, Buffer.alloc(size, size & 0xff))];
+      const body = Buffer.concat(parts);
+      const t = createHmac('sha256', KEY_B).update(Buffer.from('redis-pubsub-dict frame v2\0', 'latin1')).update(length).update(channel).update(body).digest();
+      const tags = s.tags(channel, parts);
+      expect(tags.toString('hex'), `payload of ${size} bytes`).toBe(
+        Buffer.concat([Buffer.from([0xc4, 0x15, 0x61]), keyId, t.subarray(0, 16), Buffer.from([0xc4, 0x15, 0x70]), keyId, t.subarray(16)]).toString('hex'),
+      );
+      expect(s.verify(channel, Buffer.concat([body, tags.subarray(0, TAG_BYTES)]))).toEqual({ partial: false });
+      expect(s.verify(channel, Buffer.concat([body, tags.subarray(TAG_BYTES)]))).toEqual({ partial: true });
+      const flipped = Buffer.concat([body, tags.subarray(0, TAG_BYTES)]);
+      flipped[body.length - 1]! ^= 0x80;
+      expect(s.verify(channel, flipped)).toEqual({ refused: 'signature does not verify' });
+    }
   });
 });
