@@ -20,17 +20,15 @@
  * tenant's channel does not verify on another's.
  *
  * The HMAC of a frame of up to {@link NATIVE_FROM_BYTES} bytes (the common single-key write) is
- * computed by `@noble/hashes` (audited, pure JavaScript) from a keyed HMAC made once per key (its
- * padded blocks hashed once) and copied into a scratch instance per frame: `node:crypto`'s
- * `createHmac` spends several times the hash itself on its per-call set-up. Longer frames (batches)
- * go to `createHmac`, whose hashing (OpenSSL, SHA-NI) is faster per byte. Both compute the same HMAC.
+ * computed by `sha256.ts` (each key's padded blocks hashed once): `node:crypto`'s `createHmac`
+ * spends several times the hash itself on its per-call set-up. Longer frames (batches) go to
+ * `createHmac`, whose hashing is faster per byte. Both compute the same HMAC.
  *
  * @module
  */
 import { createHmac, timingSafeEqual } from 'node:crypto';
-import { type HMAC, hmac } from '@noble/hashes/hmac.js';
-import { type SHA256, sha256 } from '@noble/hashes/sha2.js';
 import { InvalidArgumentError } from '../errors.js';
+import { HmacSha256 } from './sha256.js';
 
 /** Bytes of the tag item: bin8 header (2), flag (1), key id (4), MAC (16). */
 export const TAG_BYTES = 23;
@@ -46,10 +44,7 @@ const FLAG_PARTIAL = 0x70; // 'p'
 
 interface SigningKey {
   readonly secret: Buffer;
-  /** HMAC-SHA-256 keyed with `secret`, no message yet: each frame starts from a copy of it. */
-  readonly keyed: HMAC<SHA256>;
-  /** Where a frame's HMAC is computed (overwritten by each copy of `keyed`). */
-  readonly work: HMAC<SHA256>;
+  readonly hmac: HmacSha256;
   readonly id: Buffer;
 }
 
@@ -62,9 +57,10 @@ export class FrameSigner {
 
   private constructor(secrets: readonly Buffer[]) {
     this.keys = secrets.map((secret) => {
-      const keyed: HMAC<SHA256> = hmac.create(sha256, secret);
-      const id = Buffer.from(keyed.clone().update(KEY_ID_LABEL).digest().subarray(0, 4));
-      return { secret, keyed, work: keyed.clone(), id };
+      const hmac = new HmacSha256(secret);
+      const id = Buffer.allocUnsafe(32);
+      hmac.start().update(KEY_ID_LABEL).finish(id);
+      return { secret, hmac, id: id.subarray(0, 4) };
     });
   }
 
@@ -131,14 +127,12 @@ const readerFirst = readerT.subarray(0, MAC_BYTES);
 const readerSecond = readerT.subarray(MAC_BYTES);
 /** u32be(channel length), rewritten by each {@link frameMac}. */
 const channelLength = Buffer.alloc(4);
-/** The bytes {@link frameMac} hashes, copied together (grown when a channel name needs it). */
-let message = Buffer.alloc(1024);
 
 /**
  * Frames longer than this (bytes) are hashed by `node:crypto`. Measured on a 2-core host (CPU time
- * per HMAC, hot loop, bench/tools/hmac-micro.mjs): 264 bytes 3.4 µs with `@noble/hashes` vs 3.5 µs
- * with `createHmac`, 512 bytes 5.0 vs 3.3, 1 KiB 7.8 vs 5.0, 64 KiB 352 vs 43. Inside the write
- * path `createHmac` costs more than in a loop (p50 18-22 µs per tag vs 9-12 µs; docs/benchmarks.md).
+ * per HMAC, hot loop): 256 bytes 3.6 µs here vs 4.9 µs with `createHmac`, 512 bytes 5.2 vs 5.2,
+ * 1 KiB 7.8 vs 4.5, 64 KiB 447 vs 49. Inside the write path both cost more than in a loop,
+ * `createHmac` the more (p50 10-13 µs for a 250-byte frame, 6-7 µs here; docs/benchmarks.md).
  */
 const NATIVE_FROM_BYTES = 512;
 
@@ -153,18 +147,9 @@ function frameMac(key: SigningKey, channel: Buffer, parts: readonly Uint8Array[]
     hmac.digest().copy(out);
     return;
   }
-  // One update of one contiguous copy: each of noble's update calls has a fixed cost (checks, a
-  // DataView per call that hashes a whole block) that outweighs copying a few hundred bytes.
-  const size = DOMAIN.length + 4 + channel.length + length;
-  if (size > message.length) message = Buffer.alloc(Math.max(size, 2 * message.length));
-  let at = DOMAIN.copy(message, 0);
-  at += channelLength.copy(message, at);
-  at += channel.copy(message, at);
-  for (const part of parts) {
-    message.set(part, at);
-    at += part.length;
-  }
-  key.keyed._cloneInto(key.work).update(message.subarray(0, at)).digestInto(out);
+  const hmac = key.hmac.start().update(DOMAIN).update(channelLength).update(channel);
+  for (const part of parts) hmac.update(part);
+  hmac.finish(out);
 }
 
 function writeTag(out: Buffer, at: number, flag: number, key: SigningKey, mac: Buffer): void {
