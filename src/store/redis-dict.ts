@@ -18,7 +18,7 @@ import { type OutcomeListener, type PreparedChange, type PublishTarget, SET_OPTI
 import { HybridClock, type Stamp, isStamp } from '../protocol/stamp.js';
 import { type Commands, type RedisClient, type RedisClientLike, chunk, clusterReady, groupBySlot, isCluster, runPerNode, scanTargets, slotOf } from './topology.js';
 import { slotTag } from '../protocol/channels.js';
-import { FramedCommand, bulkLength, frameLength, writeBulkHeader, writeCrlf, writeFrameStart } from './resp.js';
+import { FramedCommand, bulkLength, frameLength, writeFrameStart, writePrefixedKey } from './resp.js';
 
 /** Options of {@link RedisDict}. */
 export interface RedisDictOptions<V> {
@@ -648,21 +648,15 @@ class ReadFrames {
   /** `$<len>\r\n<prefix><key>\r\n` per key. */
   private keys(): Buffer {
     const { part, wirePrefix } = this;
-    const lengths = new Int32Array(part.length);
+    const keyBytes = new Int32Array(part.length);
     let size = 0;
     for (let j = 0; j < part.length; j++) {
-      lengths[j] = wirePrefix.length + Buffer.byteLength(part[j]!.key, 'utf8');
-      size += bulkLength(lengths[j]!);
+      keyBytes[j] = Buffer.byteLength(part[j]!.key, 'utf8');
+      size += bulkLength(wirePrefix.length + keyBytes[j]!);
     }
     const out = Buffer.allocUnsafe(size);
     let at = 0;
-    for (let j = 0; j < part.length; j++) {
-      at = writeBulkHeader(out, at, lengths[j]!);
-      out.set(wirePrefix, at);
-      at += wirePrefix.length;
-      at += out.write(part[j]!.key, at, 'utf8');
-      at = writeCrlf(out, at);
-    }
+    for (let j = 0; j < part.length; j++) at = writePrefixedKey(out, at, wirePrefix, part[j]!.key, keyBytes[j]!);
     return out;
   }
 }

@@ -55,6 +55,18 @@ export function writeBulkHeader(out: Buffer, at: number, bytes: number): number 
   return writeCrlf(out, writeDecimal(out, at + 1, bytes));
 }
 
+/**
+ * Writes a key as one bulk string, `$<len>\r\n<prefix><key>\r\n`, where `keyBytes` is the UTF-8
+ * length of `key`; returns the offset after it. Its size is `bulkLength(prefix.length + keyBytes)`.
+ */
+export function writePrefixedKey(out: Buffer, at: number, prefix: Uint8Array, key: string, keyBytes: number): number {
+  at = writeBulkHeader(out, at, prefix.length + keyBytes);
+  out.set(prefix, at);
+  at += prefix.length;
+  at += out.write(key, at, keyBytes, 'utf8');
+  return writeCrlf(out, at);
+}
+
 function argBytes(arg: FrameArg): number {
   return typeof arg === 'string' ? Buffer.byteLength(arg, 'utf8') : typeof arg === 'number' ? String(arg).length : arg.length;
 }

@@ -59,7 +59,7 @@ import { ClockSkewError, asError } from '../errors.js';
 import { arrayHeader, encodeHeader, entryLength, type MessageType, writeEntry } from '../protocol/messages.js';
 import { changeHeaderLength, splitRecord, writeChange } from '../protocol/record.js';
 import { parseStamp, type Stamp } from '../protocol/stamp.js';
-import { type FrameArg, FramedCommand, argLength, bulkLength, frameLength, writeArg, writeBulkHeader, writeCrlf, writeFrameStart } from './resp.js';
+import { type FrameArg, FramedCommand, argLength, bulkLength, frameLength, writeArg, writeBulkHeader, writeCrlf, writeFrameStart, writePrefixedKey } from './resp.js';
 import type { Commands } from './topology.js';
 import type { PreparedChange, PublishTarget, VersionedChange, WriteOutcome } from './types.js';
 
@@ -536,13 +536,7 @@ export class ApplyUnit<V> {
     const out = Buffer.allocUnsafe(size);
     let at = writeFrameStart(out, name, count);
     for (const arg of head) at = writeArg(out, at, arg);
-    for (let j = 0; j < n; j++) {
-      at = writeBulkHeader(out, at, prefixBytes + keyBytes[j]!);
-      out.set(wirePrefix, at);
-      at += prefixBytes;
-      at += out.write(part[j]!.change.key, at, keyBytes[j]!, 'utf8');
-      at = writeCrlf(out, at);
-    }
+    for (let j = 0; j < n; j++) at = writePrefixedKey(out, at, wirePrefix, part[j]!.change.key, keyBytes[j]!);
     for (const arg of fixed) at = writeArg(out, at, arg);
     for (const p of part) {
       const { change, payload } = p;
